@@ -1,0 +1,1 @@
+"""The nstask agent: task model, lifecycle engine, containerd client, netns, state, API."""

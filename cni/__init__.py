@@ -1,0 +1,1 @@
+"""A CNI runtime library with libcni semantics, plus nstask's built-in in-process plugin."""
