@@ -1,0 +1,231 @@
+"""The agent's local API: HTTP+JSON on a root-only unix socket (mode 0600).
+
+    GET    /v1/version
+    POST   /v1/tasks                    {definition, source?, environment?} -> 201 task
+    GET    /v1/tasks?all=1              -> [task]
+    GET    /v1/tasks/{id}               -> task (id or unique prefix)
+    GET    /v1/tasks/{id}/wait          -> task, once STOPPED
+    POST   /v1/tasks/{id}/stop          {timeout?} -> task (STOPPED)
+    DELETE /v1/tasks/{id}?force=1       -> 204
+    GET    /v1/tasks/{id}/logs?container=&follow=1&tail=N  -> NDJSON stream of log entries
+    GET    /v1/images                   -> [image]
+    POST   /v1/images/import            {path} -> [image]
+
+Errors are JSON `{error, message, details?}` with the status of the NstaskError raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from agent import images
+from agent.engine import Engine
+from agent.errors import InvalidInput, NstaskError
+from shim import jsonfile
+
+log = structlog.get_logger("nstask.api")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+VERSION = "0.1.0"
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except NstaskError as e:
+        return web.json_response(e.to_dict(), status=e.http_status)
+    except web.HTTPException:
+        raise
+    except Exception as e:
+        log.exception("api_internal_error", path=request.path)
+        return web.json_response({"error": "internal", "message": str(e)}, status=500)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return data
+
+
+def build_app(engine: Engine) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=8 * 1024 * 1024)
+    routes = web.RouteTableDef()
+
+    @routes.get("/v1/version")
+    async def version(_: web.Request) -> web.Response:
+        ver = await engine.client.version()
+        return web.json_response({"nstask": VERSION, "containerd": ver,
+                                  "namespace": engine.config.namespace, "pid": os.getpid()})
+
+    @routes.post("/v1/tasks")
+    async def run(request: web.Request) -> web.Response:
+        body = await _body(request)
+        env = body.get("environment") or {}
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise InvalidInput("environment must be an object of strings")
+        task = await engine.submit(body.get("definition"), source=str(body.get("source", "")),
+                                   env=env)
+        return web.json_response(task.to_dict(), status=201)
+
+    @routes.get("/v1/tasks")
+    async def ps(request: web.Request) -> web.Response:
+        all_tasks = request.query.get("all") in ("1", "true")
+        return web.json_response([t.to_dict() for t in engine.list(all_tasks=all_tasks)])
+
+    @routes.get("/v1/tasks/{id}")
+    async def inspect(request: web.Request) -> web.Response:
+        return web.json_response(engine.get(request.match_info["id"]).to_dict())
+
+    @routes.get("/v1/tasks/{id}/wait")
+    async def wait(request: web.Request) -> web.Response:
+        return web.json_response((await engine.wait(request.match_info["id"])).to_dict())
+
+    @routes.post("/v1/tasks/{id}/stop")
+    async def stop(request: web.Request) -> web.Response:
+        body = await _body(request) if request.can_read_body else {}
+        timeout = body.get("timeout")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
+            raise InvalidInput("timeout must be a non-negative number of seconds")
+        task = await engine.stop(request.match_info["id"], timeout=timeout)
+        return web.json_response(task.to_dict())
+
+    @routes.delete("/v1/tasks/{id}")
+    async def rm(request: web.Request) -> web.Response:
+        await engine.remove(request.match_info["id"],
+                            force=request.query.get("force") in ("1", "true"))
+        return web.Response(status=204)
+
+    @routes.get("/v1/tasks/{id}/logs")
+    async def logs(request: web.Request) -> web.StreamResponse:
+        task = engine.get(request.match_info["id"])
+        name = request.query.get("container")
+        containers = [c for c in task.containers if name in (None, "", c.name)]
+        if not containers:
+            raise InvalidInput(f"task {task.id} has no container named {name!r}; it has: "
+                               + ", ".join(c.name for c in task.containers))
+        follow = request.query.get("follow") in ("1", "true")
+        tail = _int_query(request, "tail")
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        await _stream_logs(engine, task.id, containers, follow, tail, resp)
+        await resp.write_eof()
+        return resp
+
+    @routes.get("/v1/images")
+    async def image_ls(_: web.Request) -> web.Response:
+        imgs = await images.list_images(engine.client)
+        return web.json_response([i.to_dict() for i in imgs])
+
+    @routes.post("/v1/images/import")
+    async def image_import(request: web.Request) -> web.Response:
+        body = await _body(request)
+        path = body.get("path")
+        if not isinstance(path, str) or not Path(path).is_file():
+            raise InvalidInput(f"image archive not found: {path!r}")
+        refs = await images.import_archive(engine.client, Path(path),
+                                           snapshotter=engine.config.snapshotter)
+        return web.json_response([r.to_dict() for r in refs])
+
+    app.add_routes(routes)
+    return app
+
+
+def _int_query(request: web.Request, key: str) -> int | None:
+    raw = request.query.get(key)
+    if raw in (None, "", "all"):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"{key} must be an integer, got {raw!r}") from None
+
+
+async def _stream_logs(engine: Engine, task_id: str, containers: list[Any], follow: bool,
+                       tail: int | None, resp: web.StreamResponse) -> None:
+    """Entries of each container in file order; with follow, until the task has stopped and
+    every file is drained. Files are read in worker threads; a client that goes away ends them."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1024)
+    stopped = threading.Event()  # the task has stopped: followers drain and return
+    gone = threading.Event()  # the client went away: readers return at once
+
+    def put(item: dict[str, Any]) -> bool:
+        fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while True:
+            try:
+                fut.result(timeout=0.5)
+                return True
+            except concurrent.futures.TimeoutError:
+                if gone.is_set():
+                    fut.cancel()
+                    return False
+
+    def pump(c: Any) -> None:
+        path = Path(c.log_path)
+        entries = (jsonfile.follow(path, stop=lambda: stopped.is_set() or gone.is_set(),
+                                   tail=tail)
+                   if follow else jsonfile.read_entries(path, tail=tail))
+        for e in entries:
+            item = {"container": c.name, "stream": e.stream, "time": e.time, "log": e.log}
+            if gone.is_set() or not put(item):
+                return
+
+    async def watch_stop() -> None:
+        with contextlib.suppress(NstaskError):
+            await engine.wait(task_id)
+        # Give the shim a moment to write the last lines it read before the exit.
+        await asyncio.sleep(0.2)
+        stopped.set()
+
+    watcher = asyncio.create_task(watch_stop()) if follow else None
+    pumps = [loop.run_in_executor(None, pump, c) for c in containers]
+
+    async def finish() -> None:
+        await asyncio.gather(*pumps)
+        await queue.put(None)
+
+    done = asyncio.create_task(finish())
+    try:
+        while (item := await queue.get()) is not None:
+            await resp.write((json.dumps(item) + "\n").encode())
+    finally:
+        gone.set()
+        if watcher is not None:
+            watcher.cancel()
+        while not queue.empty():
+            queue.get_nowait()
+        with contextlib.suppress(Exception):
+            await done
+
+
+async def serve(engine: Engine, socket_path: Path) -> web.AppRunner:
+    """Start the API on a unix socket only root can use."""
+    app = build_app(engine)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+    old = os.umask(0o177)
+    try:
+        site = web.UnixSite(runner, str(socket_path))
+        await site.start()
+    finally:
+        os.umask(old)
+    os.chmod(socket_path, 0o600)
+    return runner

@@ -1,0 +1,92 @@
+"""The agent's settings: defaults in one place, each overridable by a flag or an NSTASK_* variable.
+
+Every path is configurable so tests run an agent of their own with temporary state, their own
+containerd namespace, their own bridge and subnet, beside a user's agent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SOCKET = "/run/nstask/nstask.sock"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    state_dir: Path = Path("/var/lib/nstask")
+    run_dir: Path = Path("/run/nstask")
+    socket: Path = Path(DEFAULT_SOCKET)
+    containerd_address: str = "/run/containerd/containerd.sock"
+    namespace: str = "nstask"
+    snapshotter: str = "overlayfs"
+    runtime: str = "io.containerd.runc.v2"
+    # The task network (awsvpc-like): one bridge, host-local IPAM, then chained plugins.
+    network_name: str = "nstask"
+    bridge: str = "nstask0"
+    subnet: str = "10.213.0.0/24"
+    cni_path: tuple[str, ...] = ("/usr/lib/cni", "/opt/cni/bin")
+    cni_cache_dir: Path = Path("/var/lib/cni")
+    ipam_data_dir: Path = Path("/var/lib/cni/networks")
+    chained_plugins: tuple[str, ...] = ("portmap", "firewall")
+    # A user-supplied conflist replaces the default network entirely.
+    conflist_file: Path | None = None
+    stop_timeout: float = 30.0
+    netns_prefix: str = "nstask-"
+    shim_path: Path | None = None
+    dns_servers: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def task_dir(self) -> Path:
+        return self.state_dir / "tasks"
+
+    @property
+    def cni_lock(self) -> Path:
+        return self.run_dir / "cni.lock"
+
+    def with_overrides(self, **values: Any) -> AgentConfig:
+        """Return a copy with the given non-None values set (flags left unset keep defaults)."""
+        known = {f.name for f in fields(self)}
+        clean = {k: v for k, v in values.items() if v is not None and k in known}
+        return replace(self, **clean)
+
+
+def _env_overrides() -> dict[str, Any]:
+    """NSTASK_<FIELD> variables, typed like the field they set."""
+    out: dict[str, Any] = {}
+    for f in fields(AgentConfig):
+        raw = os.environ.get("NSTASK_" + f.name.upper())
+        if raw is None or raw == "":
+            continue
+        default = getattr(AgentConfig(), f.name)
+        if isinstance(default, Path) or f.name in ("conflist_file", "shim_path"):
+            out[f.name] = Path(raw)
+        elif isinstance(default, tuple):
+            out[f.name] = tuple(p for p in raw.replace(",", ":").split(":") if p)
+        elif isinstance(default, float):
+            out[f.name] = float(raw)
+        else:
+            out[f.name] = raw
+    return out
+
+
+def load_config(**flags: Any) -> AgentConfig:
+    """Defaults, then NSTASK_* variables, then command-line flags."""
+    return AgentConfig().with_overrides(**_env_overrides()).with_overrides(**flags)
+
+
+def default_shim_path() -> Path:
+    """The logging shim installed beside the running interpreter (the venv's bin/)."""
+    import sys
+
+    return Path(sys.executable).parent / "nstask-shim-logger"

@@ -1,0 +1,85 @@
+"""The task network: a named netns per task, wired by a CNI list run through the cni package.
+
+The default list is awsvpc-like: nstask's built-in in-process bridge plugin (veth into the
+task's netns as eth0, on bridge `nstask0`, addresses from the `host-local` IPAM binary), then
+Debian's `portmap` and `firewall` plugins. A user can name any other conflist instead.
+Blocking work (netlink, plugin processes, the host-wide CNI lock) runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from agent import netns
+from agent.config import AgentConfig
+from cni.builtin import BridgePlugin
+from cni.runtime import CNIRuntime
+
+BUILTIN_TYPE = "nstask-bridge"
+
+
+def default_conflist(config: AgentConfig) -> dict[str, Any]:
+    plugins: list[dict[str, Any]] = [{
+        "type": BUILTIN_TYPE,
+        "bridge": config.bridge,
+        "isGateway": True,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": config.subnet}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": str(config.ipam_data_dir),
+        },
+    }]
+    for name in config.chained_plugins:
+        if name == "portmap":
+            plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
+        else:
+            plugins.append({"type": name})
+    return {"cniVersion": "1.0.0", "name": config.network_name, "plugins": plugins}
+
+
+class TaskNetwork:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        if config.conflist_file is not None:
+            conflist: Any = json.loads(config.conflist_file.read_text())
+        else:
+            conflist = default_conflist(config)
+        self.runtime = CNIRuntime(
+            conflist=conflist,
+            cache_dir=str(config.cni_cache_dir),
+            cni_path=list(config.cni_path),
+            lock_path=str(config.cni_lock),
+            builtins={BUILTIN_TYPE: BridgePlugin(netns.NetlinkLinks())},
+        )
+
+    @property
+    def name(self) -> str:
+        return self.runtime.network
+
+    async def create_netns(self, name: str) -> str:
+        return await asyncio.to_thread(netns.create_netns, name)
+
+    async def remove_netns(self, name: str) -> None:
+        await asyncio.to_thread(netns.remove_netns, name)
+
+    async def attach(self, task_id: str, netns_path: str, *,
+                     port_mappings: Sequence[dict[str, Any]] = ()) -> str | None:
+        """CNI ADD for the task; returns its IPv4 address (without prefix length)."""
+        caps = {"portMappings": list(port_mappings)} if port_mappings else {}
+        result = await asyncio.to_thread(
+            self.runtime.add, task_id, netns_path, "eth0",
+            args={"IgnoreUnknown": "1"}, capability_args=caps)
+        for ip in result.get("ips", []):
+            addr = str(ip.get("address", ""))
+            if "." in addr:
+                return addr.split("/", 1)[0]
+        return None
+
+    async def detach(self, task_id: str, netns_path: str | None, *, ifname: str = "eth0") -> None:
+        """CNI DEL in reverse with the cached result, also when the netns is already gone."""
+        await asyncio.to_thread(self.runtime.delete, task_id, netns_path, ifname,
+                                args={"IgnoreUnknown": "1"})

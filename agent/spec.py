@@ -1,0 +1,252 @@
+"""The OCI runtime spec of a container, built by nstask itself.
+
+A spec is a plain dict; each setting is a small function `(spec) -> None` and `compose`
+applies them in order, as containerd's `oci.Compose` does. The defaults follow what Docker
+gives a container: its default capability set, no_new_privileges, the masked and read-only
+/proc and /sys paths, and the usual /dev, /proc, /sys mounts.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+Spec = dict[str, Any]
+SpecOpt = Callable[[Spec], None]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Docker's default capability set (moby's oci/caps/defaults.go lists the same 14).
+DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+)
+
+MASKED_PATHS = (
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+CFS_PERIOD_US = 100_000
+DEFAULT_NOFILE = 1024
+
+
+def compose(*opts: SpecOpt) -> Spec:
+    spec = base_spec()
+    for opt in opts:
+        opt(spec)
+    return spec
+
+
+def base_spec() -> Spec:
+    """The defaults every container starts from."""
+    caps = list(DEFAULT_CAPABILITIES)
+    nofile = _clamp_to_hard_limit(DEFAULT_NOFILE)
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": [],
+            "env": [f"PATH={DEFAULT_PATH}"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+            },
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": False},
+        "hostname": "",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                         "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["ro", "nosuid", "noexec", "nodev"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")],
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+        },
+    }
+
+
+def _clamp_to_hard_limit(value: int) -> int:
+    """A container rlimit above the host's hard limit fails at runc create (no CAP_SYS_RESOURCE)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)
+
+
+def with_process_args(args: Sequence[str]) -> SpecOpt:
+    def opt(spec: Spec) -> None:
+        spec["process"]["args"] = list(args)
+
+    return opt
+
+
+def with_env(env: Iterable[str]) -> SpecOpt:
+    """Later values win, as with `docker run -e` over the image's ENV."""
+
+    def opt(spec: Spec) -> None:
+        merged: dict[str, str] = {}
+        for item in [*spec["process"]["env"], *env]:
+            key, _, _ = item.partition("=")
+            merged[key] = item
+        spec["process"]["env"] = list(merged.values())
+
+    return opt
+
+
+def with_cwd(cwd: str | None) -> SpecOpt:
+    def opt(spec: Spec) -> None:
+        if cwd:
+            spec["process"]["cwd"] = cwd
+
+    return opt
+
+
+def with_user(user: str | None) -> SpecOpt:
+    """Numeric `uid` or `uid:gid` (names need the image's /etc/passwd: not resolved yet)."""
+
+    def opt(spec: Spec) -> None:
+        if not user:
+            return
+        uid, _, gid = user.partition(":")
+        spec["process"]["user"] = {"uid": int(uid), "gid": int(gid or uid)}
+
+    return opt
+
+
+def with_hostname(name: str) -> SpecOpt:
+    def opt(spec: Spec) -> None:
+        spec["hostname"] = name
+
+    return opt
+
+
+def with_netns(path: str | None) -> SpecOpt:
+    """Join the task's network namespace by path; None shares the host's network."""
+
+    def opt(spec: Spec) -> None:
+        if path is not None:
+            spec["linux"]["namespaces"].append({"type": "network", "path": path})
+
+    return opt
+
+
+def with_readonly_rootfs(readonly: bool) -> SpecOpt:
+    def opt(spec: Spec) -> None:
+        spec["root"]["readonly"] = readonly
+
+    return opt
+
+
+def with_bind_files(files: dict[str, str]) -> SpecOpt:
+    """Bind-mount task files (hosts, resolv.conf, hostname) over the image's."""
+
+    def opt(spec: Spec) -> None:
+        for dest, src in sorted(files.items()):
+            spec["mounts"].append({"destination": dest, "type": "bind", "source": src,
+                                   "options": ["rbind", "rprivate", "ro"]})
+
+    return opt
+
+
+def with_cgroup(path: str) -> SpecOpt:
+    def opt(spec: Spec) -> None:
+        spec["linux"]["cgroupsPath"] = path
+
+    return opt
+
+
+def with_limits(*, memory_mib: int | None, reservation_mib: int | None,
+                cpu_units: int | None, cpu_quota_units: int | None) -> SpecOpt:
+    """ECS limits as cgroup settings.
+
+    memory -> hard limit; memoryReservation -> soft limit; container cpu units -> CPU shares
+    (as the ECS agent maps them, at least 2); task-level cpu -> a CFS quota.
+    """
+
+    def opt(spec: Spec) -> None:
+        res = spec["linux"]["resources"]
+        mem: dict[str, int] = {}
+        if memory_mib:
+            mem["limit"] = memory_mib * 1024 * 1024
+        if reservation_mib:
+            mem["reservation"] = reservation_mib * 1024 * 1024
+        if mem:
+            res["memory"] = mem
+        cpu: dict[str, int] = {}
+        if cpu_units is not None:
+            cpu["shares"] = max(cpu_units, 2)
+        if cpu_quota_units:
+            cpu["period"] = CFS_PERIOD_US
+            cpu["quota"] = cpu_quota_units * CFS_PERIOD_US // 1024
+        if cpu:
+            res["cpu"] = cpu
+
+    return opt
+
+
+def with_labels(labels: dict[str, str]) -> SpecOpt:
+    def opt(spec: Spec) -> None:
+        if labels:
+            spec.setdefault("annotations", {}).update(labels)
+
+    return opt
+
+
+def resolve_args(*, image_entrypoint: Sequence[str] | None, image_cmd: Sequence[str] | None,
+                 entry_point: Sequence[str] | None, command: Sequence[str] | None) -> list[str]:
+    """Docker's rule: entryPoint replaces ENTRYPOINT (and drops CMD); command replaces CMD."""
+    if entry_point is not None:
+        args = [*entry_point, *(command or [])]
+    else:
+        args = [*(image_entrypoint or []), *(command if command is not None else image_cmd or [])]
+    return args
+
+
+def hosts_file(hostname: str, ip: str | None) -> str:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if ip:
+        lines.append(f"{ip}\t{hostname}")
+    else:
+        lines.append(f"127.0.1.1\t{hostname}")
+    return "\n".join(lines) + "\n"
+
+
+def resolv_conf(dns_servers: Sequence[str], host_resolv: str = "/etc/resolv.conf") -> str:
+    """The task's resolv.conf: given servers, else the host's minus loopback ones (as Docker does:
+    a loopback resolver of the host is unreachable from the task's netns)."""
+    servers = list(dns_servers)
+    other: list[str] = []
+    if not servers and os.path.exists(host_resolv):
+        with open(host_resolv) as f:
+            for line in f:
+                parts = line.split()
+                if not parts or parts[0].startswith("#"):
+                    continue
+                if parts[0] == "nameserver" and len(parts) > 1:
+                    if not parts[1].startswith("127.") and parts[1] != "::1":
+                        servers.append(parts[1])
+                elif parts[0] in ("search", "options"):
+                    other.append(line.strip())
+    return "".join(f"nameserver {s}\n" for s in servers) + "".join(f"{o}\n" for o in other)

@@ -1,0 +1,281 @@
+"""The agent's state store: SQLite in WAL mode under the state dir.
+
+Three tables: tasks, containers, and resources. A resource row (netns, CNI attachment,
+lease, snapshot, container, task, log dir) is written as an *intent* before the host is
+changed, marked `created` after, and deleted once removed, so that an agent that dies at any
+point finds on its next start exactly what it may have left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import StateError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    family TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT '',
+    overrides TEXT NOT NULL DEFAULT '{}',
+    last_status TEXT NOT NULL,
+    desired_status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    stopped_at REAL,
+    stop_reason TEXT,
+    netns TEXT,
+    ip TEXT,
+    timings TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS containers (
+    task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    containerd_id TEXT NOT NULL UNIQUE,
+    image TEXT NOT NULL,
+    image_digest TEXT,
+    last_status TEXT NOT NULL,
+    exit_code INTEGER,
+    pid INTEGER,
+    started_at REAL,
+    finished_at REAL,
+    log_path TEXT NOT NULL,
+    essential INTEGER NOT NULL,
+    PRIMARY KEY (task_id, name)
+);
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+"""
+
+
+@dataclass
+class ContainerRecord:
+    task_id: str
+    name: str
+    position: int
+    containerd_id: str
+    image: str
+    log_path: str
+    essential: bool
+    last_status: str = "PENDING"
+    image_digest: str | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "containerdId": self.containerd_id, "image": self.image,
+            "imageDigest": self.image_digest, "lastStatus": self.last_status,
+            "exitCode": self.exit_code, "pid": self.pid, "essential": self.essential,
+            "startedAt": self.started_at, "finishedAt": self.finished_at,
+            "logPath": self.log_path,
+        }
+
+
+@dataclass
+class TaskRecord:
+    id: str
+    family: str
+    definition: dict[str, Any]
+    last_status: str
+    desired_status: str
+    created_at: float
+    source: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None
+    stopped_at: float | None = None
+    stop_reason: str | None = None
+    netns: str | None = None
+    ip: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    containers: list[ContainerRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "family": self.family, "lastStatus": self.last_status,
+            "desiredStatus": self.desired_status, "createdAt": self.created_at,
+            "startedAt": self.started_at, "stoppedAt": self.stopped_at,
+            "stopReason": self.stop_reason, "netns": self.netns, "ip": self.ip,
+            "networkMode": self.definition.get("networkMode", "awsvpc"),
+            "source": self.source, "timings": self.timings, "exitCode": self.exit_code,
+            "containers": [c.to_dict() for c in self.containers],
+        }
+
+    @property
+    def exit_code(self) -> int | None:
+        """The task's exit code: the first essential container's (what `run` exits with)."""
+        for c in self.containers:
+            if c.essential and c.exit_code is not None:
+                return c.exit_code
+        for c in self.containers:
+            if c.exit_code is not None:
+                return c.exit_code
+        return None
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    key: str
+    task_id: str
+    state: str
+    data: dict[str, Any]
+
+
+class Store:
+    """A thin, synchronous layer over SQLite (calls are short; the agent calls them inline)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(SCHEMA)
+            path.chmod(0o600)
+        except sqlite3.DatabaseError as e:
+            raise StateError(
+                f"the state store {path} cannot be opened ({e}); move it aside to start afresh",
+                path=str(path),
+            ) from e
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"state store {self.path}: {e}") from e
+
+    # -- tasks ---------------------------------------------------------------------------
+    def insert_task(self, t: TaskRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO tasks (id, family, definition, source, overrides, last_status,"
+                " desired_status, created_at, timings) VALUES (?,?,?,?,?,?,?,?,?)",
+                (t.id, t.family, json.dumps(t.definition), t.source, json.dumps(t.overrides),
+                 t.last_status, t.desired_status, t.created_at, json.dumps(t.timings)),
+            )
+            for c in t.containers:
+                db.execute(
+                    "INSERT INTO containers (task_id, name, position, containerd_id, image,"
+                    " last_status, log_path, essential) VALUES (?,?,?,?,?,?,?,?)",
+                    (t.id, c.name, c.position, c.containerd_id, c.image, c.last_status,
+                     c.log_path, int(c.essential)),
+                )
+
+    def update_task(self, t: TaskRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE tasks SET last_status=?, desired_status=?, started_at=?, stopped_at=?,"
+                " stop_reason=?, netns=?, ip=?, timings=? WHERE id=?",
+                (t.last_status, t.desired_status, t.started_at, t.stopped_at, t.stop_reason,
+                 t.netns, t.ip, json.dumps(t.timings), t.id),
+            )
+            for c in t.containers:
+                db.execute(
+                    "UPDATE containers SET last_status=?, exit_code=?, pid=?, started_at=?,"
+                    " finished_at=?, image_digest=? WHERE task_id=? AND name=?",
+                    (c.last_status, c.exit_code, c.pid, c.started_at, c.finished_at,
+                     c.image_digest, t.id, c.name),
+                )
+
+    def delete_task(self, task_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM containers WHERE task_id=?", (task_id,))
+            db.execute("DELETE FROM tasks WHERE id=?", (task_id,))
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        row = self.db.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
+        return self._task(row) if row else None
+
+    def list_tasks(self) -> list[TaskRecord]:
+        rows = self.db.execute("SELECT * FROM tasks ORDER BY created_at").fetchall()
+        return [self._task(r) for r in rows]
+
+    def _task(self, row: sqlite3.Row) -> TaskRecord:
+        crows = self.db.execute(
+            "SELECT * FROM containers WHERE task_id=? ORDER BY position", (row["id"],)
+        ).fetchall()
+        return TaskRecord(
+            id=row["id"], family=row["family"], definition=json.loads(row["definition"]),
+            source=row["source"], overrides=json.loads(row["overrides"]),
+            last_status=row["last_status"], desired_status=row["desired_status"],
+            created_at=row["created_at"], started_at=row["started_at"],
+            stopped_at=row["stopped_at"], stop_reason=row["stop_reason"], netns=row["netns"],
+            ip=row["ip"], timings=json.loads(row["timings"]),
+            containers=[
+                ContainerRecord(
+                    task_id=c["task_id"], name=c["name"], position=c["position"],
+                    containerd_id=c["containerd_id"], image=c["image"],
+                    image_digest=c["image_digest"], last_status=c["last_status"],
+                    exit_code=c["exit_code"], pid=c["pid"], started_at=c["started_at"],
+                    finished_at=c["finished_at"], log_path=c["log_path"],
+                    essential=bool(c["essential"]),
+                )
+                for c in crows
+            ],
+        )
+
+    # -- resources (intents) -------------------------------------------------------------
+    def intend(self, kind: str, key: str, task_id: str, **data: Any) -> None:
+        """Record that `kind/key` is about to be created for `task_id` (before touching the host)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO resources (kind, key, task_id, state, data, created_at)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(kind, key) DO UPDATE SET"
+                " state='intent', data=excluded.data, task_id=excluded.task_id",
+                (kind, key, task_id, "intent", json.dumps(data), time.time()),
+            )
+
+    def created(self, kind: str, key: str, **data: Any) -> None:
+        with self._tx() as db:
+            if data:
+                db.execute("UPDATE resources SET state='created', data=? WHERE kind=? AND key=?",
+                           (json.dumps(data), kind, key))
+            else:
+                db.execute("UPDATE resources SET state='created' WHERE kind=? AND key=?",
+                           (kind, key))
+
+    def removed(self, kind: str, key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM resources WHERE kind=? AND key=?", (kind, key))
+
+    def resources(self, task_id: str | None = None) -> list[Resource]:
+        if task_id is None:
+            rows = self.db.execute("SELECT * FROM resources ORDER BY created_at").fetchall()
+        else:
+            rows = self.db.execute(
+                "SELECT * FROM resources WHERE task_id=? ORDER BY created_at", (task_id,)
+            ).fetchall()
+        return [Resource(r["kind"], r["key"], r["task_id"], r["state"], json.loads(r["data"]))
+                for r in rows]

@@ -1,0 +1,496 @@
+"""nstask: the command line. Thin: parse, call the agent's local API, print, exit.
+
+Exit codes: 0 ok; 2 bad input (bad task definition, bad argument); 1 any other error;
+`run` attached exits with the essential container's exit code (125 if the task never ran).
+Imports stay light (no agent internals) so every command starts fast.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import sys
+from typing import Any, NoReturn
+
+import click
+
+DEFAULT_SOCKET = "/run/nstask/nstask.sock"
+START_HINT = "start it with `nstask agent --detach` (or `make demo`)"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("message", f"HTTP {status}"))
+        self.status = status
+        self.body = body
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.timeout is not None:
+            s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+class Client:
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                timeout: float | None = 60) -> http.client.HTTPResponse:
+        conn = _UnixConnection(self.socket_path, timeout)
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+        except (FileNotFoundError, ConnectionRefusedError):
+            fail(f"the nstask agent is not running (nothing answers on {self.socket_path}); "
+                 f"{START_HINT}")
+        except PermissionError:
+            fail(f"permission denied on {self.socket_path}: the agent's socket is root-only; "
+                 "run nstask as root")
+        if resp.status >= 400:
+            raw = resp.read()
+            try:
+                err = json.loads(raw)
+            except ValueError:
+                err = {"message": raw.decode(errors="replace") or f"HTTP {resp.status}"}
+            raise ApiError(resp.status, err)
+        return resp
+
+    def call(self, method: str, path: str, body: Any = None, *,
+             timeout: float | None = 60) -> Any:
+        resp = self.request(method, path, body, timeout=timeout)
+        raw = resp.read()
+        return json.loads(raw) if raw else None
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"nstask: {message}", err=True)
+    sys.exit(code)
+
+
+def _api_fail(e: ApiError) -> NoReturn:
+    fail(e.body.get("message", str(e)), 2 if e.status == 400 else 1)
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.obj["socket"])
+
+
+def _read_definition(path: str) -> Any:
+    """Read the file; JSON errors are the agent's to report (one validator), unless the file
+    is not even readable."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        fail(f"{path}: cannot read task definition: {e.strerror}", 2)
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        fail(f"{path}: is not valid JSON: {e}", 2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", envvar="NSTASK_SOCKET", default=DEFAULT_SOCKET,
+              show_default=True, help="The agent's API socket.")
+@click.pass_context
+def main(ctx: click.Context, socket_path: str) -> None:
+    """Run ECS task definitions on this host, the way the Fargate data plane does."""
+    ctx.ensure_object(dict)
+    ctx.obj["socket"] = socket_path
+
+
+# -- agent -----------------------------------------------------------------------------------
+@main.command()
+@click.option("--detach", "-d", is_flag=True, help="Run in the background; print its pid.")
+@click.option("--state-dir", type=click.Path(), help="State, logs (default /var/lib/nstask).")
+@click.option("--run-dir", type=click.Path(), help="Socket, locks, pid (default /run/nstask).")
+@click.option("--containerd-address", help="containerd socket.")
+@click.option("--namespace", help="containerd namespace (default nstask).")
+@click.option("--bridge", help="Task network bridge (default nstask0).")
+@click.option("--subnet", help="Task network subnet (default 10.213.0.0/24).")
+@click.option("--network-name", help="CNI network name (default nstask).")
+@click.option("--conflist", "conflist_file", type=click.Path(exists=True, dir_okay=False),
+              help="Use this CNI conflist instead of the built-in network.")
+@click.option("--stop-timeout", type=float, help="Default stopTimeout in seconds (30).")
+@click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
+@click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
+@click.pass_context
+def agent(ctx: click.Context, detach: bool, log_json: bool, log_file: str | None,
+          **flags: Any) -> None:
+    """Run the nstask agent (it owns every task and host resource)."""
+    from pathlib import Path
+
+    from agent.config import load_config
+
+    socket_path = ctx.obj["socket"]
+    values = {k: (Path(v) if k in ("state_dir", "run_dir", "conflist_file") and v else v)
+              for k, v in flags.items()}
+    config = load_config(socket=Path(socket_path), **values)
+    if os.geteuid() != 0:
+        fail("the agent must run as root (it creates network namespaces and containers)")
+    if detach:
+        _detach(config, log_json, log_file)
+        return
+    from agent.daemon import configure_logging
+    from agent.daemon import main as agent_main
+
+    configure_logging(json_output=log_json)
+    sys.exit(agent_main(config))
+
+
+def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
+    import subprocess
+    import time
+
+    client = Client(str(config.socket))
+    if _answers(client):
+        fail(f"an agent already answers on {config.socket}")
+    log_path = log_file or str(config.state_dir / "agent.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    argv = [sys.executable, "-c", "import cli; cli.main()", "--socket", str(config.socket),
+            "agent", "--state-dir", str(config.state_dir), "--run-dir", str(config.run_dir),
+            "--containerd-address", config.containerd_address, "--namespace", config.namespace,
+            "--bridge", config.bridge, "--subnet", config.subnet,
+            "--network-name", config.network_name, "--stop-timeout", str(config.stop_timeout)]
+    if config.conflist_file:
+        argv += ["--conflist", str(config.conflist_file)]
+    if log_json:
+        argv.append("--log-json")
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            fail(f"the agent exited with code {proc.returncode} at start; see {log_path}")
+        if _answers(client):
+            click.echo(proc.pid)
+            return
+        time.sleep(0.05)
+    fail(f"the agent (pid {proc.pid}) did not answer within 20 s; see {log_path}")
+
+
+def _answers(client: Client) -> bool:
+    try:
+        conn = _UnixConnection(client.socket_path, 2)
+        conn.request("GET", "/v1/version")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
+# -- tasks -----------------------------------------------------------------------------------
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--rm", "remove", is_flag=True, help="Remove the task and its logs when it stops.")
+@click.option("--detach", "-d", is_flag=True, help="Print the task id and return.")
+@click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE",
+              help="Set an environment variable in every container (like RunTask overrides).")
+@click.pass_context
+def run(ctx: click.Context, file: str, remove: bool, detach: bool, env: tuple[str, ...]) -> None:
+    """Run the task definition in FILE."""
+    if remove and detach:
+        fail("--rm and --detach cannot be used together", 2)
+    overrides: dict[str, str] = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--env {item!r}: expected KEY=VALUE", 2)
+        overrides[key] = value
+    definition = _read_definition(file)
+    client = _client(ctx)
+    try:
+        task = client.call("POST", "/v1/tasks", {"definition": definition, "source": file,
+                                                 "environment": overrides})
+    except ApiError as e:
+        _api_fail(e)
+    if detach:
+        click.echo(task["id"])
+        return
+    sys.exit(_attach(client, task["id"], remove))
+
+
+def _attach(client: Client, task_id: str, remove: bool) -> int:
+    """Stream the task's output until it stops; Ctrl-C stops the task."""
+    try:
+        try:
+            _print_logs(client, task_id, None, follow=True, tail=None, timestamps=False)
+        except KeyboardInterrupt:
+            click.echo(f"nstask: stopping task {task_id}", err=True)
+            client.call("POST", f"/v1/tasks/{task_id}/stop", {}, timeout=None)
+        task = client.call("GET", f"/v1/tasks/{task_id}/wait", timeout=None)
+        code = task.get("exitCode")
+        if code is None:
+            click.echo(f"nstask: task {task_id} did not run: {task.get('stopReason')}", err=True)
+            code = 125
+        if remove:
+            client.call("DELETE", f"/v1/tasks/{task_id}")
+        return int(code)
+    except ApiError as e:
+        _api_fail(e)
+
+
+def _print_logs(client: Client, task_id: str, container: str | None, *, follow: bool,
+                tail: int | None, timestamps: bool) -> None:
+    from urllib.parse import urlencode
+
+    query = {"follow": "1" if follow else "0"}
+    if container:
+        query["container"] = container
+    if tail is not None:
+        query["tail"] = str(tail)
+    resp = client.request("GET", f"/v1/tasks/{task_id}/logs?{urlencode(query)}", timeout=None)
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    while line := resp.readline():
+        entry = json.loads(line)
+        text = entry["log"]
+        if timestamps:
+            text = f"{entry['time']} {text}"
+        stream = err if entry["stream"] == "stderr" else out
+        stream.write(text.encode("utf-8", "surrogateescape"))
+        stream.flush()
+
+
+@main.command()
+@click.option("--all", "-a", "all_tasks", is_flag=True, help="Show stopped tasks too.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="Print task ids only.")
+@click.pass_context
+def ps(ctx: click.Context, all_tasks: bool, as_json: bool, quiet: bool) -> None:
+    """List tasks."""
+    try:
+        tasks = _client(ctx).call("GET", "/v1/tasks" + ("?all=1" if all_tasks else ""))
+    except ApiError as e:
+        _api_fail(e)
+    if as_json:
+        click.echo(json.dumps(tasks, indent=2))
+        return
+    if quiet:
+        for t in tasks:
+            click.echo(t["id"])
+        return
+    rows = [("TASK ID", "FAMILY", "STATUS", "IP", "CONTAINERS", "EXIT", "AGE")]
+    import time
+
+    for t in tasks:
+        names = ",".join(c["name"] for c in t["containers"])
+        exit_code = "" if t["exitCode"] is None else str(t["exitCode"])
+        rows.append((t["id"][:12], t["family"], t["lastStatus"], t["ip"] or "-", names,
+                     exit_code, _age(time.time() - t["createdAt"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{int(seconds)}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m"
+    return f"{int(seconds // 3600)}h"
+
+
+@main.command()
+@click.argument("task")
+@click.argument("container", required=False)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the task stops.")
+@click.option("--tail", "-n", type=int, help="Only the last N lines of each container.")
+@click.option("--timestamps", "-t", is_flag=True, help="Prefix each line with its time.")
+@click.pass_context
+def logs(ctx: click.Context, task: str, container: str | None, follow: bool, tail: int | None,
+         timestamps: bool) -> None:
+    """Print a task's output (all containers, or CONTAINER)."""
+    try:
+        _print_logs(_client(ctx), task, container, follow=follow, tail=tail,
+                    timestamps=timestamps)
+    except ApiError as e:
+        _api_fail(e)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("tasks", nargs=-1, required=True)
+@click.option("--time", "-t", "timeout", type=float,
+              help="Seconds to wait after the stop signal before SIGKILL (default: stopTimeout).")
+@click.pass_context
+def stop(ctx: click.Context, tasks: tuple[str, ...], timeout: float | None) -> None:
+    """Stop tasks: stop signal, wait, SIGKILL; then remove their network and containers."""
+    client = _client(ctx)
+    body = {} if timeout is None else {"timeout": timeout}
+    failed = False
+    for t in tasks:
+        try:
+            task = client.call("POST", f"/v1/tasks/{t}/stop", body, timeout=None)
+            click.echo(task["id"])
+        except ApiError as e:
+            click.echo(f"nstask: {e.body.get('message', e)}", err=True)
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("tasks", nargs=-1, required=True)
+@click.option("--force", "-f", is_flag=True, help="Stop running tasks first.")
+@click.pass_context
+def rm(ctx: click.Context, tasks: tuple[str, ...], force: bool) -> None:
+    """Remove stopped tasks and their logs."""
+    client = _client(ctx)
+    failed = False
+    for t in tasks:
+        try:
+            client.call("DELETE", f"/v1/tasks/{t}" + ("?force=1" if force else ""),
+                        timeout=None)
+            click.echo(t)
+        except ApiError as e:
+            click.echo(f"nstask: {e.body.get('message', e)}", err=True)
+            failed = True
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("task")
+@click.pass_context
+def inspect(ctx: click.Context, task: str) -> None:
+    """Show a task as JSON, with per-phase timings in milliseconds."""
+    try:
+        click.echo(json.dumps(_client(ctx).call("GET", f"/v1/tasks/{task}"), indent=2))
+    except ApiError as e:
+        _api_fail(e)
+
+
+@main.command()
+@click.argument("task")
+@click.pass_context
+def wait(ctx: click.Context, task: str) -> None:
+    """Wait for a task to stop; print its exit code."""
+    try:
+        t = _client(ctx).call("GET", f"/v1/tasks/{task}/wait", timeout=None)
+    except ApiError as e:
+        _api_fail(e)
+    click.echo("" if t["exitCode"] is None else t["exitCode"])
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def validate(file: str) -> None:
+    """Check a task definition without running it (no agent needed)."""
+    from agent.errors import TaskDefinitionError
+    from agent.taskdef import parse_task_definition_text
+
+    try:
+        with open(file, "rb") as f:
+            text = f.read()
+    except OSError as e:
+        fail(f"{file}: cannot read task definition: {e.strerror}", 2)
+    try:
+        td = parse_task_definition_text(text, source=file)
+    except TaskDefinitionError as e:
+        fail(e.message.replace("\n", "\nnstask: "), 2)
+    for w in td.warnings:
+        click.echo(f"warning: {file}: {w}", err=True)
+    click.echo(f"{file}: ok (family {td.family}, {len(td.containers)} container(s), "
+               f"network mode {td.network_mode})")
+
+
+# -- images ----------------------------------------------------------------------------------
+@main.group()
+def image() -> None:
+    """Make, load and list images."""
+
+
+@image.command("pack")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("ref")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Archive to write (default: <name>.oci.tar in the current directory).")
+@click.option("--cmd", "cmd", help="The image's CMD, as a JSON list or a shell string.")
+@click.option("--entrypoint", help="The image's ENTRYPOINT, as a JSON list.")
+@click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE")
+@click.option("--workdir")
+@click.option("--stop-signal")
+def image_pack(directory: str, ref: str, output: str | None, cmd: str | None,
+               entrypoint: str | None, env: tuple[str, ...], workdir: str | None,
+               stop_signal: str | None) -> None:
+    """Make an OCI image archive from a root filesystem DIRECTORY (no agent needed)."""
+    from agent import images
+
+    out = output or (ref.rsplit("/", 1)[-1].replace(":", "_") + ".oci.tar")
+    digest = images.pack(directory, ref, out, cmd=_json_list(cmd, "--cmd"),
+                         entrypoint=_json_list(entrypoint, "--entrypoint"),
+                         env=list(env) or None, workdir=workdir, stop_signal=stop_signal)
+    click.echo(f"{out} {ref} {digest}")
+
+
+def _json_list(value: str | None, flag: str) -> list[str] | None:
+    if value is None:
+        return None
+    if value.startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            fail(f"{flag}: not a JSON list: {value}", 2)
+        if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
+            fail(f"{flag}: must be a JSON list of strings", 2)
+        return parsed
+    return ["/bin/sh", "-c", value]
+
+
+@image.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_context
+def image_import(ctx: click.Context, file: str) -> None:
+    """Load an OCI archive into containerd and unpack it."""
+    try:
+        refs = _client(ctx).call("POST", "/v1/images/import",
+                                 {"path": os.path.abspath(file)}, timeout=None)
+    except ApiError as e:
+        _api_fail(e)
+    for r in refs:
+        click.echo(f"{r['name']} {r['digest']}")
+
+
+@image.command("ls")
+@click.option("--quiet", "-q", is_flag=True)
+@click.pass_context
+def image_ls(ctx: click.Context, quiet: bool) -> None:
+    """List images in the agent's containerd namespace."""
+    try:
+        imgs = _client(ctx).call("GET", "/v1/images")
+    except ApiError as e:
+        _api_fail(e)
+    if quiet:
+        for i in imgs:
+            click.echo(i["name"])
+        return
+    rows = [("REF", "DIGEST", "SIZE")]
+    for i in imgs:
+        rows.append((i["name"], i["digest"][:19], _size(i.get("size") or 0)))
+    widths = [max(len(r[k]) for r in rows) for k in range(3)]
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{n} B"
+
+
+if __name__ == "__main__":
+    main()

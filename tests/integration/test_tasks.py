@@ -1,0 +1,232 @@
+"""The first slice end to end: tasks run on the real stack through the agent and the CLI."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import stat
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import start_agent, stop_agent
+from support import TEST_IMAGE, Agent, busybox_task, leaks, write_taskdef
+
+
+def test_task_output_reaches_logs_with_streams_apart(agent: Agent, tmp_path: Path) -> None:
+    td = busybox_task("printer", ["sh", "-c", "for i in 1 2 3; do echo out-$i; done; "
+                                              "echo err-1 >&2; exit 0"])
+    task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+    task = agent.wait_status(task_id, "STOPPED")
+    assert task["exitCode"] == 0
+    assert task["stopReason"] == "Essential container in task exited"
+    out = agent.cli("logs", task_id, check=True)
+    assert out.stdout == "out-1\nout-2\nout-3\n"
+    assert out.stderr == "err-1\n"
+    stamped = agent.cli("logs", "--timestamps", "--tail", "1", task_id, "printer", check=True)
+    assert stamped.stdout.endswith(" out-3\n") and stamped.stdout.startswith("20")
+    agent.cli("rm", task_id, check=True)
+
+
+def test_run_attached_streams_output_and_exits_with_container_code(
+        agent: Agent, tmp_path: Path) -> None:
+    td = busybox_task("exiter", ["sh", "-c", "echo about to fail; exit 3"])
+    proc = agent.cli("run", "--rm", write_taskdef(tmp_path, td))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "about to fail\n"
+    # --rm: the task and its logs are gone once it stopped.
+    assert "exiter" not in agent.cli("ps", "-a", check=True).stdout
+
+
+def test_two_tasks_talk_over_the_task_network_and_host_reaches_them(
+        agent: Agent, tmp_path: Path) -> None:
+    web_def = json.loads((Path(__file__).parents[2] / "examples" / "web.json").read_text())
+    web_id = agent.cli("run", "-d", write_taskdef(tmp_path, web_def, "web.json"),
+                       check=True).stdout.strip()
+    web = agent.wait_status(web_id, "RUNNING")
+    ip = str(web["ip"])
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(agent.subnet)
+    # The host reaches the task at its own address.
+    page = _fetch(f"http://{ip}:8080/")
+    assert "hello from the web task" in page
+    # A second task reaches the first over the bridge.
+    hello = agent.cli("run", "--rm", "-e", f"WEB_URL=http://{ip}:8080/", "examples/hello.json")
+    assert hello.returncode == 0, hello.stderr
+    assert "hello from the web task" in hello.stdout
+    hello_ip = [line.split()[-1] for line in hello.stdout.splitlines()
+                if line.startswith("eth0 address:")]
+    assert hello_ip and ipaddress.ip_interface(hello_ip[0]).ip in ipaddress.ip_network(agent.subnet)
+    assert ipaddress.ip_interface(hello_ip[0]).ip != ipaddress.ip_address(ip)
+    # ps shows the running task with its address.
+    ps = agent.cli("ps", check=True).stdout
+    assert web_id[:12] in ps and ip in ps and "RUNNING" in ps
+    assert [t["id"] for t in json.loads(agent.cli("ps", "--json", check=True).stdout)] == [web_id]
+    stopped = json.loads(agent.cli("inspect", web_id, check=True).stdout)
+    assert stopped["lastStatus"] == "RUNNING"
+    t0 = time.monotonic()
+    agent.cli("stop", web_id, check=True)
+    assert time.monotonic() - t0 < 5  # the trap exits on SIGTERM: no wait for SIGKILL
+    after = agent.inspect(web_id)
+    assert after["lastStatus"] == "STOPPED" and after["exitCode"] == 0
+    assert "web: stopping" in agent.cli("logs", web_id, check=True).stdout
+    agent.cli("rm", web_id, check=True)
+    assert not leaks(agent)
+
+
+def _fetch(url: str) -> str:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (task address)
+                return str(r.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_stop_of_container_ignoring_sigterm_ends_with_sigkill_after_timeout(
+        agent: Agent, tmp_path: Path) -> None:
+    td = busybox_task("stubborn", ["sh", "-c", "trap '' TERM; echo ready; "
+                                               "while true; do sleep 1; done"], stopTimeout=2)
+    task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+    agent.wait_status(task_id, "RUNNING")
+    t0 = time.monotonic()
+    agent.cli("stop", task_id, check=True)
+    took = time.monotonic() - t0
+    task = agent.inspect(task_id)
+    assert 2.0 <= took < 8, took
+    assert task["exitCode"] == 137  # 128 + SIGKILL
+    assert task["lastStatus"] == "STOPPED"
+    agent.cli("rm", task_id, check=True)
+
+
+def test_logs_follow_ends_when_the_task_ends(agent: Agent, tmp_path: Path) -> None:
+    td = busybox_task("ticker", ["sh", "-c", "for i in 1 2 3 4 5; do echo tick-$i; "
+                                             "sleep 0.2; done"])
+    task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+    proc = agent.cli("logs", "-f", task_id, timeout=30)
+    assert proc.returncode == 0
+    assert proc.stdout.split() == [f"tick-{i}" for i in range(1, 6)]
+    agent.cli("rm", task_id, check=True)
+
+
+def test_inspect_shows_per_phase_timings(agent: Agent, tmp_path: Path) -> None:
+    td = busybox_task("timed", ["true"])
+    proc = agent.cli("run", write_taskdef(tmp_path, td))
+    assert proc.returncode == 0, proc.stderr
+    task = json.loads(agent.cli("ps", "-a", "--json", check=True).stdout)
+    timed = [t for t in task if t["family"] == "timed"][0]
+    timings = timed["timings"]
+    for phase in ("accept", "network.netns", "network.cni", "images",
+                  "container.timed.create", "container.timed.start", "start_total",
+                  "stop.teardown"):
+        assert phase in timings and timings[phase] >= 0, (phase, timings)
+    agent.cli("rm", timed["id"], check=True)
+
+
+BAD_DEFINITIONS = [
+    ("not json", "{ this is not json", "is not valid JSON"),
+    ("no containers", {"family": "x"}, "containerDefinitions"),
+    ("missing image", {"family": "x", "containerDefinitions": [{"name": "a"}]},
+     "containerDefinitions[0].image"),
+    ("unknown network mode", {"family": "x", "networkMode": "overlay",
+                              "containerDefinitions": [{"name": "a", "image": TEST_IMAGE}]},
+     "networkMode"),
+    ("command not a list", {"containerDefinitions": [
+        {"name": "a", "image": TEST_IMAGE, "command": "echo hi"}]},
+     "containerDefinitions[0].command"),
+    ("duplicate names", {"containerDefinitions": [
+        {"name": "a", "image": TEST_IMAGE}, {"name": "a", "image": TEST_IMAGE}]},
+     "containerDefinitions[1].name"),
+    ("no essential container", {"containerDefinitions": [
+        {"name": "a", "image": TEST_IMAGE, "essential": False}]}, "essential"),
+    ("stopTimeout over 120", {"containerDefinitions": [
+        {"name": "a", "image": TEST_IMAGE, "stopTimeout": 121}]},
+     "containerDefinitions[0].stopTimeout"),
+]
+
+
+@pytest.mark.parametrize(("label", "definition", "expected"), BAD_DEFINITIONS,
+                         ids=[b[0] for b in BAD_DEFINITIONS])
+def test_bad_task_definition_is_refused_with_a_located_error_and_nothing_created(
+        agent: Agent, tmp_path: Path, label: str, definition: object, expected: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(definition if isinstance(definition, str) else json.dumps(definition))
+    before = agent.cli("ps", "-a", "-q", check=True).stdout
+    netns_before = _netns(agent)
+    for cmd in (["run", "--rm"], ["run", "-d"], ["validate"]):
+        proc = agent.cli(*cmd, str(path))
+        assert proc.returncode == 2, (label, cmd, proc.stdout, proc.stderr)
+        assert expected in proc.stderr, (label, proc.stderr)
+        assert str(path) in proc.stderr or "JSON" in proc.stderr
+    assert agent.cli("ps", "-a", "-q", check=True).stdout == before
+    assert _netns(agent) == netns_before
+    assert not leaks(agent)
+
+
+def _netns(agent: Agent) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], text=True, stdout=subprocess.PIPE).stdout
+    return sorted(line.split()[0] for line in out.splitlines()
+                  if line.startswith(agent.netns_prefix))
+
+
+def test_missing_image_gets_a_clear_error_and_leaves_nothing(agent: Agent, tmp_path: Path) -> None:
+    td = busybox_task("ghost", ["true"])
+    td["containerDefinitions"][0]["image"] = "nstask.local/no-such-image:1"  # type: ignore[index]
+    proc = agent.cli("run", "--rm", write_taskdef(tmp_path, td))
+    assert proc.returncode != 0
+    assert "nstask.local/no-such-image:1" in proc.stderr
+    assert "not present" in proc.stderr or "import" in proc.stderr
+    assert not leaks(agent)
+
+
+def test_agent_not_running_says_how_to_start_it(tmp_path: Path) -> None:
+    proc = subprocess.run(["nstask", "--socket", str(tmp_path / "none.sock"), "ps"], text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "PATH": f"{Path(os.sys.executable).parent}:"
+                               + os.environ["PATH"]})
+    assert proc.returncode == 1
+    assert "agent is not running" in proc.stderr and "nstask agent --detach" in proc.stderr
+
+
+def test_api_socket_is_root_only(agent: Agent) -> None:
+    mode = os.stat(agent.socket).st_mode
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_failing_cni_plugin_mid_list_rolls_back_everything(tmp_path: Path) -> None:
+    """A plugin that fails after the bridge and portmap ran: the task fails to start and
+    nothing of the earlier plugins (veth, IP allocation, cache entry) or the netns is left."""
+    plugin_dir = tmp_path / "cni-bin"
+    plugin_dir.mkdir()
+    failing = plugin_dir / "nstask-test-fail"
+    failing.write_text("#!/bin/sh\ncat >/dev/null\n"
+                       "if [ \"$CNI_COMMAND\" = ADD ]; then\n"
+                       "  echo '{\"cniVersion\":\"1.0.0\",\"code\":100,\"msg\":\"injected failure\"}'\n"
+                       "  exit 1\nfi\n"
+                       "if [ \"$CNI_COMMAND\" = VERSION ]; then\n"
+                       "  echo '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}'\nfi\n"
+                       "exit 0\n")
+    failing.chmod(0o755)
+
+    def conflist(a: Agent) -> dict[str, object]:
+        return {"cniVersion": "1.0.0", "name": a.network, "plugins": [
+            {"type": "nstask-bridge", "bridge": a.bridge, "isGateway": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": a.subnet}]],
+                      "dataDir": str(a.ipam_dir)}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "nstask-test-fail"},
+        ]}
+
+    a, proc, base = start_agent(conflist_for=conflist, cni_path=f"{plugin_dir}:/usr/lib/cni")
+    try:
+        run = a.cli("run", "--rm", write_taskdef(tmp_path, busybox_task("doomed", ["true"])))
+        assert run.returncode == 125, run.stderr
+        assert "injected failure" in run.stderr and "nstask-test-fail" in run.stderr
+        assert not leaks(a)
+    finally:
+        stop_agent(a, proc, base)
