@@ -16,23 +16,26 @@ from typing import Any
 from agent import netns
 from agent.config import AgentConfig
 from cni.builtin import BridgePlugin
+from cni.invoke import SubprocessExec
 from cni.runtime import CNIRuntime
 
 BUILTIN_TYPE = "nstask-bridge"
 
 
 def default_conflist(config: AgentConfig) -> dict[str, Any]:
-    plugins: list[dict[str, Any]] = [{
-        "type": BUILTIN_TYPE,
-        "bridge": config.bridge,
-        "isGateway": True,
-        "ipam": {
-            "type": "host-local",
-            "ranges": [[{"subnet": config.subnet}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
-            "dataDir": str(config.ipam_data_dir),
-        },
-    }]
+    plugins: list[dict[str, Any]] = [
+        {
+            "type": BUILTIN_TYPE,
+            "bridge": config.bridge,
+            "isGateway": True,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": config.subnet}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": str(config.ipam_data_dir),
+            },
+        }
+    ]
     for name in config.chained_plugins:
         if name == "portmap":
             plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
@@ -48,12 +51,14 @@ class TaskNetwork:
             conflist: Any = json.loads(config.conflist_file.read_text())
         else:
             conflist = default_conflist(config)
+        plugin_exec = SubprocessExec()
         self.runtime = CNIRuntime(
             conflist=conflist,
             cache_dir=str(config.cni_cache_dir),
             cni_path=list(config.cni_path),
             lock_path=str(config.cni_lock),
-            builtins={BUILTIN_TYPE: BridgePlugin(netns.NetlinkLinks())},
+            exec=plugin_exec,
+            builtins={BUILTIN_TYPE: BridgePlugin(netns.NetlinkLinks(), exec=plugin_exec)},
         )
 
     @property
@@ -66,13 +71,19 @@ class TaskNetwork:
     async def remove_netns(self, name: str) -> None:
         await asyncio.to_thread(netns.remove_netns, name)
 
-    async def attach(self, task_id: str, netns_path: str, *,
-                     port_mappings: Sequence[dict[str, Any]] = ()) -> str | None:
+    async def attach(
+        self, task_id: str, netns_path: str, *, port_mappings: Sequence[dict[str, Any]] = ()
+    ) -> str | None:
         """CNI ADD for the task; returns its IPv4 address (without prefix length)."""
         caps = {"portMappings": list(port_mappings)} if port_mappings else {}
         result = await asyncio.to_thread(
-            self.runtime.add, task_id, netns_path, "eth0",
-            args={"IgnoreUnknown": "1"}, capability_args=caps)
+            self.runtime.add,
+            task_id,
+            netns_path,
+            "eth0",
+            args={"IgnoreUnknown": "1"},
+            capability_args=caps,
+        )
         for ip in result.get("ips", []):
             addr = str(ip.get("address", ""))
             if "." in addr:
@@ -81,5 +92,6 @@ class TaskNetwork:
 
     async def detach(self, task_id: str, netns_path: str | None, *, ifname: str = "eth0") -> None:
         """CNI DEL in reverse with the cached result, also when the netns is already gone."""
-        await asyncio.to_thread(self.runtime.delete, task_id, netns_path, ifname,
-                                args={"IgnoreUnknown": "1"})
+        await asyncio.to_thread(
+            self.runtime.delete, task_id, netns_path, ifname, args={"IgnoreUnknown": "1"}
+        )

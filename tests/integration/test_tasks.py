@@ -17,8 +17,9 @@ from support import TEST_IMAGE, Agent, busybox_task, leaks, write_taskdef
 
 
 def test_task_output_reaches_logs_with_streams_apart(agent: Agent, tmp_path: Path) -> None:
-    td = busybox_task("printer", ["sh", "-c", "for i in 1 2 3; do echo out-$i; done; "
-                                              "echo err-1 >&2; exit 0"])
+    td = busybox_task(
+        "printer", ["sh", "-c", "for i in 1 2 3; do echo out-$i; done; echo err-1 >&2; exit 0"]
+    )
     task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
     task = agent.wait_status(task_id, "STOPPED")
     assert task["exitCode"] == 0
@@ -26,13 +27,16 @@ def test_task_output_reaches_logs_with_streams_apart(agent: Agent, tmp_path: Pat
     out = agent.cli("logs", task_id, check=True)
     assert out.stdout == "out-1\nout-2\nout-3\n"
     assert out.stderr == "err-1\n"
-    stamped = agent.cli("logs", "--timestamps", "--tail", "1", task_id, "printer", check=True)
-    assert stamped.stdout.endswith(" out-3\n") and stamped.stdout.startswith("20")
+    # --tail counts the container's last lines across both streams.
+    stamped = agent.cli("logs", "--timestamps", "--tail", "2", task_id, "printer", check=True)
+    assert stamped.stdout.startswith("20") and stamped.stdout.endswith("Z out-3\n")
+    assert stamped.stderr.startswith("20") and stamped.stderr.endswith("Z err-1\n")
     agent.cli("rm", task_id, check=True)
 
 
 def test_run_attached_streams_output_and_exits_with_container_code(
-        agent: Agent, tmp_path: Path) -> None:
+    agent: Agent, tmp_path: Path
+) -> None:
     td = busybox_task("exiter", ["sh", "-c", "echo about to fail; exit 3"])
     proc = agent.cli("run", "--rm", write_taskdef(tmp_path, td))
     assert proc.returncode == 3, proc.stderr
@@ -42,10 +46,12 @@ def test_run_attached_streams_output_and_exits_with_container_code(
 
 
 def test_two_tasks_talk_over_the_task_network_and_host_reaches_them(
-        agent: Agent, tmp_path: Path) -> None:
+    agent: Agent, tmp_path: Path
+) -> None:
     web_def = json.loads((Path(__file__).parents[2] / "examples" / "web.json").read_text())
-    web_id = agent.cli("run", "-d", write_taskdef(tmp_path, web_def, "web.json"),
-                       check=True).stdout.strip()
+    web_id = agent.cli(
+        "run", "-d", write_taskdef(tmp_path, web_def, "web.json"), check=True
+    ).stdout.strip()
     web = agent.wait_status(web_id, "RUNNING")
     ip = str(web["ip"])
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(agent.subnet)
@@ -56,8 +62,9 @@ def test_two_tasks_talk_over_the_task_network_and_host_reaches_them(
     hello = agent.cli("run", "--rm", "-e", f"WEB_URL=http://{ip}:8080/", "examples/hello.json")
     assert hello.returncode == 0, hello.stderr
     assert "hello from the web task" in hello.stdout
-    hello_ip = [line.split()[-1] for line in hello.stdout.splitlines()
-                if line.startswith("eth0 address:")]
+    hello_ip = [
+        line.split()[-1] for line in hello.stdout.splitlines() if line.startswith("eth0 address:")
+    ]
     assert hello_ip and ipaddress.ip_interface(hello_ip[0]).ip in ipaddress.ip_network(agent.subnet)
     assert ipaddress.ip_interface(hello_ip[0]).ip != ipaddress.ip_address(ip)
     # ps shows the running task with its address.
@@ -80,7 +87,7 @@ def _fetch(url: str) -> str:
     deadline = time.monotonic() + 10
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (task address)
+            with urllib.request.urlopen(url, timeout=2) as r:
                 return str(r.read().decode())
         except OSError:
             if time.monotonic() > deadline:
@@ -89,9 +96,13 @@ def _fetch(url: str) -> str:
 
 
 def test_stop_of_container_ignoring_sigterm_ends_with_sigkill_after_timeout(
-        agent: Agent, tmp_path: Path) -> None:
-    td = busybox_task("stubborn", ["sh", "-c", "trap '' TERM; echo ready; "
-                                               "while true; do sleep 1; done"], stopTimeout=2)
+    agent: Agent, tmp_path: Path
+) -> None:
+    td = busybox_task(
+        "stubborn",
+        ["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 1; done"],
+        stopTimeout=2,
+    )
     task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
     agent.wait_status(task_id, "RUNNING")
     t0 = time.monotonic()
@@ -105,8 +116,9 @@ def test_stop_of_container_ignoring_sigterm_ends_with_sigkill_after_timeout(
 
 
 def test_logs_follow_ends_when_the_task_ends(agent: Agent, tmp_path: Path) -> None:
-    td = busybox_task("ticker", ["sh", "-c", "for i in 1 2 3 4 5; do echo tick-$i; "
-                                             "sleep 0.2; done"])
+    td = busybox_task(
+        "ticker", ["sh", "-c", "for i in 1 2 3 4 5; do echo tick-$i; sleep 0.2; done"]
+    )
     task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
     proc = agent.cli("logs", "-f", task_id, timeout=30)
     assert proc.returncode == 0
@@ -119,11 +131,18 @@ def test_inspect_shows_per_phase_timings(agent: Agent, tmp_path: Path) -> None:
     proc = agent.cli("run", write_taskdef(tmp_path, td))
     assert proc.returncode == 0, proc.stderr
     task = json.loads(agent.cli("ps", "-a", "--json", check=True).stdout)
-    timed = [t for t in task if t["family"] == "timed"][0]
+    timed = next(t for t in task if t["family"] == "timed")
     timings = timed["timings"]
-    for phase in ("accept", "network.netns", "network.cni", "images",
-                  "container.timed.create", "container.timed.start", "start_total",
-                  "stop.teardown"):
+    for phase in (
+        "accept",
+        "network.netns",
+        "network.cni",
+        "images",
+        "container.timed.create",
+        "container.timed.start",
+        "start_total",
+        "stop.teardown",
+    ):
         assert phase in timings and timings[phase] >= 0, (phase, timings)
     agent.cli("rm", timed["id"], check=True)
 
@@ -131,29 +150,54 @@ def test_inspect_shows_per_phase_timings(agent: Agent, tmp_path: Path) -> None:
 BAD_DEFINITIONS = [
     ("not json", "{ this is not json", "is not valid JSON"),
     ("no containers", {"family": "x"}, "containerDefinitions"),
-    ("missing image", {"family": "x", "containerDefinitions": [{"name": "a"}]},
-     "containerDefinitions[0].image"),
-    ("unknown network mode", {"family": "x", "networkMode": "overlay",
-                              "containerDefinitions": [{"name": "a", "image": TEST_IMAGE}]},
-     "networkMode"),
-    ("command not a list", {"containerDefinitions": [
-        {"name": "a", "image": TEST_IMAGE, "command": "echo hi"}]},
-     "containerDefinitions[0].command"),
-    ("duplicate names", {"containerDefinitions": [
-        {"name": "a", "image": TEST_IMAGE}, {"name": "a", "image": TEST_IMAGE}]},
-     "containerDefinitions[1].name"),
-    ("no essential container", {"containerDefinitions": [
-        {"name": "a", "image": TEST_IMAGE, "essential": False}]}, "essential"),
-    ("stopTimeout over 120", {"containerDefinitions": [
-        {"name": "a", "image": TEST_IMAGE, "stopTimeout": 121}]},
-     "containerDefinitions[0].stopTimeout"),
+    (
+        "missing image",
+        {"family": "x", "containerDefinitions": [{"name": "a"}]},
+        "containerDefinitions[0].image",
+    ),
+    (
+        "unknown network mode",
+        {
+            "family": "x",
+            "networkMode": "overlay",
+            "containerDefinitions": [{"name": "a", "image": TEST_IMAGE}],
+        },
+        "networkMode",
+    ),
+    (
+        "command not a list",
+        {"containerDefinitions": [{"name": "a", "image": TEST_IMAGE, "command": "echo hi"}]},
+        "containerDefinitions[0].command",
+    ),
+    (
+        "duplicate names",
+        {
+            "containerDefinitions": [
+                {"name": "a", "image": TEST_IMAGE},
+                {"name": "a", "image": TEST_IMAGE},
+            ]
+        },
+        "containerDefinitions[1].name",
+    ),
+    (
+        "no essential container",
+        {"containerDefinitions": [{"name": "a", "image": TEST_IMAGE, "essential": False}]},
+        "essential",
+    ),
+    (
+        "stopTimeout over 120",
+        {"containerDefinitions": [{"name": "a", "image": TEST_IMAGE, "stopTimeout": 121}]},
+        "containerDefinitions[0].stopTimeout",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("label", "definition", "expected"), BAD_DEFINITIONS,
-                         ids=[b[0] for b in BAD_DEFINITIONS])
+@pytest.mark.parametrize(
+    ("label", "definition", "expected"), BAD_DEFINITIONS, ids=[b[0] for b in BAD_DEFINITIONS]
+)
 def test_bad_task_definition_is_refused_with_a_located_error_and_nothing_created(
-        agent: Agent, tmp_path: Path, label: str, definition: object, expected: str) -> None:
+    agent: Agent, tmp_path: Path, label: str, definition: object, expected: str
+) -> None:
     path = tmp_path / "bad.json"
     path.write_text(definition if isinstance(definition, str) else json.dumps(definition))
     before = agent.cli("ps", "-a", "-q", check=True).stdout
@@ -170,8 +214,9 @@ def test_bad_task_definition_is_refused_with_a_located_error_and_nothing_created
 
 def _netns(agent: Agent) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], text=True, stdout=subprocess.PIPE).stdout
-    return sorted(line.split()[0] for line in out.splitlines()
-                  if line.startswith(agent.netns_prefix))
+    return sorted(
+        line.split()[0] for line in out.splitlines() if line.startswith(agent.netns_prefix)
+    )
 
 
 def test_missing_image_gets_a_clear_error_and_leaves_nothing(agent: Agent, tmp_path: Path) -> None:
@@ -185,10 +230,13 @@ def test_missing_image_gets_a_clear_error_and_leaves_nothing(agent: Agent, tmp_p
 
 
 def test_agent_not_running_says_how_to_start_it(tmp_path: Path) -> None:
-    proc = subprocess.run(["nstask", "--socket", str(tmp_path / "none.sock"), "ps"], text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env={**os.environ, "PATH": f"{Path(os.sys.executable).parent}:"
-                               + os.environ["PATH"]})
+    proc = subprocess.run(
+        ["nstask", "--socket", str(tmp_path / "none.sock"), "ps"],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PATH": f"{Path(os.sys.executable).parent}:" + os.environ["PATH"]},
+    )
     assert proc.returncode == 1
     assert "agent is not running" in proc.stderr and "nstask agent --detach" in proc.stderr
 
@@ -204,23 +252,36 @@ def test_failing_cni_plugin_mid_list_rolls_back_everything(tmp_path: Path) -> No
     plugin_dir = tmp_path / "cni-bin"
     plugin_dir.mkdir()
     failing = plugin_dir / "nstask-test-fail"
-    failing.write_text("#!/bin/sh\ncat >/dev/null\n"
-                       "if [ \"$CNI_COMMAND\" = ADD ]; then\n"
-                       "  echo '{\"cniVersion\":\"1.0.0\",\"code\":100,\"msg\":\"injected failure\"}'\n"
-                       "  exit 1\nfi\n"
-                       "if [ \"$CNI_COMMAND\" = VERSION ]; then\n"
-                       "  echo '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}'\nfi\n"
-                       "exit 0\n")
+    failing.write_text(
+        "#!/bin/sh\ncat >/dev/null\n"
+        'if [ "$CNI_COMMAND" = ADD ]; then\n'
+        '  echo \'{"cniVersion":"1.0.0","code":100,"msg":"injected failure"}\'\n'
+        "  exit 1\nfi\n"
+        'if [ "$CNI_COMMAND" = VERSION ]; then\n'
+        '  echo \'{"cniVersion":"1.0.0","supportedVersions":["1.0.0"]}\'\nfi\n'
+        "exit 0\n"
+    )
     failing.chmod(0o755)
 
     def conflist(a: Agent) -> dict[str, object]:
-        return {"cniVersion": "1.0.0", "name": a.network, "plugins": [
-            {"type": "nstask-bridge", "bridge": a.bridge, "isGateway": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": a.subnet}]],
-                      "dataDir": str(a.ipam_dir)}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-            {"type": "nstask-test-fail"},
-        ]}
+        return {
+            "cniVersion": "1.0.0",
+            "name": a.network,
+            "plugins": [
+                {
+                    "type": "nstask-bridge",
+                    "bridge": a.bridge,
+                    "isGateway": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": a.subnet}]],
+                        "dataDir": str(a.ipam_dir),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+                {"type": "nstask-test-fail"},
+            ],
+        }
 
     a, proc, base = start_agent(conflist_for=conflist, cni_path=f"{plugin_dir}:/usr/lib/cni")
     try:

@@ -1,0 +1,431 @@
+"""Network namespaces and links, through pyroute2: the only module that imports it.
+
+Everything here is synchronous; the agent calls it through `asyncio.to_thread`. Every
+pyroute2 `NetlinkError` and every `OSError` is turned into `agent.errors.NetworkError`
+here, naming the object and the operation. Steps are idempotent "ensure" steps: an
+object that already exists (EEXIST) is success, then we confirm it is visible.
+
+Why no fork: pyroute2 enters a netns by forking a helper process. Forking a threaded
+process (asyncio + gRPC threads) is fragile, so we do the one namespace-sensitive syscall
+in a short-lived thread of our own instead: `setns`/`unshare` affect only the calling
+thread, and a netlink socket stays bound to the netns it was created in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from agent.errors import NetworkError
+from cni.builtin import LinkInfo, Route, VethPair, host_veth_name
+
+__all__ = [
+    "NETNS_DIR",
+    "LinkInfo",
+    "NetlinkLinks",
+    "Route",
+    "VethPair",
+    "create_netns",
+    "host_veth_name",
+    "list_netns",
+    "netns_exists",
+    "netns_path",
+    "remove_netns",
+]
+
+NETNS_DIR = "/run/netns"
+_CLONE_NEWNET = 0x40000000
+_MNT_DETACH = 2
+_IFF_UP = 0x1
+_NETLINK_ROUTE = 0
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _wrapped(operation: str, obj: str) -> Iterator[None]:
+    """Turn pyroute2 / OS errors into NetworkError("<operation> <obj>: <reason>")."""
+    try:
+        yield
+    except NetworkError:
+        raise
+    except NetlinkError as exc:
+        code = getattr(exc, "code", 0)
+        reason = os.strerror(code) if code else str(exc)
+        raise NetworkError(
+            f"{operation} {obj}: {reason}", operation=operation, object=obj, errno=code
+        ) from exc
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise NetworkError(
+            f"{operation} {obj}: {reason}", operation=operation, object=obj, errno=exc.errno
+        ) from exc
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    if isinstance(exc, NetlinkError):
+        return int(exc.code)
+    if isinstance(exc, OSError):
+        return exc.errno
+    return None
+
+
+@contextlib.contextmanager
+def _tolerate(*codes: int) -> Iterator[None]:
+    """Swallow the named errnos (EEXIST for "ensure", ENODEV for "delete if present")."""
+    try:
+        yield
+    except (NetlinkError, OSError) as exc:
+        if _errno_of(exc) not in codes:
+            raise
+
+
+# -- namespaces -------------------------------------------------------------------------
+
+
+def netns_path(name: str) -> str:
+    """`/run/netns/<name>`, as `ip netns` names it."""
+    if not name or "/" in name or name in (".", "..") or len(name) > 255:
+        raise NetworkError(f"netns name {name!r} is not a plain file name", object=name)
+    return os.path.join(NETNS_DIR, name)
+
+
+def netns_exists(name: str) -> bool:
+    """True when the path is a mounted network namespace (not a stale empty file)."""
+    return _is_netns(netns_path(name))
+
+
+def _is_netns(path: str) -> bool:
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise NetworkError(f"stat netns {path}: {exc.strerror}", object=path) from exc
+
+
+def list_netns(prefix: str = "") -> list[str]:
+    """Names under /run/netns starting with `prefix`, sorted."""
+    with _wrapped("list netns in", NETNS_DIR):
+        return sorted(n for n in pr_netns.listnetns(NETNS_DIR) if n.startswith(prefix))
+
+
+def create_netns(name: str) -> str:
+    """Create (or find) the named netns with `lo` up; returns its path.
+
+    Idempotent: an existing netns is success. A stale mount point left by a crash between
+    file creation and bind mount is removed and the netns is made anew.
+    """
+    path = netns_path(name)
+    if not _is_netns(path):
+        with _wrapped("remove stale netns file", path), _tolerate(errno.ENOENT):
+            os.unlink(path)
+        with _wrapped("create netns", path):
+            _in_fresh_thread(lambda: _unshare_and_mount(path))
+    try:
+        with _wrapped("set lo up in netns", path), _ipr(path) as ipr:
+            ipr.link("set", index=_lookup(ipr, "lo", path), state="up")
+    except NetworkError:
+        remove_netns(name)
+        raise
+    return path
+
+
+def _unshare_and_mount(path: str) -> None:
+    """In a throw-away thread: new netns for this thread, bind-mounted at `path`."""
+    if _libc.unshare(_CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare: {os.strerror(err)}")
+    try:
+        # pyroute2's attach() does what `ip netns add` does: make /run/netns a shared
+        # mount, create the file and bind-mount /proc/<tid>/ns/net onto it.
+        pr_netns.attach(path, threading.get_native_id())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def remove_netns(name: str) -> None:
+    """Unmount and unlink; no error when it is already gone."""
+    path = netns_path(name)
+    with _wrapped("remove netns", path):
+        if _libc.umount2(path.encode(), _MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOENT):  # not mounted / gone: fine
+                raise OSError(err, os.strerror(err))
+        with _tolerate(errno.ENOENT):
+            os.unlink(path)
+
+
+def _in_fresh_thread(fn: Callable[[], T]) -> T:
+    """Run `fn` in a new thread and return its result (namespace changes die with it)."""
+    box: dict[str, Any] = {}
+
+    def runner() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=runner, name="nstask-netns")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
+def _netlink_socket_in(path: str) -> socket.socket:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_ROUTE)
+
+
+@contextlib.contextmanager
+def _ipr(path: str | None) -> Iterator[Any]:
+    """An IPRoute in the host netns (None) or in the netns at `path`."""
+    if path is None:
+        ipr = IPRoute()
+    else:
+        if not _is_netns(path):
+            raise NetworkError(f"open netns {path}: not a network namespace", object=path)
+        sock = _in_fresh_thread(lambda: _netlink_socket_in(path))
+        ipr = IPRoute(fileno=sock.detach())
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _lookup(ipr: Any, name: str, where: str | None) -> int:
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        place = f" in {where}" if where else ""
+        raise NetworkError(f"find link {name}{place}: no such device", object=name)
+    return int(found[0])
+
+
+def _find(ipr: Any, name: str) -> Any | None:
+    with _tolerate(errno.ENODEV):
+        for msg in ipr.link("get", ifname=name):
+            return msg
+    return None
+
+
+def _info(msg: Any) -> LinkInfo:
+    master = msg.get("master")
+    return LinkInfo(
+        name=str(msg.get("ifname")),
+        index=int(msg["index"]),
+        mac=str(msg.get("address") or ""),
+        mtu=int(msg.get("mtu") or 0),
+        kind=str(msg.get(("linkinfo", "kind")) or ""),
+        master=int(master) if master else None,
+        up=bool(msg["flags"] & _IFF_UP),
+    )
+
+
+def _split_cidr(cidr: str) -> tuple[str, int]:
+    iface = ipaddress.ip_interface(cidr)
+    return str(iface.ip), iface.network.prefixlen
+
+
+# -- links ------------------------------------------------------------------------------
+
+
+class NetlinkLinks:
+    """`cni.builtin.Links` over rtnetlink. Names and steps follow ip-link(8)."""
+
+    def ensure_bridge(
+        self, name: str, *, address: str | None = None, mtu: int | None = None
+    ) -> int:
+        """`ip link add <name> type bridge`, up, mtu, gateway address: all idempotent."""
+        with _wrapped("ensure bridge", name), _ipr(None) as ipr:
+            msg = _find(ipr, name)
+            if msg is None:
+                extra = {"mtu": mtu} if mtu else {}
+                with _tolerate(errno.EEXIST):
+                    ipr.link("add", ifname=name, kind="bridge", **extra)
+                msg = _find(ipr, name)
+                if msg is None:
+                    raise NetworkError(f"ensure bridge {name}: not visible after add", object=name)
+            info = _info(msg)
+            if info.kind != "bridge":
+                raise NetworkError(
+                    f"ensure bridge {name}: a {info.kind or 'non-bridge'} link has that name",
+                    object=name,
+                )
+            if mtu and info.mtu != mtu:
+                ipr.link("set", index=info.index, mtu=mtu)
+            if not info.up:
+                ipr.link("set", index=info.index, state="up")
+            if address:
+                ip, prefixlen = _split_cidr(address)
+                with _tolerate(errno.EEXIST):
+                    ipr.addr("add", index=info.index, address=ip, prefixlen=prefixlen)
+            return info.index
+
+    def create_veth(
+        self,
+        host_name: str,
+        peer_name: str,
+        *,
+        netns_path: str,
+        peer_final_name: str = "eth0",
+        master: str | None = None,
+        mtu: int | None = None,
+    ) -> VethPair:
+        """A veth pair: host side `host_name` (on `master`), peer `peer_final_name` in the netns.
+
+        The peer is created directly inside the netns under `peer_name` (so it never
+        clashes with a host link), then renamed, then both ends go up. When `host_name`
+        already exists and its peer is our `peer_final_name` in that netns, this is a
+        repeat of an earlier call and succeeds. On a failure half-way the pair is removed.
+        """
+        obj = f"veth {host_name}/{peer_final_name} in {netns_path}"
+        with _wrapped("create", obj), _ipr(None) as host, _ipr(netns_path) as ns:
+            existing = _find(host, host_name)
+            if existing is None:
+                fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    host.link(
+                        "add",
+                        ifname=host_name,
+                        kind="veth",
+                        peer={"ifname": peer_name, "net_ns_fd": fd},
+                    )
+                finally:
+                    os.close(fd)
+            elif not self._is_our_pair(existing, ns, peer_final_name):
+                raise NetworkError(
+                    f"create {obj}: {host_name} exists and is not this container's veth",
+                    object=host_name,
+                )
+            try:
+                return self._finish_veth(
+                    host, ns, host_name, peer_name, peer_final_name, master=master, mtu=mtu
+                )
+            except BaseException:
+                with _tolerate(errno.ENODEV):
+                    host.link("del", ifname=host_name)
+                raise
+
+    @staticmethod
+    def _is_our_pair(host_msg: Any, ns: Any, peer_final_name: str) -> bool:
+        peer = _find(ns, peer_final_name)
+        if peer is None or _info(host_msg).kind != "veth":
+            return False
+        return bool(peer.get("link") == host_msg["index"])
+
+    @staticmethod
+    def _finish_veth(
+        host: Any,
+        ns: Any,
+        host_name: str,
+        peer_name: str,
+        peer_final_name: str,
+        *,
+        master: str | None,
+        mtu: int | None,
+    ) -> VethPair:
+        peer = _find(ns, peer_final_name)
+        if peer is None:
+            peer_index = _lookup(ns, peer_name, "netns")
+            ns.link("set", index=peer_index, ifname=peer_final_name)
+        else:
+            peer_index = int(peer["index"])
+        host_index = _lookup(host, host_name, None)
+        if mtu:
+            ns.link("set", index=peer_index, mtu=mtu)
+            host.link("set", index=host_index, mtu=mtu)
+        ns.link("set", index=peer_index, state="up")
+        if master:
+            host.link("set", index=host_index, master=_lookup(host, master, None))
+        host.link("set", index=host_index, state="up")
+        host_info = _info(host.link("get", index=host_index)[0])
+        peer_info = _info(ns.link("get", index=peer_index)[0])
+        return VethPair(host_info.index, host_info.mac, peer_info.mac)
+
+    def delete_link(self, name: str, *, netns_path: str | None = None) -> bool:
+        """`ip link del <name>`; True when something was deleted, False when absent."""
+        if netns_path is not None and not _is_netns(netns_path):
+            return False
+        with _wrapped("delete link", name), _ipr(netns_path) as ipr:
+            msg = _find(ipr, name)
+            if msg is None:
+                return False
+            try:
+                ipr.link("del", index=msg["index"])
+            except NetlinkError as exc:
+                if exc.code == errno.ENODEV:
+                    return False
+                raise
+            return True
+
+    def set_addresses(self, netns_path: str | None, ifname: str, cidrs: Sequence[str]) -> None:
+        """`ip addr add <cidr> dev <ifname>` for each; an address already there is fine."""
+        with _wrapped("add addresses to", ifname), _ipr(netns_path) as ipr:
+            index = _lookup(ipr, ifname, netns_path)
+            for cidr in cidrs:
+                ip, prefixlen = _split_cidr(cidr)
+                with _tolerate(errno.EEXIST):
+                    ipr.addr("add", index=index, address=ip, prefixlen=prefixlen)
+
+    def add_routes(self, netns_path: str | None, routes: Sequence[Route]) -> None:
+        """`ip route add <dst> [via <gw>] dev <ifname>`; an existing route is fine."""
+        with _wrapped("add routes in", netns_path or "host"), _ipr(netns_path) as ipr:
+            for route in routes:
+                index = _lookup(ipr, route.ifname, netns_path)
+                extra = {"gateway": route.gateway} if route.gateway else {}
+                with _tolerate(errno.EEXIST):
+                    ipr.route("add", dst=route.dst, oif=index, **extra)
+
+    def link_info(self, netns_path: str | None, name: str) -> LinkInfo | None:
+        """`ip link show <name>` as a LinkInfo, or None (also when the netns is gone)."""
+        if netns_path is not None and not _is_netns(netns_path):
+            return None
+        with _wrapped("show link", name), _ipr(netns_path) as ipr:
+            msg = _find(ipr, name)
+            return None if msg is None else _info(msg)
+
+    def list_links(
+        self, prefix: str = "", master: str | None = None, *, netns_path: str | None = None
+    ) -> list[LinkInfo]:
+        """Links whose name starts with `prefix` (and enslaved to `master`), by name."""
+        with _wrapped("list links", prefix or "*"), _ipr(netns_path) as ipr:
+            master_index = None
+            if master is not None:
+                found = _find(ipr, master)
+                if found is None:
+                    return []
+                master_index = int(found["index"])
+            links = [_info(msg) for msg in ipr.link("dump")]
+        return sorted(
+            (
+                link
+                for link in links
+                if link.name.startswith(prefix)
+                and (master_index is None or link.master == master_index)
+            ),
+            key=lambda link: link.name,
+        )

@@ -1,0 +1,139 @@
+"""agent.netns against the real kernel: netns, bridge, veth, addresses, routes (root)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from agent import netns
+from agent.errors import NetworkError
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, links)"),
+]
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def ns_name() -> Iterator[str]:
+    name = f"nstask-t-{uuid.uuid4().hex[:10]}"
+    yield name
+    netns.remove_netns(name)
+    assert not os.path.exists(f"/run/netns/{name}")
+
+
+@pytest.fixture
+def bridge() -> Iterator[str]:
+    name = f"nstaskt{random.randint(10000, 99999)}"
+    yield name
+    netns.NetlinkLinks().delete_link(name)
+
+
+@pytest.fixture
+def links() -> netns.NetlinkLinks:
+    return netns.NetlinkLinks()
+
+
+def test_create_netns_is_idempotent_and_brings_lo_up(ns_name: str) -> None:
+    path = netns.create_netns(ns_name)
+    assert path == f"/run/netns/{ns_name}"
+    assert netns.create_netns(ns_name) == path
+    assert netns.netns_exists(ns_name)
+    assert ns_name in netns.list_netns("nstask-t-")
+    assert "state UNKNOWN" in ip("-n", ns_name, "link", "show", "lo")  # lo is up
+    assert "127.0.0.1/8" in ip("-n", ns_name, "addr", "show", "lo")
+
+
+def test_remove_netns_twice_is_fine(ns_name: str) -> None:
+    netns.create_netns(ns_name)
+    netns.remove_netns(ns_name)
+    netns.remove_netns(ns_name)
+    assert not netns.netns_exists(ns_name)
+    assert ns_name not in netns.list_netns("nstask-t-")
+
+
+def test_stale_mount_point_is_replaced(ns_name: str) -> None:
+    os.makedirs("/run/netns", exist_ok=True)
+    open(f"/run/netns/{ns_name}", "w").close()  # what a crash mid-create leaves
+    assert not netns.netns_exists(ns_name)
+    netns.create_netns(ns_name)
+    assert netns.netns_exists(ns_name)
+
+
+def test_bad_netns_name_is_refused() -> None:
+    with pytest.raises(NetworkError):
+        netns.netns_path("../etc")
+
+
+def test_bridge_and_veth_into_netns(ns_name: str, bridge: str, links: netns.NetlinkLinks) -> None:
+    path = netns.create_netns(ns_name)
+    index = links.ensure_bridge(bridge, address="10.213.251.1/24", mtu=1400)
+    assert links.ensure_bridge(bridge, address="10.213.251.1/24", mtu=1400) == index
+    host = netns.host_veth_name(ns_name, "eth0")
+    try:
+        pair = links.create_veth(
+            host, "nstpeer0", netns_path=path, peer_final_name="eth0", master=bridge, mtu=1400
+        )
+        assert (
+            links.create_veth(  # a repeat of the same call is success
+                host, "nstpeer0", netns_path=path, peer_final_name="eth0", master=bridge, mtu=1400
+            )
+            == pair
+        )
+        links.set_addresses(path, "eth0", ["10.213.251.7/24"])
+        links.set_addresses(path, "eth0", ["10.213.251.7/24"])
+        links.add_routes(path, [netns.Route("0.0.0.0/0", "10.213.251.1", "eth0")])
+        links.add_routes(path, [netns.Route("0.0.0.0/0", "10.213.251.1", "eth0")])
+
+        peer = links.link_info(path, "eth0")
+        host_info = links.link_info(None, host)
+        assert peer is not None and host_info is not None
+        assert (peer.mac, peer.mtu, peer.up) == (pair.peer_mac, 1400, True)
+        assert (host_info.index, host_info.master, host_info.kind) == (
+            pair.host_index,
+            index,
+            "veth",
+        )
+        assert [link.name for link in links.list_links("nstask", master=bridge)] == [host]
+        assert "default via 10.213.251.1 dev eth0" in ip("-n", ns_name, "route")
+        assert "10.213.251.1/24" in ip("addr", "show", bridge)
+        ping = subprocess.run(
+            ["ip", "netns", "exec", ns_name, "busybox", "ping", "-c1", "-W2", "10.213.251.1"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    finally:
+        assert links.delete_link(host) in (True, False)
+    assert links.link_info(None, host) is None
+    assert links.delete_link(host) is False
+    assert links.link_info(path, "eth0") is None  # deleting one end removes the pair
+
+
+def test_veth_name_taken_by_someone_else_is_refused(
+    ns_name: str, bridge: str, links: netns.NetlinkLinks
+) -> None:
+    path = netns.create_netns(ns_name)
+    links.ensure_bridge(bridge, address=None, mtu=None)
+    with pytest.raises(NetworkError, match="not this container's veth"):
+        links.create_veth(bridge, "nstpeer0", netns_path=path, master=None, mtu=None)
+    assert links.link_info(path, "nstpeer0") is None
+
+
+def test_errors_name_the_object_and_operation(ns_name: str, links: netns.NetlinkLinks) -> None:
+    path = netns.create_netns(ns_name)
+    with pytest.raises(NetworkError, match="eth9"):
+        links.set_addresses(path, "eth9", ["10.213.251.9/24"])
+    with pytest.raises(NetworkError, match="not a network namespace"):
+        links.set_addresses("/run/netns/nstask-t-absent", "eth0", ["10.213.251.9/24"])
+    assert links.link_info("/run/netns/nstask-t-absent", "eth0") is None
