@@ -44,8 +44,9 @@ class Client:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
 
-    def request(self, method: str, path: str, body: Any = None, *,
-                timeout: float | None = 60) -> http.client.HTTPResponse:
+    def request(
+        self, method: str, path: str, body: Any = None, *, timeout: float | None = 60
+    ) -> http.client.HTTPResponse:
         conn = _UnixConnection(self.socket_path, timeout)
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -53,11 +54,15 @@ class Client:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
         except (FileNotFoundError, ConnectionRefusedError):
-            fail(f"the nstask agent is not running (nothing answers on {self.socket_path}); "
-                 f"{START_HINT}")
+            fail(
+                f"the nstask agent is not running (nothing answers on {self.socket_path}); "
+                f"{START_HINT}"
+            )
         except PermissionError:
-            fail(f"permission denied on {self.socket_path}: the agent's socket is root-only; "
-                 "run nstask as root")
+            fail(
+                f"permission denied on {self.socket_path}: the agent's socket is root-only; "
+                "run nstask as root"
+            )
         if resp.status >= 400:
             raw = resp.read()
             try:
@@ -67,8 +72,7 @@ class Client:
             raise ApiError(resp.status, err)
         return resp
 
-    def call(self, method: str, path: str, body: Any = None, *,
-             timeout: float | None = 60) -> Any:
+    def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = 60) -> Any:
         resp = self.request(method, path, body, timeout=timeout)
         raw = resp.read()
         return json.loads(raw) if raw else None
@@ -102,8 +106,14 @@ def _read_definition(path: str) -> Any:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--socket", "socket_path", envvar="NSTASK_SOCKET", default=DEFAULT_SOCKET,
-              show_default=True, help="The agent's API socket.")
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar="NSTASK_SOCKET",
+    default=DEFAULT_SOCKET,
+    show_default=True,
+    help="The agent's API socket.",
+)
 @click.pass_context
 def main(ctx: click.Context, socket_path: str) -> None:
     """Run ECS task definitions on this host, the way the Fargate data plane does."""
@@ -121,22 +131,29 @@ def main(ctx: click.Context, socket_path: str) -> None:
 @click.option("--bridge", help="Task network bridge (default nstask0).")
 @click.option("--subnet", help="Task network subnet (default 10.213.0.0/24).")
 @click.option("--network-name", help="CNI network name (default nstask).")
-@click.option("--conflist", "conflist_file", type=click.Path(exists=True, dir_okay=False),
-              help="Use this CNI conflist instead of the built-in network.")
+@click.option(
+    "--conflist",
+    "conflist_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Use this CNI conflist instead of the built-in network.",
+)
 @click.option("--stop-timeout", type=float, help="Default stopTimeout in seconds (30).")
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
 @click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
 @click.pass_context
-def agent(ctx: click.Context, detach: bool, log_json: bool, log_file: str | None,
-          **flags: Any) -> None:
+def agent(
+    ctx: click.Context, detach: bool, log_json: bool, log_file: str | None, **flags: Any
+) -> None:
     """Run the nstask agent (it owns every task and host resource)."""
     from pathlib import Path
 
     from agent.config import load_config
 
     socket_path = ctx.obj["socket"]
-    values = {k: (Path(v) if k in ("state_dir", "run_dir", "conflist_file") and v else v)
-              for k, v in flags.items()}
+    values = {
+        k: (Path(v) if k in ("state_dir", "run_dir", "conflist_file") and v else v)
+        for k, v in flags.items()
+    }
     config = load_config(socket=Path(socket_path), **values)
     if os.geteuid() != 0:
         fail("the agent must run as root (it creates network namespaces and containers)")
@@ -159,18 +176,43 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
         fail(f"an agent already answers on {config.socket}")
     log_path = log_file or str(config.state_dir / "agent.log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    argv = [sys.executable, "-c", "import cli; cli.main()", "--socket", str(config.socket),
-            "agent", "--state-dir", str(config.state_dir), "--run-dir", str(config.run_dir),
-            "--containerd-address", config.containerd_address, "--namespace", config.namespace,
-            "--bridge", config.bridge, "--subnet", config.subnet,
-            "--network-name", config.network_name, "--stop-timeout", str(config.stop_timeout)]
+    argv = [
+        sys.executable,
+        "-c",
+        "import cli; cli.main()",
+        "--socket",
+        str(config.socket),
+        "agent",
+        "--state-dir",
+        str(config.state_dir),
+        "--run-dir",
+        str(config.run_dir),
+        "--containerd-address",
+        config.containerd_address,
+        "--namespace",
+        config.namespace,
+        "--bridge",
+        config.bridge,
+        "--subnet",
+        config.subnet,
+        "--network-name",
+        config.network_name,
+        "--stop-timeout",
+        str(config.stop_timeout),
+    ]
     if config.conflist_file:
         argv += ["--conflist", str(config.conflist_file)]
     if log_json:
         argv.append("--log-json")
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            close_fds=True,
+        )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -196,8 +238,14 @@ def _answers(client: Client) -> bool:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--rm", "remove", is_flag=True, help="Remove the task and its logs when it stops.")
 @click.option("--detach", "-d", is_flag=True, help="Print the task id and return.")
-@click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE",
-              help="Set an environment variable in every container (like RunTask overrides).")
+@click.option(
+    "--env",
+    "-e",
+    "env",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Set an environment variable in every container (like RunTask overrides).",
+)
 @click.pass_context
 def run(ctx: click.Context, file: str, remove: bool, detach: bool, env: tuple[str, ...]) -> None:
     """Run the task definition in FILE."""
@@ -212,8 +260,11 @@ def run(ctx: click.Context, file: str, remove: bool, detach: bool, env: tuple[st
     definition = _read_definition(file)
     client = _client(ctx)
     try:
-        task = client.call("POST", "/v1/tasks", {"definition": definition, "source": file,
-                                                 "environment": overrides})
+        task = client.call(
+            "POST",
+            "/v1/tasks",
+            {"definition": definition, "source": file, "environment": overrides},
+        )
     except ApiError as e:
         _api_fail(e)
     if detach:
@@ -242,8 +293,15 @@ def _attach(client: Client, task_id: str, remove: bool) -> int:
         _api_fail(e)
 
 
-def _print_logs(client: Client, task_id: str, container: str | None, *, follow: bool,
-                tail: int | None, timestamps: bool) -> None:
+def _print_logs(
+    client: Client,
+    task_id: str,
+    container: str | None,
+    *,
+    follow: bool,
+    tail: int | None,
+    timestamps: bool,
+) -> None:
     from urllib.parse import urlencode
 
     query = {"follow": "1" if follow else "0"}
@@ -287,8 +345,17 @@ def ps(ctx: click.Context, all_tasks: bool, as_json: bool, quiet: bool) -> None:
     for t in tasks:
         names = ",".join(c["name"] for c in t["containers"])
         exit_code = "" if t["exitCode"] is None else str(t["exitCode"])
-        rows.append((t["id"][:12], t["family"], t["lastStatus"], t["ip"] or "-", names,
-                     exit_code, _age(time.time() - t["createdAt"])))
+        rows.append(
+            (
+                t["id"][:12],
+                t["family"],
+                t["lastStatus"],
+                t["ip"] or "-",
+                names,
+                exit_code,
+                _age(time.time() - t["createdAt"]),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
@@ -309,12 +376,17 @@ def _age(seconds: float) -> str:
 @click.option("--tail", "-n", type=int, help="Only the last N lines of each container.")
 @click.option("--timestamps", "-t", is_flag=True, help="Prefix each line with its time.")
 @click.pass_context
-def logs(ctx: click.Context, task: str, container: str | None, follow: bool, tail: int | None,
-         timestamps: bool) -> None:
+def logs(
+    ctx: click.Context,
+    task: str,
+    container: str | None,
+    follow: bool,
+    tail: int | None,
+    timestamps: bool,
+) -> None:
     """Print a task's output (all containers, or CONTAINER)."""
     try:
-        _print_logs(_client(ctx), task, container, follow=follow, tail=tail,
-                    timestamps=timestamps)
+        _print_logs(_client(ctx), task, container, follow=follow, tail=tail, timestamps=timestamps)
     except ApiError as e:
         _api_fail(e)
     except KeyboardInterrupt:
@@ -323,8 +395,13 @@ def logs(ctx: click.Context, task: str, container: str | None, follow: bool, tai
 
 @main.command()
 @click.argument("tasks", nargs=-1, required=True)
-@click.option("--time", "-t", "timeout", type=float,
-              help="Seconds to wait after the stop signal before SIGKILL (default: stopTimeout).")
+@click.option(
+    "--time",
+    "-t",
+    "timeout",
+    type=float,
+    help="Seconds to wait after the stop signal before SIGKILL (default: stopTimeout).",
+)
 @click.pass_context
 def stop(ctx: click.Context, tasks: tuple[str, ...], timeout: float | None) -> None:
     """Stop tasks: stop signal, wait, SIGKILL; then remove their network and containers."""
@@ -351,8 +428,7 @@ def rm(ctx: click.Context, tasks: tuple[str, ...], force: bool) -> None:
     failed = False
     for t in tasks:
         try:
-            client.call("DELETE", f"/v1/tasks/{t}" + ("?force=1" if force else ""),
-                        timeout=None)
+            client.call("DELETE", f"/v1/tasks/{t}" + ("?force=1" if force else ""), timeout=None)
             click.echo(t)
         except ApiError as e:
             click.echo(f"nstask: {e.body.get('message', e)}", err=True)
@@ -401,8 +477,10 @@ def validate(file: str) -> None:
         fail(e.message.replace("\n", "\nnstask: "), 2)
     for w in td.warnings:
         click.echo(f"warning: {file}: {w}", err=True)
-    click.echo(f"{file}: ok (family {td.family}, {len(td.containers)} container(s), "
-               f"network mode {td.network_mode})")
+    click.echo(
+        f"{file}: ok (family {td.family}, {len(td.containers)} container(s), "
+        f"network mode {td.network_mode})"
+    )
 
 
 # -- images ----------------------------------------------------------------------------------
@@ -414,23 +492,41 @@ def image() -> None:
 @image.command("pack")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.argument("ref")
-@click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="Archive to write (default: <name>.oci.tar in the current directory).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    help="Archive to write (default: <name>.oci.tar in the current directory).",
+)
 @click.option("--cmd", "cmd", help="The image's CMD, as a JSON list or a shell string.")
 @click.option("--entrypoint", help="The image's ENTRYPOINT, as a JSON list.")
 @click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE")
 @click.option("--workdir")
 @click.option("--stop-signal")
-def image_pack(directory: str, ref: str, output: str | None, cmd: str | None,
-               entrypoint: str | None, env: tuple[str, ...], workdir: str | None,
-               stop_signal: str | None) -> None:
+def image_pack(
+    directory: str,
+    ref: str,
+    output: str | None,
+    cmd: str | None,
+    entrypoint: str | None,
+    env: tuple[str, ...],
+    workdir: str | None,
+    stop_signal: str | None,
+) -> None:
     """Make an OCI image archive from a root filesystem DIRECTORY (no agent needed)."""
     from agent import images
 
     out = output or (ref.rsplit("/", 1)[-1].replace(":", "_") + ".oci.tar")
-    digest = images.pack(directory, ref, out, cmd=_json_list(cmd, "--cmd"),
-                         entrypoint=_json_list(entrypoint, "--entrypoint"),
-                         env=list(env) or None, workdir=workdir, stop_signal=stop_signal)
+    digest = images.pack(
+        directory,
+        ref,
+        out,
+        cmd=_json_list(cmd, "--cmd"),
+        entrypoint=_json_list(entrypoint, "--entrypoint"),
+        env=list(env) or None,
+        workdir=workdir,
+        stop_signal=stop_signal,
+    )
     click.echo(f"{out} {ref} {digest}")
 
 
@@ -454,8 +550,9 @@ def _json_list(value: str | None, flag: str) -> list[str] | None:
 def image_import(ctx: click.Context, file: str) -> None:
     """Load an OCI archive into containerd and unpack it."""
     try:
-        refs = _client(ctx).call("POST", "/v1/images/import",
-                                 {"path": os.path.abspath(file)}, timeout=None)
+        refs = _client(ctx).call(
+            "POST", "/v1/images/import", {"path": os.path.abspath(file)}, timeout=None
+        )
     except ApiError as e:
         _api_fail(e)
     for r in refs:
@@ -473,12 +570,13 @@ def image_ls(ctx: click.Context, quiet: bool) -> None:
         _api_fail(e)
     if quiet:
         for i in imgs:
-            click.echo(i["name"])
+            click.echo(i["ref"])
         return
-    rows = [("REF", "DIGEST", "SIZE")]
+    rows = [("REF", "DIGEST", "SIZE", "CREATED")]
     for i in imgs:
-        rows.append((i["name"], i["digest"][:19], _size(i.get("size") or 0)))
-    widths = [max(len(r[k]) for r in rows) for k in range(3)]
+        rows.append((i["ref"], i["digest"][:19], _size(i.get("size") or 0),
+                     (i.get("created") or "")[:19]))
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 

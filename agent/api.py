@@ -69,8 +69,14 @@ def build_app(engine: Engine) -> web.Application:
     @routes.get("/v1/version")
     async def version(_: web.Request) -> web.Response:
         ver = await engine.client.version()
-        return web.json_response({"nstask": VERSION, "containerd": ver,
-                                  "namespace": engine.config.namespace, "pid": os.getpid()})
+        return web.json_response(
+            {
+                "nstask": VERSION,
+                "containerd": ver.version,
+                "namespace": engine.config.namespace,
+                "pid": os.getpid(),
+            }
+        )
 
     @routes.post("/v1/tasks")
     async def run(request: web.Request) -> web.Response:
@@ -78,8 +84,9 @@ def build_app(engine: Engine) -> web.Application:
         env = body.get("environment") or {}
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise InvalidInput("environment must be an object of strings")
-        task = await engine.submit(body.get("definition"), source=str(body.get("source", "")),
-                                   env=env)
+        task = await engine.submit(
+            body.get("definition"), source=str(body.get("source", "")), env=env
+        )
         return web.json_response(task.to_dict(), status=201)
 
     @routes.get("/v1/tasks")
@@ -106,8 +113,9 @@ def build_app(engine: Engine) -> web.Application:
 
     @routes.delete("/v1/tasks/{id}")
     async def rm(request: web.Request) -> web.Response:
-        await engine.remove(request.match_info["id"],
-                            force=request.query.get("force") in ("1", "true"))
+        await engine.remove(
+            request.match_info["id"], force=request.query.get("force") in ("1", "true")
+        )
         return web.Response(status=204)
 
     @routes.get("/v1/tasks/{id}/logs")
@@ -116,8 +124,10 @@ def build_app(engine: Engine) -> web.Application:
         name = request.query.get("container")
         containers = [c for c in task.containers if name in (None, "", c.name)]
         if not containers:
-            raise InvalidInput(f"task {task.id} has no container named {name!r}; it has: "
-                               + ", ".join(c.name for c in task.containers))
+            raise InvalidInput(
+                f"task {task.id} has no container named {name!r}; it has: "
+                + ", ".join(c.name for c in task.containers)
+            )
         follow = request.query.get("follow") in ("1", "true")
         tail = _int_query(request, "tail")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -137,8 +147,9 @@ def build_app(engine: Engine) -> web.Application:
         path = body.get("path")
         if not isinstance(path, str) or not Path(path).is_file():
             raise InvalidInput(f"image archive not found: {path!r}")
-        refs = await images.import_archive(engine.client, Path(path),
-                                           snapshotter=engine.config.snapshotter)
+        refs = await images.import_archive(
+            engine.client, Path(path), snapshotter=engine.config.snapshotter
+        )
         return web.json_response([r.to_dict() for r in refs])
 
     app.add_routes(routes)
@@ -155,8 +166,14 @@ def _int_query(request: web.Request, key: str) -> int | None:
         raise InvalidInput(f"{key} must be an integer, got {raw!r}") from None
 
 
-async def _stream_logs(engine: Engine, task_id: str, containers: list[Any], follow: bool,
-                       tail: int | None, resp: web.StreamResponse) -> None:
+async def _stream_logs(
+    engine: Engine,
+    task_id: str,
+    containers: list[Any],
+    follow: bool,
+    tail: int | None,
+    resp: web.StreamResponse,
+) -> None:
     """Entries of each container in file order; with follow, until the task has stopped and
     every file is drained. Files are read in worker threads; a client that goes away ends them."""
     loop = asyncio.get_running_loop()
@@ -177,9 +194,11 @@ async def _stream_logs(engine: Engine, task_id: str, containers: list[Any], foll
 
     def pump(c: Any) -> None:
         path = Path(c.log_path)
-        entries = (jsonfile.follow(path, stop=lambda: stopped.is_set() or gone.is_set(),
-                                   tail=tail)
-                   if follow else jsonfile.read_entries(path, tail=tail))
+        entries = (
+            jsonfile.follow(path, stop=lambda: stopped.is_set() or gone.is_set(), tail=tail)
+            if follow
+            else jsonfile.read_entries(path, tail=tail)
+        )
         for e in entries:
             item = {"container": c.name, "stream": e.stream, "time": e.time, "log": e.log}
             if gone.is_set() or not put(item):

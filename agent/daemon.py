@@ -29,13 +29,15 @@ def configure_logging(*, json_output: bool = False, level: str = "info") -> None
         structlog.processors.format_exc_info,
     ]
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json_output
+        structlog.processors.JSONRenderer()
+        if json_output
         else structlog.processors.KeyValueRenderer(key_order=["timestamp", "level", "event"])
     )
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
@@ -75,8 +77,14 @@ async def run_agent(config: AgentConfig) -> None:
     runner = await serve(engine, config.socket)
     pidfile = config.run_dir / "agent.pid"
     pidfile.write_text(f"{os.getpid()}\n")
-    log.info("agent_ready", socket=str(config.socket), namespace=config.namespace,
-             state_dir=str(config.state_dir), bridge=config.bridge, subnet=config.subnet)
+    log.info(
+        "agent_ready",
+        socket=str(config.socket),
+        namespace=config.namespace,
+        state_dir=str(config.state_dir),
+        bridge=config.bridge,
+        subnet=config.subnet,
+    )
 
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,6 +96,8 @@ async def run_agent(config: AgentConfig) -> None:
         log.info("agent_stopping", note="tasks keep running; the next agent re-attaches")
         await runner.cleanup()
         await engine.close()
+        if await network.remove_bridge_if_unused():
+            log.info("bridge_removed", bridge=config.bridge, note="no task was attached")
         await client.close()  # type: ignore[attr-defined]
         store.close()
         with contextlib.suppress(FileNotFoundError):

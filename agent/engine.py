@@ -35,7 +35,11 @@ log = structlog.get_logger("nstask.engine")
 
 # ECS task states (lastStatus), in lifecycle order.
 PROVISIONING, PENDING, RUNNING, DEPROVISIONING, STOPPED = (
-    "PROVISIONING", "PENDING", "RUNNING", "DEPROVISIONING", "STOPPED",
+    "PROVISIONING",
+    "PENDING",
+    "RUNNING",
+    "DEPROVISIONING",
+    "STOPPED",
 )
 # Resource kinds, torn down in the reverse of the order they are created.
 TEARDOWN_ORDER = ("task", "container", "snapshot", "lease", "taskdir", "cni", "netns")
@@ -47,8 +51,9 @@ def _containerd_id(task_id: str, index: int, name: str) -> str:
 
 
 class Engine:
-    def __init__(self, config: AgentConfig, store: Store, client: Containerd,
-                 network: TaskNetwork) -> None:
+    def __init__(
+        self, config: AgentConfig, store: Store, client: Containerd, network: TaskNetwork
+    ) -> None:
         self.config = config
         self.store = store
         self.client = client
@@ -105,8 +110,9 @@ class Engine:
         return self.get(task.id)
 
     # -- accept --------------------------------------------------------------------------
-    async def submit(self, definition: dict[str, Any], *, source: str = "",
-                     env: dict[str, str] | None = None) -> TaskRecord:
+    async def submit(
+        self, definition: dict[str, Any], *, source: str = "", env: dict[str, str] | None = None
+    ) -> TaskRecord:
         """Validate, persist and start a task; returns at once with the PROVISIONING record."""
         t0 = time.monotonic()
         td = parse_task_definition(definition, source=source)
@@ -119,22 +125,32 @@ class Engine:
                 raise ImageNotFound(
                     f"image {image} is not present in containerd namespace "
                     f"{self.config.namespace}; import it with `nstask image import FILE`",
-                    image=image)
+                    image=image,
+                )
         task_id = uuid.uuid4().hex
         log_dir = self.config.log_dir / task_id
         containers = [
             ContainerRecord(
-                task_id=task_id, name=c.name, position=i,
-                containerd_id=_containerd_id(task_id, i, c.name), image=c.image,
+                task_id=task_id,
+                name=c.name,
+                position=i,
+                containerd_id=_containerd_id(task_id, i, c.name),
+                image=c.image,
                 log_path=str(log_dir / f"{i}-{re.sub(r'[^A-Za-z0-9_-]', '_', c.name)}.log"),
                 essential=c.essential,
             )
             for i, c in enumerate(td.containers)
         ]
         task = TaskRecord(
-            id=task_id, family=td.family, definition=definition, source=source,
-            overrides={"environment": env or {}}, last_status=PROVISIONING,
-            desired_status=RUNNING, created_at=time.time(), containers=containers,
+            id=task_id,
+            family=td.family,
+            definition=definition,
+            source=source,
+            overrides={"environment": env or {}},
+            last_status=PROVISIONING,
+            desired_status=RUNNING,
+            created_at=time.time(),
+            containers=containers,
         )
         task.timings["accept"] = _ms(t0)
         self.store.insert_task(task)
@@ -168,8 +184,12 @@ class Engine:
             raise
         except Exception as e:  # every failure to start ends in a full rollback
             reason = f"failed to start: {e}"
-            log.error("task_start_failed", task=task.id, error=str(e),
-                      exc_info=not isinstance(e, NstaskError))
+            log.error(
+                "task_start_failed",
+                task=task.id,
+                error=str(e),
+                exc_info=not isinstance(e, NstaskError),
+            )
             self._spawn(self.stop(task.id, reason=reason, timeout=0))
             return
         # An essential container may have exited while the others were starting.
@@ -196,11 +216,19 @@ class Engine:
             self.store.update_task(task)
         if mode == "none":
             return
-        ports = [
-            {"hostPort": p.host_port or p.container_port, "containerPort": p.container_port,
-             "protocol": p.protocol}
-            for c in td.containers for p in c.port_mappings
-        ] if mode == "bridge" else []
+        ports = (
+            [
+                {
+                    "hostPort": p.host_port or p.container_port,
+                    "containerPort": p.container_port,
+                    "protocol": p.protocol,
+                }
+                for c in td.containers
+                for p in c.port_mappings
+            ]
+            if mode == "bridge"
+            else []
+        )
         key = f"{self.network.name}/{task.id}/eth0"
         with self._phase(task, "network.cni"):
             self.store.intend("cni", key, task.id, netns=path)
@@ -216,15 +244,22 @@ class Engine:
             for cdef in td.containers:
                 if cdef.image not in out:
                     out[cdef.image] = await images.ensure_unpacked(
-                        self.client, cdef.image, snapshotter=self.config.snapshotter)
+                        self.client, cdef.image, snapshotter=self.config.snapshotter
+                    )
         for c in task.containers:
             c.image_digest = out[c.image].digest
         self.store.update_task(task)
         return out
 
-    async def _start_container(self, task: TaskRecord, c: ContainerRecord,
-                               cdef: ContainerDefinition, image: images.ImageConfig,
-                               td: TaskDefinition, env: dict[str, str]) -> None:
+    async def _start_container(
+        self,
+        task: TaskRecord,
+        c: ContainerRecord,
+        cdef: ContainerDefinition,
+        image: images.ImageConfig,
+        td: TaskDefinition,
+        env: dict[str, str],
+    ) -> None:
         cid = c.containerd_id
         lease = f"nstask-{task.id}"
         with self._phase(task, f"container.{c.name}.create"):
@@ -234,19 +269,28 @@ class Engine:
                 self.store.created("lease", lease)
             self.store.intend("snapshot", cid, task.id)
             mounts = await self.client.prepare_snapshot(
-                cid, image.chain_id, snapshotter=self.config.snapshotter, lease=lease)
+                cid, image.chain_id, snapshotter=self.config.snapshotter, lease=lease
+            )
             self.store.created("snapshot", cid)
             oci = self._spec(task, c, cdef, image, td, env)
             self.store.intend("container", cid, task.id)
             await self.client.create_container(
-                cid, image=cdef.image, spec=oci, snapshotter=self.config.snapshotter,
-                snapshot_key=cid, runtime=self.config.runtime,
-                labels={"nstask.task": task.id, "nstask.container": c.name}, lease=lease)
+                cid,
+                image=cdef.image,
+                spec=oci,
+                snapshotter=self.config.snapshotter,
+                snapshot_key=cid,
+                runtime=self.config.runtime,
+                labels={"nstask.task": task.id, "nstask.container": c.name},
+                lease=lease,
+            )
             self.store.created("container", cid)
         with self._phase(task, f"container.{c.name}.start"):
             Path(c.log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            uri = (f"binary://{self.shim_path}?driver=json-file&path={quote(c.log_path)}"
-                   f"&task={task.id}&container={quote(c.name)}")
+            uri = (
+                f"binary://{self.shim_path}?driver=json-file&path={quote(c.log_path)}"
+                f"&task={task.id}&container={quote(c.name)}"
+            )
             self.store.intend("task", cid, task.id)
             await self.client.create_task(cid, rootfs=mounts, stdout=uri, stderr=uri)
             self.store.created("task", cid)
@@ -257,9 +301,15 @@ class Engine:
             self.store.update_task(task)
         log.info("container_started", task=task.id, container=c.name, pid=c.pid)
 
-    def _spec(self, task: TaskRecord, c: ContainerRecord, cdef: ContainerDefinition,
-              image: images.ImageConfig, td: TaskDefinition,
-              env: dict[str, str]) -> dict[str, Any]:
+    def _spec(
+        self,
+        task: TaskRecord,
+        c: ContainerRecord,
+        cdef: ContainerDefinition,
+        image: images.ImageConfig,
+        td: TaskDefinition,
+        env: dict[str, str],
+    ) -> dict[str, Any]:
         task_dir = self.config.task_dir / task.id
         hostname = cdef.hostname or task.id[:12]
         files = {}
@@ -267,16 +317,28 @@ class Engine:
             (task_dir / "hosts").write_text(spec.hosts_file(hostname, task.ip))
             (task_dir / "resolv.conf").write_text(spec.resolv_conf(self.config.dns_servers))
             (task_dir / "hostname").write_text(hostname + "\n")
-            files = {"/etc/hosts": str(task_dir / "hosts"),
-                     "/etc/resolv.conf": str(task_dir / "resolv.conf"),
-                     "/etc/hostname": str(task_dir / "hostname")}
-        args = spec.resolve_args(image_entrypoint=image.entrypoint, image_cmd=image.cmd,
-                                 entry_point=cdef.entry_point, command=cdef.command)
+            files = {
+                "/etc/hosts": str(task_dir / "hosts"),
+                "/etc/resolv.conf": str(task_dir / "resolv.conf"),
+                "/etc/hostname": str(task_dir / "hostname"),
+            }
+        args = spec.resolve_args(
+            image_entrypoint=image.entrypoint,
+            image_cmd=image.cmd,
+            entry_point=cdef.entry_point,
+            command=cdef.command,
+        )
         if not args:
-            raise NotFound(f"container {c.name}: no command: the image {cdef.image} has no "
-                           "ENTRYPOINT or CMD and the definition gives no entryPoint or command")
-        environment = [*image.env, f"HOSTNAME={hostname}",
-                       *(f"{k}={v}" for k, v in cdef.environment), *(f"{k}={v}" for k, v in env.items())]
+            raise NotFound(
+                f"container {c.name}: no command: the image {cdef.image} has no "
+                "ENTRYPOINT or CMD and the definition gives no entryPoint or command"
+            )
+        environment = [
+            *image.env,
+            f"HOSTNAME={hostname}",
+            *(f"{k}={v}" for k, v in cdef.environment),
+            *(f"{k}={v}" for k, v in env.items()),
+        ]
         return spec.compose(
             spec.with_process_args(args),
             spec.with_env(environment),
@@ -287,10 +349,12 @@ class Engine:
             spec.with_readonly_rootfs(cdef.readonly_root_filesystem),
             spec.with_bind_files(files),
             spec.with_cgroup(f"/nstask/{c.containerd_id}"),
-            spec.with_limits(memory_mib=cdef.memory or (td.memory if len(td.containers) == 1
-                                                       else None),
-                             reservation_mib=cdef.memory_reservation, cpu_units=cdef.cpu,
-                             cpu_quota_units=td.cpu),
+            spec.with_limits(
+                memory_mib=cdef.memory or (td.memory if len(td.containers) == 1 else None),
+                reservation_mib=cdef.memory_reservation,
+                cpu_units=cdef.cpu,
+                cpu_quota_units=td.cpu,
+            ),
             spec.with_labels(dict(cdef.labels)),
         )
 
@@ -322,7 +386,9 @@ class Engine:
         delay = 0.5
         while True:
             try:
-                stream = self.client.subscribe([f'topic=="/tasks/exit",namespace=="{self.client.namespace}"'])
+                stream = self.client.subscribe(
+                    [f'topic=="/tasks/exit",namespace=="{self.client.namespace}"']
+                )
                 subscribed.set()
                 async for ev in stream:
                     payload = ev.payload
@@ -353,8 +419,9 @@ class Engine:
                     self._spawn(self.stop(task_id, reason="All containers exited"))
 
     # -- stop ----------------------------------------------------------------------------
-    async def stop(self, ref: str, *, reason: str = "Task stopped by user",
-                   timeout: float | None = None) -> TaskRecord:
+    async def stop(
+        self, ref: str, *, reason: str = "Task stopped by user", timeout: float | None = None
+    ) -> TaskRecord:
         """Stop signal, wait, SIGKILL, then tear down everything the task holds."""
         task = self.get(ref)
         if task.desired_status == RUNNING:
@@ -372,14 +439,21 @@ class Engine:
             for c in reversed(task.containers):
                 if c.last_status == RUNNING:
                     cdef = td.container(c.name)
-                    wait = timeout if timeout is not None else (
-                        cdef.stop_timeout if cdef.stop_timeout is not None
-                        else self.config.stop_timeout)
+                    wait = (
+                        timeout
+                        if timeout is not None
+                        else (
+                            cdef.stop_timeout
+                            if cdef.stop_timeout is not None
+                            else self.config.stop_timeout
+                        )
+                    )
                     await self._stop_container(task, c, wait)
-            task.timings["stop.signal"] = _ms(t0)
+            signal_ms = _ms(t0)
             t1 = time.monotonic()
             await self._teardown(task)
-            task = self.get(task.id)
+            task = self.get(task.id)  # exit codes were recorded while stopping
+            task.timings["stop.signal"] = signal_ms
             task.timings["stop.teardown"] = _ms(t1)
             task.last_status = STOPPED
             task.stopped_at = time.time()
@@ -387,8 +461,9 @@ class Engine:
             for c in task.containers:
                 c.last_status = STOPPED
             self.store.update_task(task)
-            log.info("task_stopped", task=task.id, reason=task.stop_reason,
-                     exit_code=task.exit_code)
+            log.info(
+                "task_stopped", task=task.id, reason=task.stop_reason, exit_code=task.exit_code
+            )
         self._stopped_event(task.id).set()
         return task
 
@@ -427,8 +502,9 @@ class Engine:
                     errors.append(f"{kind} {r.key}: {e}")
                     log.error("teardown_failed", task=task.id, kind=kind, key=r.key, error=str(e))
         if errors:
-            raise NstaskError(f"task {task.id}: teardown left {len(errors)} resource(s): "
-                              + "; ".join(errors))
+            raise NstaskError(
+                f"task {task.id}: teardown left {len(errors)} resource(s): " + "; ".join(errors)
+            )
 
     async def _remove(self, kind: str, key: str, data: dict[str, Any]) -> None:
         with contextlib.suppress(NotFound):
@@ -460,7 +536,9 @@ class Engine:
         task = self.get(ref)
         if task.last_status != STOPPED:
             if not force:
-                raise NstaskError(f"task {task.id} is {task.last_status}; stop it first or use --force")
+                raise NstaskError(
+                    f"task {task.id} is {task.last_status}; stop it first or use --force"
+                )
             await self.stop(task.id, timeout=0)
         shutil.rmtree(self.config.log_dir / task.id, ignore_errors=True)
         self.store.delete_task(task.id)

@@ -90,6 +90,22 @@ class TaskNetwork:
                 return addr.split("/", 1)[0]
         return None
 
+    async def remove_bridge_if_unused(self) -> bool:
+        """On agent exit: remove our bridge when no task is attached to it (tasks that keep
+        running keep it), so a host with no tasks holds nothing of nstask's."""
+        if self.config.conflist_file is not None:
+            return False
+        links = netns.NetlinkLinks()
+
+        def remove() -> bool:
+            if links.link_info(None, self.config.bridge) is None:
+                return False
+            if links.list_links(master=self.config.bridge):
+                return False
+            return links.delete_link(self.config.bridge)
+
+        return await asyncio.to_thread(remove)
+
     async def detach(self, task_id: str, netns_path: str | None, *, ifname: str = "eth0") -> None:
         """CNI DEL in reverse with the cached result, also when the netns is already gone."""
         await asyncio.to_thread(

@@ -20,15 +20,34 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Docker's default capability set (moby's oci/caps/defaults.go lists the same 14).
 DEFAULT_CAPABILITIES = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
 )
 
 MASKED_PATHS = (
-    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
@@ -56,7 +75,9 @@ def base_spec() -> Spec:
             "env": [f"PATH={DEFAULT_PATH}"],
             "cwd": "/",
             "capabilities": {
-                "bounding": caps, "effective": caps, "permitted": caps,
+                "bounding": caps,
+                "effective": caps,
+                "permitted": caps,
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
             "noNewPrivileges": True,
@@ -64,21 +85,55 @@ def base_spec() -> Spec:
         "root": {"path": "rootfs", "readonly": False},
         "hostname": "",
         "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
-                         "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-             "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-             "options": ["ro", "nosuid", "noexec", "nodev"]},
+            {
+                "destination": "/proc",
+                "type": "proc",
+                "source": "proc",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": [
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620",
+                    "gid=5",
+                ],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+            {
+                "destination": "/dev/mqueue",
+                "type": "mqueue",
+                "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
+            {
+                "destination": "/sys",
+                "type": "sysfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"],
+            },
+            {
+                "destination": "/sys/fs/cgroup",
+                "type": "cgroup",
+                "source": "cgroup",
+                "options": ["ro", "nosuid", "noexec", "nodev"],
+            },
         ],
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")],
@@ -164,8 +219,14 @@ def with_bind_files(files: dict[str, str]) -> SpecOpt:
 
     def opt(spec: Spec) -> None:
         for dest, src in sorted(files.items()):
-            spec["mounts"].append({"destination": dest, "type": "bind", "source": src,
-                                   "options": ["rbind", "rprivate", "ro"]})
+            spec["mounts"].append(
+                {
+                    "destination": dest,
+                    "type": "bind",
+                    "source": src,
+                    "options": ["rbind", "rprivate", "ro"],
+                }
+            )
 
     return opt
 
@@ -177,8 +238,13 @@ def with_cgroup(path: str) -> SpecOpt:
     return opt
 
 
-def with_limits(*, memory_mib: int | None, reservation_mib: int | None,
-                cpu_units: int | None, cpu_quota_units: int | None) -> SpecOpt:
+def with_limits(
+    *,
+    memory_mib: int | None,
+    reservation_mib: int | None,
+    cpu_units: int | None,
+    cpu_quota_units: int | None,
+) -> SpecOpt:
     """ECS limits as cgroup settings.
 
     memory -> hard limit; memoryReservation -> soft limit; container cpu units -> CPU shares
@@ -214,8 +280,13 @@ def with_labels(labels: dict[str, str]) -> SpecOpt:
     return opt
 
 
-def resolve_args(*, image_entrypoint: Sequence[str] | None, image_cmd: Sequence[str] | None,
-                 entry_point: Sequence[str] | None, command: Sequence[str] | None) -> list[str]:
+def resolve_args(
+    *,
+    image_entrypoint: Sequence[str] | None,
+    image_cmd: Sequence[str] | None,
+    entry_point: Sequence[str] | None,
+    command: Sequence[str] | None,
+) -> list[str]:
     """Docker's rule: entryPoint replaces ENTRYPOINT (and drops CMD); command replaces CMD."""
     if entry_point is not None:
         args = [*entry_point, *(command or [])]

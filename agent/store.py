@@ -82,10 +82,16 @@ class ContainerRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "containerdId": self.containerd_id, "image": self.image,
-            "imageDigest": self.image_digest, "lastStatus": self.last_status,
-            "exitCode": self.exit_code, "pid": self.pid, "essential": self.essential,
-            "startedAt": self.started_at, "finishedAt": self.finished_at,
+            "name": self.name,
+            "containerdId": self.containerd_id,
+            "image": self.image,
+            "imageDigest": self.image_digest,
+            "lastStatus": self.last_status,
+            "exitCode": self.exit_code,
+            "pid": self.pid,
+            "essential": self.essential,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
             "logPath": self.log_path,
         }
 
@@ -110,12 +116,20 @@ class TaskRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "family": self.family, "lastStatus": self.last_status,
-            "desiredStatus": self.desired_status, "createdAt": self.created_at,
-            "startedAt": self.started_at, "stoppedAt": self.stopped_at,
-            "stopReason": self.stop_reason, "netns": self.netns, "ip": self.ip,
+            "id": self.id,
+            "family": self.family,
+            "lastStatus": self.last_status,
+            "desiredStatus": self.desired_status,
+            "createdAt": self.created_at,
+            "startedAt": self.started_at,
+            "stoppedAt": self.stopped_at,
+            "stopReason": self.stop_reason,
+            "netns": self.netns,
+            "ip": self.ip,
             "networkMode": self.definition.get("networkMode", "awsvpc"),
-            "source": self.source, "timings": self.timings, "exitCode": self.exit_code,
+            "source": self.source,
+            "timings": self.timings,
+            "exitCode": self.exit_code,
             "containers": [c.to_dict() for c in self.containers],
         }
 
@@ -182,15 +196,32 @@ class Store:
             db.execute(
                 "INSERT INTO tasks (id, family, definition, source, overrides, last_status,"
                 " desired_status, created_at, timings) VALUES (?,?,?,?,?,?,?,?,?)",
-                (t.id, t.family, json.dumps(t.definition), t.source, json.dumps(t.overrides),
-                 t.last_status, t.desired_status, t.created_at, json.dumps(t.timings)),
+                (
+                    t.id,
+                    t.family,
+                    json.dumps(t.definition),
+                    t.source,
+                    json.dumps(t.overrides),
+                    t.last_status,
+                    t.desired_status,
+                    t.created_at,
+                    json.dumps(t.timings),
+                ),
             )
             for c in t.containers:
                 db.execute(
                     "INSERT INTO containers (task_id, name, position, containerd_id, image,"
                     " last_status, log_path, essential) VALUES (?,?,?,?,?,?,?,?)",
-                    (t.id, c.name, c.position, c.containerd_id, c.image, c.last_status,
-                     c.log_path, int(c.essential)),
+                    (
+                        t.id,
+                        c.name,
+                        c.position,
+                        c.containerd_id,
+                        c.image,
+                        c.last_status,
+                        c.log_path,
+                        int(c.essential),
+                    ),
                 )
 
     def update_task(self, t: TaskRecord) -> None:
@@ -198,15 +229,32 @@ class Store:
             db.execute(
                 "UPDATE tasks SET last_status=?, desired_status=?, started_at=?, stopped_at=?,"
                 " stop_reason=?, netns=?, ip=?, timings=? WHERE id=?",
-                (t.last_status, t.desired_status, t.started_at, t.stopped_at, t.stop_reason,
-                 t.netns, t.ip, json.dumps(t.timings), t.id),
+                (
+                    t.last_status,
+                    t.desired_status,
+                    t.started_at,
+                    t.stopped_at,
+                    t.stop_reason,
+                    t.netns,
+                    t.ip,
+                    json.dumps(t.timings),
+                    t.id,
+                ),
             )
             for c in t.containers:
                 db.execute(
                     "UPDATE containers SET last_status=?, exit_code=?, pid=?, started_at=?,"
                     " finished_at=?, image_digest=? WHERE task_id=? AND name=?",
-                    (c.last_status, c.exit_code, c.pid, c.started_at, c.finished_at,
-                     c.image_digest, t.id, c.name),
+                    (
+                        c.last_status,
+                        c.exit_code,
+                        c.pid,
+                        c.started_at,
+                        c.finished_at,
+                        c.image_digest,
+                        t.id,
+                        c.name,
+                    ),
                 )
 
     def delete_task(self, task_id: str) -> None:
@@ -227,19 +275,34 @@ class Store:
             "SELECT * FROM containers WHERE task_id=? ORDER BY position", (row["id"],)
         ).fetchall()
         return TaskRecord(
-            id=row["id"], family=row["family"], definition=json.loads(row["definition"]),
-            source=row["source"], overrides=json.loads(row["overrides"]),
-            last_status=row["last_status"], desired_status=row["desired_status"],
-            created_at=row["created_at"], started_at=row["started_at"],
-            stopped_at=row["stopped_at"], stop_reason=row["stop_reason"], netns=row["netns"],
-            ip=row["ip"], timings=json.loads(row["timings"]),
+            id=row["id"],
+            family=row["family"],
+            definition=json.loads(row["definition"]),
+            source=row["source"],
+            overrides=json.loads(row["overrides"]),
+            last_status=row["last_status"],
+            desired_status=row["desired_status"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            stopped_at=row["stopped_at"],
+            stop_reason=row["stop_reason"],
+            netns=row["netns"],
+            ip=row["ip"],
+            timings=json.loads(row["timings"]),
             containers=[
                 ContainerRecord(
-                    task_id=c["task_id"], name=c["name"], position=c["position"],
-                    containerd_id=c["containerd_id"], image=c["image"],
-                    image_digest=c["image_digest"], last_status=c["last_status"],
-                    exit_code=c["exit_code"], pid=c["pid"], started_at=c["started_at"],
-                    finished_at=c["finished_at"], log_path=c["log_path"],
+                    task_id=c["task_id"],
+                    name=c["name"],
+                    position=c["position"],
+                    containerd_id=c["containerd_id"],
+                    image=c["image"],
+                    image_digest=c["image_digest"],
+                    last_status=c["last_status"],
+                    exit_code=c["exit_code"],
+                    pid=c["pid"],
+                    started_at=c["started_at"],
+                    finished_at=c["finished_at"],
+                    log_path=c["log_path"],
                     essential=bool(c["essential"]),
                 )
                 for c in crows
@@ -248,7 +311,7 @@ class Store:
 
     # -- resources (intents) -------------------------------------------------------------
     def intend(self, kind: str, key: str, task_id: str, **data: Any) -> None:
-        """Record that `kind/key` is about to be created for `task_id` (before touching the host)."""
+        """Record that `kind/key` is about to be created for `task_id`, before the host changes."""
         with self._tx() as db:
             db.execute(
                 "INSERT INTO resources (kind, key, task_id, state, data, created_at)"
@@ -260,11 +323,14 @@ class Store:
     def created(self, kind: str, key: str, **data: Any) -> None:
         with self._tx() as db:
             if data:
-                db.execute("UPDATE resources SET state='created', data=? WHERE kind=? AND key=?",
-                           (json.dumps(data), kind, key))
+                db.execute(
+                    "UPDATE resources SET state='created', data=? WHERE kind=? AND key=?",
+                    (json.dumps(data), kind, key),
+                )
             else:
-                db.execute("UPDATE resources SET state='created' WHERE kind=? AND key=?",
-                           (kind, key))
+                db.execute(
+                    "UPDATE resources SET state='created' WHERE kind=? AND key=?", (kind, key)
+                )
 
     def removed(self, kind: str, key: str) -> None:
         with self._tx() as db:
@@ -277,5 +343,7 @@ class Store:
             rows = self.db.execute(
                 "SELECT * FROM resources WHERE task_id=? ORDER BY created_at", (task_id,)
             ).fetchall()
-        return [Resource(r["kind"], r["key"], r["task_id"], r["state"], json.loads(r["data"]))
-                for r in rows]
+        return [
+            Resource(r["kind"], r["key"], r["task_id"], r["state"], json.loads(r["data"]))
+            for r in rows
+        ]

@@ -25,29 +25,86 @@ _ENV_NAME_RE = re.compile(r"^[^=\0]+$")
 # the rest are accepted with a warning (one per field, naming it).
 _TASK_KEYS_USED = {"family", "networkMode", "containerDefinitions", "cpu", "memory"}
 _TASK_KEYS_IGNORED = {
-    "taskRoleArn", "executionRoleArn", "volumes", "placementConstraints",
-    "requiresCompatibilities", "tags", "pidMode", "ipcMode", "proxyConfiguration",
-    "inferenceAccelerators", "ephemeralStorage", "runtimePlatform", "revision",
-    "taskDefinitionArn", "status", "compatibilities", "registeredAt", "registeredBy",
-    "requiresAttributes", "deregisteredAt", "enableFaultInjection",
+    "taskRoleArn",
+    "executionRoleArn",
+    "volumes",
+    "placementConstraints",
+    "requiresCompatibilities",
+    "tags",
+    "pidMode",
+    "ipcMode",
+    "proxyConfiguration",
+    "inferenceAccelerators",
+    "ephemeralStorage",
+    "runtimePlatform",
+    "revision",
+    "taskDefinitionArn",
+    "status",
+    "compatibilities",
+    "registeredAt",
+    "registeredBy",
+    "requiresAttributes",
+    "deregisteredAt",
+    "enableFaultInjection",
 }
 _TASK_KEYS_SILENT = {
     # describe-task-definition bookkeeping: not settings, so no warning.
-    "revision", "taskDefinitionArn", "status", "compatibilities", "registeredAt",
-    "registeredBy", "requiresAttributes", "deregisteredAt", "requiresCompatibilities",
+    "revision",
+    "taskDefinitionArn",
+    "status",
+    "compatibilities",
+    "registeredAt",
+    "registeredBy",
+    "requiresAttributes",
+    "deregisteredAt",
+    "requiresCompatibilities",
 }
 _CONTAINER_KEYS_USED = {
-    "name", "image", "command", "entryPoint", "environment", "essential", "portMappings",
-    "cpu", "memory", "memoryReservation", "stopTimeout", "workingDirectory", "user",
-    "hostname", "readonlyRootFilesystem", "dockerLabels",
+    "name",
+    "image",
+    "command",
+    "entryPoint",
+    "environment",
+    "essential",
+    "portMappings",
+    "cpu",
+    "memory",
+    "memoryReservation",
+    "stopTimeout",
+    "workingDirectory",
+    "user",
+    "hostname",
+    "readonlyRootFilesystem",
+    "dockerLabels",
 }
 _CONTAINER_KEYS_IGNORED = {
-    "repositoryCredentials", "links", "healthCheck", "environmentFiles", "secrets",
-    "dependsOn", "startTimeout", "logConfiguration", "linuxParameters", "ulimits",
-    "privileged", "dnsServers", "dnsSearchDomains", "extraHosts", "volumesFrom", "mountPoints",
-    "disableNetworking", "interactive", "pseudoTerminal", "dockerSecurityOptions",
-    "systemControls", "resourceRequirements", "firelensConfiguration", "credentialSpecs",
-    "gpu", "restartPolicy", "versionConsistency",
+    "repositoryCredentials",
+    "links",
+    "healthCheck",
+    "environmentFiles",
+    "secrets",
+    "dependsOn",
+    "startTimeout",
+    "logConfiguration",
+    "linuxParameters",
+    "ulimits",
+    "privileged",
+    "dnsServers",
+    "dnsSearchDomains",
+    "extraHosts",
+    "volumesFrom",
+    "mountPoints",
+    "disableNetworking",
+    "interactive",
+    "pseudoTerminal",
+    "dockerSecurityOptions",
+    "systemControls",
+    "resourceRequirements",
+    "firelensConfiguration",
+    "credentialSpecs",
+    "gpu",
+    "restartPolicy",
+    "versionConsistency",
 }
 
 
@@ -110,7 +167,9 @@ def load_json(text: str | bytes, *, source: str = "") -> Any:
     try:
         return json.loads(text)
     except UnicodeDecodeError as e:
-        raise TaskDefinitionError([("", f"is not UTF-8 text ({e.reason})")], source=source) from None
+        raise TaskDefinitionError(
+            [("", f"is not UTF-8 text ({e.reason})")], source=source
+        ) from None
     except json.JSONDecodeError as e:
         raise TaskDefinitionError(
             [("", f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")],
@@ -142,8 +201,10 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         p.add("family", "must be 1-255 letters, digits, hyphens or underscores")
     network_mode = _str(p, data, "networkMode", "", required=False) or "awsvpc"
     if network_mode not in NETWORK_MODES:
-        p.add("networkMode", f"unknown network mode {network_mode!r}; "
-              f"expected one of {', '.join(NETWORK_MODES)}")
+        p.add(
+            "networkMode",
+            f"unknown network mode {network_mode!r}; expected one of {', '.join(NETWORK_MODES)}",
+        )
     cpu = _units(p, data.get("cpu"), "cpu", _parse_cpu)
     memory = _units(p, data.get("memory"), "memory", _parse_memory)
 
@@ -163,16 +224,23 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         seen: dict[str, int] = {}
         for i, c in enumerate(containers):
             if c.name in seen:
-                p.add(f"containerDefinitions[{i}].name",
-                      f"duplicate container name {c.name!r} (also containerDefinitions[{seen[c.name]}])")
+                p.add(
+                    f"containerDefinitions[{i}].name",
+                    f"duplicate container name {c.name!r} "
+                    f"(also containerDefinitions[{seen[c.name]}])",
+                )
             seen.setdefault(c.name, i)
         if containers and len(containers) == len(defs) and not any(c.essential for c in containers):
             p.add("containerDefinitions", "at least one container must be essential")
     if p.items:
         raise TaskDefinitionError(p.items, source=source)
     return TaskDefinition(
-        family=family, network_mode=network_mode, containers=tuple(containers),
-        cpu=cpu, memory=memory, warnings=tuple(p.warnings),
+        family=family,
+        network_mode=network_mode,
+        containers=tuple(containers),
+        cpu=cpu,
+        memory=memory,
+        warnings=tuple(p.warnings),
     )
 
 
@@ -219,19 +287,40 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     if len(p.items) > before or name is None or image is None:
         return None
     return ContainerDefinition(
-        name=name, image=image, command=command, entry_point=entry_point, environment=env,
-        essential=essential, port_mappings=ports, cpu=cpu, memory=memory,
-        memory_reservation=reservation, stop_timeout=stop_timeout, working_directory=workdir,
-        user=user, hostname=hostname, readonly_root_filesystem=readonly, labels=labels,
+        name=name,
+        image=image,
+        command=command,
+        entry_point=entry_point,
+        environment=env,
+        essential=essential,
+        port_mappings=ports,
+        cpu=cpu,
+        memory=memory,
+        memory_reservation=reservation,
+        stop_timeout=stop_timeout,
+        working_directory=workdir,
+        user=user,
+        hostname=hostname,
+        readonly_root_filesystem=readonly,
+        labels=labels,
     )
 
 
 def _kind(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
-def _str(p: _Problems, d: dict[str, Any], key: str, at: str, *, required: bool = True) -> str | None:
+def _str(
+    p: _Problems, d: dict[str, Any], key: str, at: str, *, required: bool = True
+) -> str | None:
     path = f"{at}.{key}" if at else key
     v = d.get(key)
     if v is None:
@@ -267,7 +356,9 @@ def _bool(p: _Problems, d: dict[str, Any], key: str, at: str, *, default: bool) 
     return v
 
 
-def _int(p: _Problems, d: dict[str, Any], key: str, at: str, *, lo: int, hi: int | None) -> int | None:
+def _int(
+    p: _Problems, d: dict[str, Any], key: str, at: str, *, lo: int, hi: int | None
+) -> int | None:
     v = d.get(key)
     if v is None:
         return None
@@ -384,7 +475,7 @@ def _parse_memory(v: Any) -> int:
 
 
 def with_environment(td: TaskDefinition, extra: dict[str, str]) -> TaskDefinition:
-    """Apply run-time environment overrides (like ECS RunTask containerOverrides) to every container."""
+    """Apply run-time environment overrides (ECS RunTask containerOverrides) to all containers."""
     if not extra:
         return td
     from dataclasses import replace

@@ -37,8 +37,9 @@ def _require_root() -> None:
         pytest.fail("integration tests need root (run `make test` as root)")
 
 
-def start_agent(*, conflist_for: Callable[[Agent], dict[str, object]] | None = None,
-                cni_path: str | None = None) -> tuple[Agent, subprocess.Popen[bytes], Path]:
+def start_agent(
+    *, conflist_for: Callable[[Agent], dict[str, object]] | None = None, cni_path: str | None = None
+) -> tuple[Agent, subprocess.Popen[bytes], Path]:
     """Start an agent with names of its own; returns it, its process and its base dir."""
     tag = f"{random.randrange(16**6):06x}"
     base = Path(tempfile.mkdtemp(prefix=f"nstask-test-{tag}-"))
@@ -55,21 +56,52 @@ def start_agent(*, conflist_for: Callable[[Agent], dict[str, object]] | None = N
         pid=0,
         log_path=base / "agent.log",
     )
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_test_image.py"), "--ref",
-                    TEST_IMAGE, "--address", CTR_SOCK, "--namespace", a.namespace], check=True,
-                   stdout=subprocess.DEVNULL)
-    env = {**os.environ, "NSTASK_NETNS_PREFIX": a.netns_prefix,
-           "NSTASK_CNI_CACHE_DIR": str(a.cni_cache), "NSTASK_IPAM_DATA_DIR": str(a.ipam_dir),
-           "NSTASK_STOP_TIMEOUT": "10"}
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make_test_image.py"),
+            "--ref",
+            TEST_IMAGE,
+            "--address",
+            CTR_SOCK,
+            "--namespace",
+            a.namespace,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    env = {
+        **os.environ,
+        "NSTASK_NETNS_PREFIX": a.netns_prefix,
+        "NSTASK_CNI_CACHE_DIR": str(a.cni_cache),
+        "NSTASK_IPAM_DATA_DIR": str(a.ipam_dir),
+        "NSTASK_STOP_TIMEOUT": "10",
+    }
     if cni_path:
         env["NSTASK_CNI_PATH"] = cni_path
-    args = [NSTASK, "--socket", a.socket, "agent", "--state-dir", str(a.state_dir),
-            "--run-dir", str(base / "run"), "--namespace", a.namespace, "--bridge", a.bridge,
-            "--subnet", a.subnet, "--network-name", a.network]
+    args = [
+        NSTASK,
+        "--socket",
+        a.socket,
+        "agent",
+        "--state-dir",
+        str(a.state_dir),
+        "--run-dir",
+        str(base / "run"),
+        "--namespace",
+        a.namespace,
+        "--bridge",
+        a.bridge,
+        "--subnet",
+        a.subnet,
+        "--network-name",
+        a.network,
+    ]
     if conflist_for is not None:
         conflist = base / "network.conflist"
         conflist.write_text(json.dumps(conflist_for(a)))
         args += ["--conflist", str(conflist)]
+        a.own_conflist = True
     with open(a.log_path, "wb") as log:
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=log, start_new_session=True)
     a.pid = proc.pid
@@ -94,6 +126,9 @@ def stop_agent(a: Agent, proc: subprocess.Popen[bytes], base: Path) -> None:
             proc.kill()
             proc.wait()
         left = leaks(a)
+        bridge = subprocess.run(["ip", "link", "show", a.bridge], capture_output=True)
+        if bridge.returncode == 0 and not a.own_conflist:
+            left.append(f"bridge {a.bridge} (the agent stopped with no task on it)")
     finally:
         _remove_everything(a)
         shutil.rmtree(base, ignore_errors=True)
@@ -114,13 +149,25 @@ def _remove_everything(a: Agent) -> None:
     subprocess.run(["ip", "link", "del", a.bridge], stderr=subprocess.DEVNULL)
     for kind in ("tasks", "containers"):
         for line in ctr(a.namespace, kind, "ls", "-q").split():
-            subprocess.run(["ctr", "-n", a.namespace, kind, "rm", line],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                ["ctr", "-n", a.namespace, kind, "rm", line],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
     for lease in ctr(a.namespace, "leases", "ls", "-q").split():
-        subprocess.run(["ctr", "-n", a.namespace, "leases", "rm", lease],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["ctr", "-n", a.namespace, "leases", "rm", lease],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     for img in ctr(a.namespace, "images", "ls", "-q").split():
-        subprocess.run(["ctr", "-n", a.namespace, "images", "rm", "--sync", img],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    subprocess.run(["ctr", "namespaces", "rm", a.namespace],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["ctr", "-n", a.namespace, "images", "rm", "--sync", img],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    subprocess.run(
+        ["ctr", "namespaces", "rm", a.namespace],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

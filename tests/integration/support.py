@@ -11,17 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -31,9 +25,14 @@ TEST_IMAGE = "nstask.local/busybox:latest"
 
 
 def ctr(namespace: str, *args: str) -> str:
-    return subprocess.run(["ctr", "--address", CTR_SOCK, "-n", namespace, *args], text=True,
-                          check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=30).stdout
+    return subprocess.run(
+        ["ctr", "--address", CTR_SOCK, "-n", namespace, *args],
+        text=True,
+        check=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        timeout=30,
+    ).stdout
 
 
 @dataclass
@@ -51,19 +50,30 @@ class Agent:
     ipam_dir: Path
     pid: int
     log_path: Path
+    own_conflist: bool = False
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "NSTASK_SOCKET": self.socket}
 
-    def cli(self, *args: str, check: bool = False, timeout: float = 120,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([NSTASK, *args], text=True, env=self.env(), cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=timeout, input=input)
+    def cli(
+        self, *args: str, check: bool = False, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [NSTASK, *args],
+            text=True,
+            env=self.env(),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            input=input,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"nstask {' '.join(args)} -> {proc.returncode}\n"
-                                 f"stdout: {proc.stdout}\nstderr: {proc.stderr}\n"
-                                 f"agent log tail:\n{self.log_tail()}")
+            raise AssertionError(
+                f"nstask {' '.join(args)} -> {proc.returncode}\n"
+                f"stdout: {proc.stdout}\nstderr: {proc.stderr}\n"
+                f"agent log tail:\n{self.log_tail()}"
+            )
         return proc
 
     def inspect(self, task_id: str) -> dict[str, object]:
@@ -93,34 +103,56 @@ def write_taskdef(tmp_path: Path, definition: dict[str, object], name: str = "ta
 
 
 def busybox_task(family: str, command: list[str], **container: object) -> dict[str, object]:
-    return {"family": family, "containerDefinitions": [
-        {"name": family, "image": TEST_IMAGE, "essential": True, "command": command,
-         **container}]}
+    return {
+        "family": family,
+        "containerDefinitions": [
+            {
+                "name": family,
+                "image": TEST_IMAGE,
+                "essential": True,
+                "command": command,
+                **container,
+            }
+        ],
+    }
 
 
 def leaks(a: Agent) -> list[str]:
     """Everything of this test agent's still on the host."""
     found: list[str] = []
     netns = subprocess.run(["ip", "netns", "list"], text=True, stdout=subprocess.PIPE).stdout
-    found += [f"netns {line.split()[0]}" for line in netns.splitlines()
-              if line.startswith(a.netns_prefix)]
-    links = subprocess.run(["ip", "-o", "link", "show", "master", a.bridge], text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+    found += [
+        f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith(a.netns_prefix)
+    ]
+    links = subprocess.run(
+        ["ip", "-o", "link", "show", "master", a.bridge],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ).stdout
     found += [f"link {line.split(':')[1].strip()}" for line in links.splitlines()]
     net_dir = a.ipam_dir / a.network
     if net_dir.is_dir():
-        found += [f"IPAM allocation {p.name}" for p in net_dir.iterdir()
-                  if p.name not in ("lock",) and not p.name.startswith("last_reserved_ip")]
+        found += [
+            f"IPAM allocation {p.name}"
+            for p in net_dir.iterdir()
+            if p.name not in ("lock",) and not p.name.startswith("last_reserved_ip")
+        ]
     results = a.cni_cache / "results"
     if results.is_dir():
         found += [f"CNI cache entry {p.name}" for p in results.iterdir()]
-    found += [f"containerd container {c}" for c in ctr(a.namespace, "containers", "ls", "-q").split()]
-    found += [f"containerd task {t.split()[0]}"
-              for t in ctr(a.namespace, "tasks", "ls").splitlines()[1:]]
-    found += [f"containerd active snapshot {s.split()[0]}"
-              for s in ctr(a.namespace, "snapshots", "ls").splitlines()[1:]
-              if "Committed" not in s]
-    found += [f"containerd lease {lease}" for lease in ctr(a.namespace, "leases", "ls", "-q").split()]
+    found += [
+        f"containerd container {c}" for c in ctr(a.namespace, "containers", "ls", "-q").split()
+    ]
+    found += [
+        f"containerd task {t.split()[0]}" for t in ctr(a.namespace, "tasks", "ls").splitlines()[1:]
+    ]
+    found += [
+        f"containerd active snapshot {s.split()[0]}"
+        for s in ctr(a.namespace, "snapshots", "ls").splitlines()[1:]
+        if "Committed" not in s
+    ]
+    found += [
+        f"containerd lease {lease}" for lease in ctr(a.namespace, "leases", "ls", "-q").split()
+    ]
     return found
-
-
