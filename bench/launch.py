@@ -36,8 +36,7 @@ CNI_BIN_DIR = Path("/opt/cni/bin")
 
 
 def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          **kw)  # type: ignore[call-overload, no-any-return]
+    return subprocess.run(cmd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload, no-any-return]
 
 
 def main() -> int:
@@ -48,47 +47,108 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="nstask-bench-"))
     ns = f"nstask-bench-{tag}"
     sock = str(base / "nstask.sock")
-    env = {**os.environ, "NSTASK_SOCKET": sock, "NSTASK_NETNS_PREFIX": f"nstask-b{tag}-",
-           "NSTASK_CNI_CACHE_DIR": str(base / "cni"), "NSTASK_IPAM_DATA_DIR": str(base / "ipam")}
+    env = {
+        **os.environ,
+        "NSTASK_SOCKET": sock,
+        "NSTASK_NETNS_PREFIX": f"nstask-b{tag}-",
+        "NSTASK_CNI_CACHE_DIR": str(base / "cni"),
+        "NSTASK_IPAM_DATA_DIR": str(base / "ipam"),
+    }
     created: list[Path] = []
     agent = None
     try:
         if CNI_CONF_DIR.is_dir() and any(CNI_CONF_DIR.iterdir()):
-            print(f"bench: {CNI_CONF_DIR} already holds configurations; ctr --cni would use "
-                  "them, so the comparison would not be fair. Move them aside first.")
+            print(
+                f"bench: {CNI_CONF_DIR} already holds configurations; ctr --cni would use "
+                "them, so the comparison would not be fair. Move them aside first."
+            )
             return 2
-        subprocess.run([sys.executable, str(REPO / "scripts" / "make_test_image.py"), "--ref",
-                        IMAGE, "--namespace", ns, "--address", CTR_SOCK], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "make_test_image.py"),
+                "--ref",
+                IMAGE,
+                "--namespace",
+                ns,
+                "--address",
+                CTR_SOCK,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         _ctr_network(created, base)
         with open(base / "agent.log", "wb") as log:
             agent = subprocess.Popen(
-                [str(BIN / "nstask"), "agent", "--state-dir", str(base / "state"),
-                 "--run-dir", str(base), "--namespace", ns, "--bridge", "nstaskb0",
-                 "--subnet", "10.213.250.0/24", "--network-name", f"nstask-bench-{tag}"],
-                env=env, stdout=log, stderr=log, start_new_session=True)
+                [
+                    str(BIN / "nstask"),
+                    "agent",
+                    "--state-dir",
+                    str(base / "state"),
+                    "--run-dir",
+                    str(base),
+                    "--namespace",
+                    ns,
+                    "--bridge",
+                    "nstaskb0",
+                    "--subnet",
+                    "10.213.250.0/24",
+                    "--network-name",
+                    f"nstask-bench-{tag}",
+                ],
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
         _wait_for_agent(env)
         td = base / "true.json"
-        td.write_text(json.dumps({"family": "bench", "containerDefinitions": [
-            {"name": "true", "image": IMAGE, "essential": True, "command": ["true"]}]}))
+        td.write_text(
+            json.dumps(
+                {
+                    "family": "bench",
+                    "containerDefinitions": [
+                        {"name": "true", "image": IMAGE, "essential": True, "command": ["true"]}
+                    ],
+                }
+            )
+        )
         nstask_cmd = [str(BIN / "nstask"), "run", "--rm", str(td)]
         ours: list[float] = []
         theirs: list[float] = []
         # One warm-up of each (first bridge creation, page cache), not counted.
         for i in range(args.n + 1):
             a = _time(nstask_cmd, env)
-            b = _time(["ctr", "--address", CTR_SOCK, "-n", ns, "run", "--rm", "--cni", IMAGE,
-                       f"nstask-bench-{tag}-{i}", "true"], env)
+            b = _time(
+                [
+                    "ctr",
+                    "--address",
+                    CTR_SOCK,
+                    "-n",
+                    ns,
+                    "run",
+                    "--rm",
+                    "--cni",
+                    IMAGE,
+                    f"nstask-bench-{tag}-{i}",
+                    "true",
+                ],
+                env,
+            )
             if i:
                 ours.append(a)
                 theirs.append(b)
         phases = _phases(env, td)
         m_ours, m_theirs = statistics.median(ours), statistics.median(theirs)
         print(f"lifecycles: {args.n} each, alternating")
-        print(f"nstask run --rm      median {m_ours * 1000:7.1f} ms  "
-              f"(min {min(ours) * 1000:.1f}, max {max(ours) * 1000:.1f})")
-        print(f"ctr run --rm --cni   median {m_theirs * 1000:7.1f} ms  "
-              f"(min {min(theirs) * 1000:.1f}, max {max(theirs) * 1000:.1f})")
+        print(
+            f"nstask run --rm      median {m_ours * 1000:7.1f} ms  "
+            f"(min {min(ours) * 1000:.1f}, max {max(ours) * 1000:.1f})"
+        )
+        print(
+            f"ctr run --rm --cni   median {m_theirs * 1000:7.1f} ms  "
+            f"(min {min(theirs) * 1000:.1f}, max {max(theirs) * 1000:.1f})"
+        )
         print(f"ratio nstask/ctr: {m_ours / m_theirs:.2f}x")
         print("nstask phases (median ms over 5 extra runs, from `nstask inspect`):")
         for name, ms in phases.items():
@@ -113,14 +173,29 @@ def _ctr_network(created: list[Path], base: Path) -> None:
     """The same chain for ctr: bridge + host-local + portmap + firewall."""
     CNI_CONF_DIR.mkdir(parents=True, exist_ok=True)
     conf = CNI_CONF_DIR / "10-nstask-bench.conflist"
-    conf.write_text(json.dumps({
-        "cniVersion": "1.0.0", "name": "nstask-bench", "plugins": [
-            {"type": "bridge", "bridge": "nstask-bench0", "isGateway": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.213.251.0/24"}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(base / "ctr-ipam")}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-            {"type": "firewall"},
-        ]}))
+    conf.write_text(
+        json.dumps(
+            {
+                "cniVersion": "1.0.0",
+                "name": "nstask-bench",
+                "plugins": [
+                    {
+                        "type": "bridge",
+                        "bridge": "nstask-bench0",
+                        "isGateway": True,
+                        "ipam": {
+                            "type": "host-local",
+                            "ranges": [[{"subnet": "10.213.251.0/24"}]],
+                            "routes": [{"dst": "0.0.0.0/0"}],
+                            "dataDir": str(base / "ctr-ipam"),
+                        },
+                    },
+                    {"type": "portmap", "capabilities": {"portMappings": True}},
+                    {"type": "firewall"},
+                ],
+            }
+        )
+    )
     created.append(conf)
     if not CNI_BIN_DIR.exists():
         CNI_BIN_DIR.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,9 @@ NSTASK = str(Path(sys.executable).parent / "nstask")
 
 def sh(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess[str]:
     print(f"\n$ nstask {' '.join(args)}", flush=True)
-    proc = subprocess.run([NSTASK, *args], text=True, cwd=REPO,
-                          stdout=subprocess.PIPE if capture else None)
+    proc = subprocess.run(
+        [NSTASK, *args], text=True, cwd=REPO, stdout=subprocess.PIPE if capture else None
+    )
     if capture and proc.stdout:
         print(proc.stdout, end="", flush=True)
     if check and proc.returncode != 0:
@@ -31,14 +32,19 @@ def sh(*args: str, check: bool = True, capture: bool = False) -> subprocess.Comp
 
 
 def inspect(task_id: str) -> dict[str, object]:
-    out = subprocess.run([NSTASK, "inspect", task_id], text=True, check=True,
-                         stdout=subprocess.PIPE).stdout
+    out = subprocess.run(
+        [NSTASK, "inspect", task_id], text=True, check=True, stdout=subprocess.PIPE
+    ).stdout
     return dict(json.loads(out))
 
 
 def agent_answers() -> bool:
-    return subprocess.run([NSTASK, "ps", "-q"], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL).returncode == 0
+    return (
+        subprocess.run(
+            [NSTASK, "ps", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ).returncode
+        == 0
+    )
 
 
 def print_timings(title: str, timings: dict[str, float]) -> None:
@@ -65,14 +71,16 @@ def main() -> int:
             web = inspect(web_id)
         url = f"http://{web['ip']}:8080/"
         sh("ps")
-        hello = sh("run", "-e", f"WEB_URL={url}", "examples/hello.json", check=False,
-                   capture=True)
-        hello_tasks = json.loads(subprocess.run(
-            [NSTASK, "ps", "-a", "--json"], text=True, check=True,
-            stdout=subprocess.PIPE).stdout)
+        hello = sh("run", "-e", f"WEB_URL={url}", "examples/hello.json", check=False, capture=True)
+        hello_tasks = json.loads(
+            subprocess.run(
+                [NSTASK, "ps", "-a", "--json"], text=True, check=True, stdout=subprocess.PIPE
+            ).stdout
+        )
         hello_task = [t for t in hello_tasks if t["family"] == "hello"][-1]
-        print_timings(f"hello task {hello_task['id'][:12]}: per-phase timings",
-                      hello_task["timings"])
+        print_timings(
+            f"hello task {hello_task['id'][:12]}: per-phase timings", hello_task["timings"]
+        )
         print_timings(f"web task {web_id[:12]}: per-phase timings", dict(web["timings"]))  # type: ignore[arg-type]
         sh("rm", hello_task["id"], capture=True)
         sh("stop", web_id, capture=True)
@@ -80,8 +88,14 @@ def main() -> int:
         sh("rm", web_id, capture=True)
         web_id = None
         ok = hello.returncode == 0 and "hello from the web task" in (hello.stdout or "")
-        print("\ndemo: " + ("OK: the hello task fetched the web task's page over the task network"
-                            if ok else f"FAILED (hello exited {hello.returncode})"))
+        print(
+            "\ndemo: "
+            + (
+                "OK: the hello task fetched the web task's page over the task network"
+                if ok
+                else f"FAILED (hello exited {hello.returncode})"
+            )
+        )
         return 0 if ok else 1
     finally:
         if web_id is not None:
