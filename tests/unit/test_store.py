@@ -1,0 +1,67 @@
+"""The state store: tasks survive a reopen; resources are recorded as intents first."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent.errors import StateError
+from agent.store import ContainerRecord, Store, TaskRecord
+
+
+def _task() -> TaskRecord:
+    return TaskRecord(
+        id="t1",
+        family="f",
+        definition={"containerDefinitions": []},
+        last_status="PROVISIONING",
+        desired_status="RUNNING",
+        created_at=1.0,
+        containers=[
+            ContainerRecord(
+                task_id="t1",
+                name="a",
+                position=0,
+                containerd_id="t1-0-a",
+                image="img",
+                log_path="/x",
+                essential=True,
+            )
+        ],
+    )
+
+
+def test_task_round_trip_across_reopen(tmp_path: Path) -> None:
+    s = Store(tmp_path / "state.db")
+    t = _task()
+    s.insert_task(t)
+    t.last_status, t.ip, t.timings = "RUNNING", "10.0.0.2", {"network.cni": 12.5}
+    t.containers[0].exit_code = 3
+    s.update_task(t)
+    s.close()
+    again = Store(tmp_path / "state.db").get_task("t1")
+    assert again is not None
+    assert again.last_status == "RUNNING" and again.ip == "10.0.0.2"
+    assert again.timings == {"network.cni": 12.5}
+    assert again.containers[0].exit_code == 3 and again.exit_code == 3
+    assert stat.S_IMODE((tmp_path / "state.db").stat().st_mode) == 0o600
+
+
+def test_intent_then_created_then_removed(tmp_path: Path) -> None:
+    s = Store(tmp_path / "state.db")
+    s.insert_task(_task())
+    s.intend("netns", "nstask-t1", "t1")
+    assert [(r.kind, r.state) for r in s.resources("t1")] == [("netns", "intent")]
+    s.created("netns", "nstask-t1", path="/run/netns/nstask-t1")
+    (r,) = s.resources("t1")
+    assert r.state == "created" and r.data == {"path": "/run/netns/nstask-t1"}
+    s.removed("netns", "nstask-t1")
+    assert s.resources() == []
+
+
+def test_corrupt_store_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="cannot be opened"):
+        Store(tmp_path / "state.db")
