@@ -142,7 +142,7 @@ def main(ctx: click.Context, socket_path: str) -> None:
 @click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
 @click.pass_context
 def agent(
-    ctx: click.Context, detach: bool, log_json: bool, log_file: str | None, **flags: Any
+    ctx: click.Context, /, detach: bool, log_json: bool, log_file: str | None, **flags: Any
 ) -> None:
     """Run the nstask agent (it owns every task and host resource)."""
     from pathlib import Path
@@ -574,8 +574,9 @@ def image_ls(ctx: click.Context, quiet: bool) -> None:
         return
     rows = [("REF", "DIGEST", "SIZE", "CREATED")]
     for i in imgs:
-        rows.append((i["ref"], i["digest"][:19], _size(i.get("size") or 0),
-                     (i.get("created") or "")[:19]))
+        rows.append(
+            (i["ref"], i["digest"][:19], _size(i.get("size") or 0), (i.get("created") or "")[:19])
+        )
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())

@@ -195,9 +195,9 @@ async def _stream_logs(
     def pump(c: Any) -> None:
         path = Path(c.log_path)
         entries = (
-            jsonfile.follow(path, stop=lambda: stopped.is_set() or gone.is_set(), tail=tail)
+            jsonfile.follow(str(path), stop=lambda: stopped.is_set() or gone.is_set(), tail=tail)
             if follow
-            else jsonfile.read_entries(path, tail=tail)
+            else jsonfile.read_entries(str(path), tail=tail)
         )
         for e in entries:
             item = {"container": c.name, "stream": e.stream, "time": e.time, "log": e.log}

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 import grpc
-from google.protobuf import (  # type: ignore[import-untyped]  # no stubs in our deps
+from google.protobuf import (
     any_pb2,
     empty_pb2,
     field_mask_pb2,

@@ -25,7 +25,7 @@ import structlog
 
 from agent import images, spec
 from agent.config import AgentConfig, default_shim_path
-from agent.containerd import Containerd
+from agent.containerd import Containerd, TaskExit
 from agent.errors import ImageNotFound, NotFound, NstaskError, TaskNotFound
 from agent.network import TaskNetwork
 from agent.store import ContainerRecord, Store, TaskRecord
@@ -111,7 +111,7 @@ class Engine:
 
     # -- accept --------------------------------------------------------------------------
     async def submit(
-        self, definition: dict[str, Any], *, source: str = "", env: dict[str, str] | None = None
+        self, definition: Any, *, source: str = "", env: dict[str, str] | None = None
     ) -> TaskRecord:
         """Validate, persist and start a task; returns at once with the PROVISIONING record."""
         t0 = time.monotonic()
@@ -391,10 +391,10 @@ class Engine:
                 )
                 subscribed.set()
                 async for ev in stream:
-                    payload = ev.payload
-                    cid = getattr(payload, "container_id", None)
-                    if cid and getattr(payload, "id", cid) == cid:
-                        self._exited(cid, int(payload.exit_status), float(payload.exited_at))
+                    p = ev.payload
+                    # The init process's exit (exec'd processes have ids of their own).
+                    if isinstance(p, TaskExit) and p.id in ("", p.container_id):
+                        self._exited(p.container_id, p.exit_status, p.exited_at)
                     delay = 0.5
             except asyncio.CancelledError:
                 raise

@@ -59,7 +59,9 @@ class TaskDefinitionError(InvalidInput):
         self.source = source
         where = f"{source}: " if source else ""
         lines = [f"{where}{path}: {msg}" if path else f"{where}{msg}" for path, msg in problems]
-        super().__init__("\n".join(lines), problems=[{"path": p, "message": m} for p, m in problems])
+        super().__init__(
+            "\n".join(lines), problems=[{"path": p, "message": m} for p, m in problems]
+        )
 
 
 class NotFound(NstaskError):

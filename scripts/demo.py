@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 NSTASK = str(Path(sys.executable).parent / "nstask")
@@ -31,7 +32,7 @@ def sh(*args: str, check: bool = True, capture: bool = False) -> subprocess.Comp
     return proc
 
 
-def inspect(task_id: str) -> dict[str, object]:
+def inspect(task_id: str) -> dict[str, Any]:
     out = subprocess.run(
         [NSTASK, "inspect", task_id], text=True, check=True, stdout=subprocess.PIPE
     ).stdout
@@ -81,7 +82,7 @@ def main() -> int:
         print_timings(
             f"hello task {hello_task['id'][:12]}: per-phase timings", hello_task["timings"]
         )
-        print_timings(f"web task {web_id[:12]}: per-phase timings", dict(web["timings"]))  # type: ignore[arg-type]
+        print_timings(f"web task {web_id[:12]}: per-phase timings", web["timings"])
         sh("rm", hello_task["id"], capture=True)
         sh("stop", web_id, capture=True)
         sh("logs", web_id)

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -235,7 +236,7 @@ def test_agent_not_running_says_how_to_start_it(tmp_path: Path) -> None:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PATH": f"{Path(os.sys.executable).parent}:" + os.environ["PATH"]},
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:" + os.environ["PATH"]},
     )
     assert proc.returncode == 1
     assert "agent is not running" in proc.stderr and "nstask agent --detach" in proc.stderr
