@@ -294,6 +294,13 @@ class Engine:
             self.store.intend("task", cid, task.id)
             await self.client.create_task(cid, rootfs=mounts, stdout=uri, stderr=uri)
             self.store.created("task", cid)
+            if not Path(c.log_path).exists():
+                # containerd takes the readiness pipe's EOF as "ready": a shim that failed at
+                # start is only visible as a missing log file.
+                raise NstaskError(
+                    f"container {c.name}: the logging shim {self.shim_path} did not start "
+                    f"(no log file at {c.log_path})"
+                )
             self._watch(task.id, c)  # the exit wait is registered before start
             c.pid = await self.client.start_task(cid)
             c.last_status = RUNNING

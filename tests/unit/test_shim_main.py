@@ -1,0 +1,94 @@
+"""shim.main in-process: argv parsing, line splitting, and what the shim imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shim.jsonfile import JsonFileWriter
+from shim.main import MAX_LINE, LineSplitter, UsageError, parse_args
+
+
+def test_pairs_in_any_order_and_unknown_keys_remembered() -> None:
+    config = parse_args(["mode", "non-blocking", "path", "/var/log/c.log", "driver", "json-file"])
+    assert (config.driver, config.path) == ("json-file", "/var/log/c.log")
+    assert config.unknown == {"mode": "non-blocking"}
+
+
+def test_driver_defaults_to_json_file() -> None:
+    assert parse_args(["path", "/x.log"]).driver == "json-file"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["path"], [], ["driver", "json-file"], ["path", ""], ["path", "x.log"], ["driver", "gelf"]],
+)
+def test_unusable_arguments_are_refused(args: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parse_args(args)
+
+
+def _split(tmp_path: Path, chunks: list[bytes], *, finish: bool = True) -> list[dict[str, object]]:
+    path = tmp_path / "c.log"
+    writer = JsonFileWriter(str(path))
+    splitter = LineSplitter("stdout", writer)
+    for number, chunk in enumerate(chunks):
+        splitter.feed(chunk, number)
+    if finish:
+        splitter.finish(len(chunks))
+    writer.close()
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_line_cut_across_reads_is_one_record(tmp_path: Path) -> None:
+    records = _split(tmp_path, [b"hel", b"lo\nwor", b"ld\n"])
+    assert [r["log"] for r in records] == ["hello\n", "world\n"]
+    assert "partial_id" not in records[0]
+
+
+def test_exactly_max_line_is_not_split(tmp_path: Path) -> None:
+    records = _split(tmp_path, [b"a" * MAX_LINE + b"\n"])
+    assert len(records) == 1 and "partial_id" not in records[0]
+
+
+def test_one_byte_over_max_line_is_split(tmp_path: Path) -> None:
+    records = _split(tmp_path, [b"a" * (MAX_LINE + 1) + b"\n"])
+    assert [len(str(r["log"])) for r in records] == [MAX_LINE, 2]
+    assert [r["partial_last"] for r in records] == [False, True]
+
+
+def test_endless_line_is_written_before_its_newline(tmp_path: Path) -> None:
+    """A container printing a progress bar forever must not grow our buffer without bound."""
+    records = _split(tmp_path, [b"b" * 10_000] * 5, finish=False)
+    assert [len(str(r["log"])) for r in records] == [MAX_LINE, MAX_LINE, MAX_LINE]
+    assert records[0]["partial_id"] == records[2]["partial_id"]
+
+
+def test_split_never_cuts_a_character(tmp_path: Path) -> None:
+    line = ("x" + "é" * 20_000 + "\n").encode()  # the 2-byte chars straddle every cut
+    records = _split(tmp_path, [line])
+    logs = [str(r["log"]) for r in records]
+    assert "".join(logs) == line.decode()
+    assert "\ufffd" not in "".join(logs)
+
+
+def test_new_line_after_split_line_is_not_partial(tmp_path: Path) -> None:
+    records = _split(tmp_path, [b"c" * (MAX_LINE + 5) + b"\nnext\n"])
+    assert records[-1]["log"] == "next\n" and "partial_id" not in records[-1]
+
+
+def test_shim_start_imports_stay_small() -> None:
+    """Every module the shim imports delays every container start."""
+    code = (
+        "import sys; before = set(sys.modules); import shim.main; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for heavy in ("json", "typing", "structlog", "click", "agent", "asyncio", "selectors"):
+        assert heavy not in out
