@@ -195,7 +195,9 @@ async def _stream_logs(
     def pump(c: Any) -> None:
         path = Path(c.log_path)
         entries = (
-            jsonfile.follow(str(path), stop=lambda: stopped.is_set() or gone.is_set(), tail=tail)
+            jsonfile.follow(
+                str(path), stop=lambda: stopped.is_set() or gone.is_set(), tail=tail, poll=0.02
+            )
             if follow
             else jsonfile.read_entries(str(path), tail=tail)
         )
@@ -207,8 +209,8 @@ async def _stream_logs(
     async def watch_stop() -> None:
         with contextlib.suppress(NstaskError):
             await engine.wait(task_id)
-        # Give the shim a moment to write the last lines it read before the exit.
-        await asyncio.sleep(0.2)
+        # No grace period needed: teardown's Tasks.Delete returns only after containerd has
+        # closed the pipes and the logging shim has drained them and exited.
         stopped.set()
 
     watcher = asyncio.create_task(watch_stop()) if follow else None

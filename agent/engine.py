@@ -458,9 +458,10 @@ class Engine:
                     await self._stop_container(task, c, wait)
             signal_ms = _ms(t0)
             t1 = time.monotonic()
-            await self._teardown(task)
+            removed = await self._teardown(task)
             task = self.get(task.id)  # exit codes were recorded while stopping
             task.timings["stop.signal"] = signal_ms
+            task.timings.update({f"stop.{kind}": ms for kind, ms in removed.items()})
             task.timings["stop.teardown"] = _ms(t1)
             task.last_status = STOPPED
             task.stopped_at = time.time()
@@ -495,23 +496,30 @@ class Engine:
             code, at = fut.result()
             await self._container_exited(task.id, c.name, code, at)
 
-    async def _teardown(self, task: TaskRecord) -> None:
+    async def _teardown(self, task: TaskRecord) -> dict[str, float]:
         """Remove every resource recorded for the task, newest kind first; each step is
-        retried on the next stop or agent start if it fails now."""
+        retried on the next stop or agent start if it fails now. Returns ms per kind."""
         resources = self.store.resources(task.id)
         errors: list[str] = []
+        took: dict[str, float] = {}
         for kind in TEARDOWN_ORDER:
-            for r in [r for r in resources if r.kind == kind]:
+            mine = [r for r in resources if r.kind == kind]
+            if mine:
+                t0 = time.monotonic()
+            for r in mine:
                 try:
                     await self._remove(kind, r.key, r.data)
                     self.store.removed(kind, r.key)
                 except Exception as e:
                     errors.append(f"{kind} {r.key}: {e}")
                     log.error("teardown_failed", task=task.id, kind=kind, key=r.key, error=str(e))
+            if mine:
+                took[kind] = _ms(t0)
         if errors:
             raise NstaskError(
                 f"task {task.id}: teardown left {len(errors)} resource(s): " + "; ".join(errors)
             )
+        return took
 
     async def _remove(self, kind: str, key: str, data: dict[str, Any]) -> None:
         with contextlib.suppress(NotFound):
