@@ -102,7 +102,14 @@ def start_agent(
         conflist.write_text(json.dumps(conflist_for(a)))
         args += ["--conflist", str(conflist)]
         a.own_conflist = True
-    with open(a.log_path, "wb") as log:
+    a.launch = (args, env)
+    return a, launch_agent(a), base
+
+
+def launch_agent(a: Agent) -> subprocess.Popen[bytes]:
+    """Start (or start again) the agent process of `a` and wait until its API answers."""
+    args, env = a.launch
+    with open(a.log_path, "ab") as log:
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=log, start_new_session=True)
     a.pid = proc.pid
     deadline = time.monotonic() + 20
@@ -111,7 +118,7 @@ def start_agent(
             proc.kill()
             raise RuntimeError(f"test agent did not start:\n{a.log_tail()}")
         time.sleep(0.05)
-    return a, proc, base
+    return proc
 
 
 def stop_agent(a: Agent, proc: subprocess.Popen[bytes], base: Path) -> None:

@@ -51,6 +51,7 @@ class Agent:
     pid: int
     log_path: Path
     own_conflist: bool = False
+    launch: tuple[list[str], dict[str, str]] = ([], {})
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "NSTASK_SOCKET": self.socket}
