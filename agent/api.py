@@ -193,18 +193,21 @@ async def _stream_logs(
                     return False
 
     def pump(c: Any) -> None:
-        path = Path(c.log_path)
+        path = str(c.log_path)
         entries = (
             jsonfile.follow(
-                str(path), stop=lambda: stopped.is_set() or gone.is_set(), tail=tail, poll=0.02
+                path, stop=lambda: stopped.is_set() or gone.is_set(), tail=tail, poll=0.02
             )
             if follow
-            else jsonfile.read_entries(str(path), tail=tail)
+            else jsonfile.read_entries(path, tail=tail)
         )
-        for e in entries:
-            item = {"container": c.name, "stream": e.stream, "time": e.time, "log": e.log}
-            if gone.is_set() or not put(item):
-                return
+        try:
+            for e in entries:
+                item = {"container": c.name, "stream": e.stream, "time": e.time, "log": e.log}
+                if gone.is_set() or not put(item):
+                    return
+        except FileNotFoundError:
+            return  # the container never started, so it has no output
 
     async def watch_stop() -> None:
         with contextlib.suppress(NstaskError):
@@ -217,7 +220,9 @@ async def _stream_logs(
     pumps = [loop.run_in_executor(None, pump, c) for c in containers]
 
     async def finish() -> None:
-        await asyncio.gather(*pumps)
+        for result in await asyncio.gather(*pumps, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.error("log_stream_failed", task=task_id, error=str(result))
         await queue.put(None)
 
     done = asyncio.create_task(finish())

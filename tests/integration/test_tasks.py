@@ -290,5 +290,15 @@ def test_failing_cni_plugin_mid_list_rolls_back_everything(tmp_path: Path) -> No
         assert run.returncode == 125, run.stderr
         assert "injected failure" in run.stderr and "nstask-test-fail" in run.stderr
         assert not leaks(a)
+        # Detached, the failure is recorded as the stop reason; the task has no output.
+        task_id = a.cli(
+            "run", "-d", write_taskdef(tmp_path, busybox_task("doomed", ["true"])), check=True
+        ).stdout.strip()
+        task = a.wait_status(task_id, "STOPPED")
+        assert "injected failure" in str(task["stopReason"]) and task["exitCode"] is None
+        logs = a.cli("logs", task_id)
+        assert logs.returncode == 0 and logs.stdout == ""
+        a.cli("rm", task_id, check=True)
+        assert not leaks(a)
     finally:
         stop_agent(a, proc, base)
