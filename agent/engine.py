@@ -29,7 +29,12 @@ from agent.containerd import Containerd, TaskExit
 from agent.errors import ImageNotFound, NotFound, NstaskError, TaskNotFound
 from agent.network import TaskNetwork
 from agent.store import ContainerRecord, Store, TaskRecord
-from agent.taskdef import ContainerDefinition, TaskDefinition, parse_task_definition
+from agent.taskdef import (
+    ContainerDefinition,
+    TaskDefinition,
+    parse_task_definition,
+    with_environment,
+)
 
 log = structlog.get_logger("nstask.engine")
 
@@ -155,12 +160,14 @@ class Engine:
         task.timings["accept"] = _ms(t0)
         self.store.insert_task(task)
         self._stopped[task_id] = asyncio.Event()
-        self._lifecycles[task_id] = asyncio.create_task(self._launch(task, td, env or {}))
+        self._lifecycles[task_id] = asyncio.create_task(
+            self._launch(task, with_environment(td, env or {}))
+        )
         log.info("task_accepted", task=task_id, family=td.family, source=source)
         return task
 
     # -- start ---------------------------------------------------------------------------
-    async def _launch(self, task: TaskRecord, td: TaskDefinition, env: dict[str, str]) -> None:
+    async def _launch(self, task: TaskRecord, td: TaskDefinition) -> None:
         t_start = time.monotonic()
         try:
             async with self._lock(task.id):
@@ -173,7 +180,7 @@ class Engine:
                 for c, cdef in zip(task.containers, td.containers, strict=True):
                     if task.desired_status != RUNNING:
                         break
-                    await self._start_container(task, c, cdef, configs[cdef.image], td, env)
+                    await self._start_container(task, c, cdef, configs[cdef.image], td)
                 if task.desired_status == RUNNING:
                     task.last_status = RUNNING
                     task.started_at = time.time()
@@ -258,7 +265,6 @@ class Engine:
         cdef: ContainerDefinition,
         image: images.ImageConfig,
         td: TaskDefinition,
-        env: dict[str, str],
     ) -> None:
         cid = c.containerd_id
         lease = f"nstask-{task.id}"
@@ -272,7 +278,7 @@ class Engine:
                 cid, image.chain_id, snapshotter=self.config.snapshotter, lease=lease
             )
             self.store.created("snapshot", cid)
-            oci = self._spec(task, c, cdef, image, td, env)
+            oci = self._spec(task, c, cdef, image, td)
             self.store.intend("container", cid, task.id)
             await self.client.create_container(
                 cid,
@@ -315,7 +321,6 @@ class Engine:
         cdef: ContainerDefinition,
         image: images.ImageConfig,
         td: TaskDefinition,
-        env: dict[str, str],
     ) -> dict[str, Any]:
         task_dir = self.config.task_dir / task.id
         hostname = cdef.hostname or task.id[:12]
@@ -344,7 +349,6 @@ class Engine:
             *image.env,
             f"HOSTNAME={hostname}",
             *(f"{k}={v}" for k, v in cdef.environment),
-            *(f"{k}={v}" for k, v in env.items()),
         ]
         return spec.compose(
             spec.with_process_args(args),
