@@ -302,3 +302,38 @@ def test_failing_cni_plugin_mid_list_rolls_back_everything(tmp_path: Path) -> No
         assert not leaks(a)
     finally:
         stop_agent(a, proc, base)
+
+
+def test_container_gets_the_spec_nstask_builds(agent: Agent, tmp_path: Path) -> None:
+    """Inside the container: Docker's default capabilities, no_new_privileges, the memory
+    limit and CPU shares given, the task's hostname and /etc/hosts, masked /proc paths."""
+    script = (
+        "grep -E '^(CapEff|NoNewPrivs):' /proc/self/status; "
+        "echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); "
+        "echo shares=$(cat /sys/fs/cgroup/cpu/cpu.shares); "
+        'echo host=$(hostname); echo hosts=$(grep -w "$(hostname)" /etc/hosts | cut -f1); '
+        "echo timer_list=$(head -c 40 /proc/timer_list | wc -c); echo env=$GREETING"
+    )
+    td = busybox_task(
+        "specced",
+        ["sh", "-c", script],
+        memory=64,
+        cpu=128,
+        environment=[{"name": "GREETING", "value": "hi"}],
+    )
+    proc = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True)
+    task_id = proc.stdout.strip()
+    task = agent.wait_status(task_id, "STOPPED")
+    out = agent.cli("logs", task_id, check=True).stdout.split("\n")
+    lines = [line.replace(":\t", "=", 1) for line in out]
+    fields = dict(line.split("=", 1) for line in lines if "=" in line)
+    # Docker's 14 default capabilities (CHOWN ... SETFCAP) and nothing else.
+    assert fields["CapEff"] == "00000000a80425fb", out
+    assert fields["NoNewPrivs"] == "1"
+    assert fields["mem"] == str(64 * 1024 * 1024)
+    assert fields["shares"] == "128"
+    assert fields["host"] == task_id[:12]
+    assert fields["hosts"] == task["ip"]  # /etc/hosts maps the hostname to the task's IP
+    assert fields["timer_list"] == "0"  # masked (the host's has content)
+    assert fields["env"] == "hi"
+    agent.cli("rm", task_id, check=True)
