@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -30,10 +31,11 @@ SHIM = str(VENV_BIN / "nstask-shim-logger")
 PYTHON = str(VENV_BIN / "python")
 
 
-def _time_shim(log_dir: str, index: int) -> tuple[float, int]:
+def _time_shim(log_dir: str, index: int, extra: dict[str, str] | None = None) -> tuple[float, int]:
     """Seconds from spawn to readiness for one shim, and its RSS (KiB) while idle."""
     path = os.path.join(log_dir, f"c{index}", "c-json.log")
-    with spawn_logger([SHIM, *uri_args({"driver": "json-file", "path": path})]) as proc:
+    query = {"driver": "json-file", "path": path, **(extra or {})}
+    with spawn_logger([SHIM, *uri_args(query)]) as proc:
         if proc.wait_ready() != b"R":
             raise SystemExit(f"shim did not signal readiness: {proc.read_errors()}")
         elapsed = time.perf_counter() - proc.started
@@ -65,12 +67,35 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _shim_throughput(log_dir: str, lines: int) -> float:
+def _discard_server() -> socket.socket:
+    """A loopback TCP listener whose connections are read and discarded (a fast fluentd)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+
+    def drain(conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(1 << 20):
+                pass
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server
+
+
+def _shim_throughput(log_dir: str, lines: int, extra: dict[str, str] | None = None) -> float:
     """MB/s of container output through a running shim, 1 KB lines, spawn excluded."""
     path = os.path.join(log_dir, "throughput", "c-json.log")
     line = (b"x" * 1023) + b"\n"
     batch = line * 64
-    with spawn_logger([SHIM, *uri_args({"path": path})]) as proc:
+    with spawn_logger([SHIM, *uri_args({"path": path, **(extra or {})})]) as proc:
         proc.wait_ready()
 
         def stderr_trickle() -> None:
@@ -129,11 +154,25 @@ def main() -> None:
                 f" ({shim_ms - base_ms:+.2f} ms)"
             )
         print(f"  idle shim RSS                {statistics.median(rss) / 1024:7.1f} MiB")
+        server = _discard_server()
+        fluentd = {"driver": "fluentd", "fluentd-address": f"127.0.0.1:{server.getsockname()[1]}"}
+        fluent_times, fluent_rss = [], []
+        for index in range(options.n):
+            elapsed, kib = _time_shim(log_dir, 1000 + index, fluentd)
+            fluent_times.append(elapsed)
+            fluent_rss.append(kib)
+        print(
+            f"  fluentd (connects first)     {statistics.median(fluent_times) * 1000:7.2f} ms"
+            f"   RSS {statistics.median(fluent_rss) / 1024:5.1f} MiB"
+        )
         shim_mb = _shim_throughput(log_dir, options.lines)
         writer_mb = _writer_throughput(log_dir, options.lines)
-        print(f"json-file throughput, {options.lines} lines of 1 KB:")
-        print(f"  through the shim (pipe -> file)  {shim_mb:7.1f} MB/s")
-        print(f"  JsonFileWriter alone             {writer_mb:7.1f} MB/s")
+        fluent_mb = _shim_throughput(log_dir, options.lines, fluentd)
+        server.close()
+        print(f"throughput, {options.lines} lines of 1 KB:")
+        print(f"  json-file through the shim (pipe -> file)     {shim_mb:7.1f} MB/s")
+        print(f"  JsonFileWriter alone                          {writer_mb:7.1f} MB/s")
+        print(f"  fluentd through the shim (pipe -> loopback)   {fluent_mb:7.1f} MB/s")
 
 
 if __name__ == "__main__":

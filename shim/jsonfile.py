@@ -13,6 +13,7 @@ import happens on first use (the agent has it loaded anyway).
 
 from __future__ import annotations
 
+import contextlib  # already loaded by site at interpreter start-up
 import os
 import time
 
@@ -23,8 +24,11 @@ except ImportError:  # pragma: no cover - CPython always ships _json
 
 TYPE_CHECKING = False  # typing costs ~2 ms of shim start-up; mypy treats this name as True
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Generator, Iterator
+    from threading import Thread
     from typing import BinaryIO
+
+    from shim.stats import Stats
 
 __all__ = [
     "JsonFileWriter",
@@ -33,6 +37,7 @@ __all__ = [
     "format_time",
     "parse_time",
     "read_entries",
+    "rotated_files",
 ]
 
 _NS = 1_000_000_000
@@ -141,34 +146,64 @@ def _parse_offset(rest: str) -> int:
 
 
 class JsonFileWriter:
-    """Appends json-file records to one file, buffered until :meth:`flush`.
+    """Appends json-file records to one file, buffered until :meth:`flush`, rotating like Docker.
 
     The shim flushes once per batch of pipe reads, so ``logs -f`` sees a line as soon as the
     container wrote it while a burst of output costs one write(2) per batch, not per line.
+
+    Rotation (``max_size`` > 0) follows Docker's json-file: before a record is written, a file
+    that has reached ``max_size`` bytes is rotated, so a file ends at most one record past the
+    limit. With ``max_file`` >= 2 the file becomes ``<path>.1`` and older ones shift up
+    (``.1`` -> ``.2`` ...), the oldest beyond ``max_file - 1`` is removed; with ``max_file`` 1
+    the file is replaced by an empty one. ``compress`` gzips ``<path>.1`` to ``<path>.1.gz`` in
+    a background thread (readers use the plain file until the .gz is complete), as Docker does.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_size: int = 0,
+        max_file: int = 1,
+        compress: bool = False,
+        stats: Stats | None = None,
+    ) -> None:
         """Create the file (0640, parent directories 0750) or open it for appending.
 
         Appending keeps the log of an earlier run of the same container (a restart) intact.
         """
+        if max_file < 1:
+            raise ValueError("max_file cannot be less than 1")
+        if compress and (max_file < 2 or max_size <= 0):
+            raise ValueError("compress needs max_size and max_file >= 2")
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, mode=_DIR_MODE, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-        self._fd = os.open(path, flags, _FILE_MODE)
-        os.fchmod(self._fd, _FILE_MODE)  # the umask we inherit is not ours to trust
         self.path = path
+        self.max_size = max_size
+        self.max_file = max_file
+        self.compress = compress
+        self.stats = stats
+        self.rotations = 0
+        self._fd = self._open(os.O_APPEND)
+        self._size = os.fstat(self._fd).st_size
         self._parts: list[str] = []
+        self._pending_bytes = 0
         self._second = -1
         self._time_prefix = ""
+        self._compressor: Thread | None = None
+
+    def _open(self, extra_flags: int) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | extra_flags
+        fd = os.open(self.path, flags, _FILE_MODE)
+        os.fchmod(fd, _FILE_MODE)  # the umask we inherit is not ours to trust
+        return fd
 
     def add(
         self,
         stream: str,
         log: str,
         time_ns: int,
-        *,
         partial_id: str | None = None,
         partial_ordinal: int = 0,
         partial_last: bool = False,
@@ -187,6 +222,7 @@ class JsonFileWriter:
                 f',"partial_message":true,"partial_id":{_quote(partial_id)},'
                 f'"partial_ordinal":{partial_ordinal},"partial_last":{last}'
             )
+        self._pending_bytes += len(log)
         self._parts.append(
             '{"log":'
             + _quote(log)
@@ -212,24 +248,126 @@ class JsonFileWriter:
         if not self._parts:
             return
         data = "".join(self._parts).encode("utf-8")
+        count, nbytes = len(self._parts), self._pending_bytes
         self._parts.clear()
-        view = memoryview(data)
+        self._pending_bytes = 0
+        stats = self.stats
+        try:
+            if self.max_size > 0:
+                self._write_rotating(data)
+            else:
+                self._write(data, 0, len(data))
+        except OSError:
+            if stats is not None:
+                stats.sink_dropped_lines += count
+                stats.sink_dropped_bytes += nbytes
+            raise
+        if stats is not None:
+            stats.written_lines += count
+            stats.written_bytes += nbytes
+            stats.sink_state = "ok"
+
+    def _write(self, data: bytes, start: int, end: int) -> None:
+        view = memoryview(data)[start:end]
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+            self._size += written
+
+    def _write_rotating(self, data: bytes) -> None:
+        """Write ``data`` (whole records), rotating whenever the file has reached max_size.
+
+        Every b"\\n" in ``data`` ends a record (JSON escapes newlines inside strings), so the
+        record that takes the file to max_size is found with one ``find``.
+        """
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._size >= self.max_size:
+                self._rotate()
+            need = self.max_size - self._size  # bytes until the file is full (> 0 here)
+            newline = data.find(b"\n", pos + need - 1)
+            cut = end if newline < 0 else newline + 1
+            self._write(data, pos, cut)
+            pos = cut
+
+    def _rotate(self) -> None:
+        """Close the full file, shift the rotated ones, start an empty file (see class doc)."""
+        os.close(self._fd)
+        self._fd = -1
+        path = self.path
+        if self.max_file < 2:
+            _unlink(path)
+        else:
+            self._wait_compressor()  # the .1 being compressed must become .1.gz before shifting
+            ext = ".gz" if self.compress else ""
+            _unlink(f"{path}.{self.max_file - 1}{ext}")
+            for index in range(self.max_file - 1, 1, -1):
+                _rename(f"{path}.{index - 1}{ext}", f"{path}.{index}{ext}")
+            _rename(path, path + ".1")
+        self._fd = self._open(os.O_TRUNC)
+        self._size = 0
+        self.rotations += 1
+        if self.compress:
+            self._start_compressor(path + ".1")
+
+    def _start_compressor(self, source: str) -> None:
+        from threading import Thread  # only loggers with compress=true pay for threading
+
+        self._compressor = Thread(target=_gzip_file, args=(source, self.stats), daemon=True)
+        self._compressor.start()
+
+    def _wait_compressor(self) -> None:
+        if self._compressor is not None:
+            self._compressor.join()
+            self._compressor = None
 
     def close(self) -> None:
-        """Flush and close the file."""
+        """Flush, finish a running compression, close the file."""
         try:
             self.flush()
         finally:
-            os.close(self._fd)
+            self._wait_compressor()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def __enter__(self) -> JsonFileWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _rename(source: str, target: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(source, target)
+
+
+def _gzip_file(source: str, stats: Stats | None) -> None:
+    """Compress ``source`` to ``source.gz`` (level 6, as Go's default), then remove ``source``.
+
+    The plain file is removed only once the .gz is complete, so a reader always finds one
+    complete copy; a failure leaves the plain file and removes the partial .gz.
+    """
+    import gzip
+    import shutil
+
+    target = source + ".gz"
+    try:
+        with open(source, "rb") as plain, open(target, "wb") as raw:
+            os.fchmod(raw.fileno(), _FILE_MODE)
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as packed:
+                shutil.copyfileobj(plain, packed, 1 << 20)
+        os.unlink(source)
+    except OSError as exc:
+        _unlink(target)
+        if stats is not None:
+            stats.sink_error(f"cannot compress {source}: {exc}", state=stats.sink_state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,16 +476,118 @@ def _select(file: BinaryIO, end: int, since: float | None, tail: int | None) -> 
     return selected if tail is None else selected[-tail:]
 
 
+def rotated_files(path: str) -> list[str]:
+    """The rotated files of ``path``, oldest first: ``<path>.N[.gz]`` ... ``<path>.1[.gz]``.
+
+    Found by listing the directory (the reader does not know max-file). When both ``.N`` and
+    ``.N.gz`` exist a compression is in progress and the plain file is the complete one.
+    """
+    directory, base = os.path.split(path)
+    prefix = base + "."
+    numbers: dict[int, str] = {}
+    try:
+        names = os.listdir(directory or ".")
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        suffix = name[len(prefix) :]
+        number = suffix[:-3] if suffix.endswith(".gz") else suffix
+        if not number.isdigit() or number.startswith("0"):
+            continue
+        index = int(number)
+        if index not in numbers or not suffix.endswith(".gz"):
+            numbers[index] = os.path.join(directory, name)
+    return [numbers[index] for index in sorted(numbers, reverse=True)]
+
+
+def _open_rotated(path: str, current_ino: int) -> list[BinaryIO]:
+    """Open every rotated file of ``path``, oldest first, skipping the one we already hold.
+
+    Opening (not reading) them all first gives a consistent set even if the writer rotates
+    meanwhile: a file renamed under us stays readable, and its inode tells it apart.
+    """
+    files: list[BinaryIO] = []
+    for name in rotated_files(path):
+        try:
+            file = open(name, "rb")  # noqa: SIM115 - closed by the caller
+        except FileNotFoundError:
+            continue
+        if os.fstat(file.fileno()).st_ino == current_ino:
+            file.close()
+            continue
+        files.append(file)
+    return files
+
+
+def _entries_of_rotated(file: BinaryIO) -> Iterator[LogEntry]:
+    """Every complete record in a rotated file, decompressing a .gz one on the fly.
+
+    A damaged or truncated .gz (a shim killed mid-compression) yields what it can.
+    """
+    if file.name.endswith(".gz") if isinstance(file.name, str) else False:
+        import gzip
+        import zlib
+
+        try:
+            with gzip.GzipFile(fileobj=file, mode="rb") as packed:
+                for line in packed:
+                    if line.endswith(b"\n"):
+                        entry = _decode(line)
+                        if entry is not None:
+                            yield entry
+        except (OSError, EOFError, zlib.error):
+            return
+        return
+    for line in _lines_forward(file, os.fstat(file.fileno()).st_size):
+        entry = _decode(line)
+        if entry is not None:
+            yield entry
+
+
+def _select_all(
+    current: BinaryIO, end: int, rotated: list[BinaryIO], since: float | None, tail: int | None
+) -> list[LogEntry]:
+    """Like :func:`_select` over the rotated files (oldest first) followed by ``current``."""
+    if not rotated:
+        return _select(current, end, since, tail)
+    if tail is not None and tail < 0:
+        raise ValueError(f"tail must be >= 0, not {tail}")
+    if tail == 0:
+        return []
+    newest = _select(current, end, since, tail)
+    if tail is not None and len(newest) >= tail:
+        return newest  # the current file alone holds the tail: rotated files are not read
+    since_ns = None if since is None else int(since * _NS)
+    older: list[LogEntry] = []
+    for file in rotated:
+        for entry in _entries_of_rotated(file):
+            if since_ns is None or entry.time_ns >= since_ns:
+                older.append(entry)
+                if tail is not None and len(older) > 2 * tail:
+                    del older[:-tail]
+    selected = older + newest
+    return selected if tail is None else selected[-tail:]
+
+
 def read_entries(
     path: str, *, since: float | None = None, tail: int | None = None
 ) -> Iterator[LogEntry]:
-    """The records in ``path``: those at or after ``since`` (epoch seconds), the last ``tail``.
+    """The records of ``path`` and its rotated files, oldest first, filtered.
 
+    Only those at or after ``since`` (epoch seconds), then only the last ``tail``. Rotated
+    files (``<path>.1``, ``<path>.2.gz`` ...) come before the current file.
     Raises FileNotFoundError when there is no log (the container never started a shim).
     """
     with open(path, "rb") as file:
-        end = os.fstat(file.fileno()).st_size
-        entries = _select(file, end, since, tail)
+        stat = os.fstat(file.fileno())
+        rotated = _open_rotated(path, stat.st_ino)
+        try:
+            entries = _select_all(file, stat.st_size, rotated, since, tail)
+        finally:
+            for other in rotated:
+                other.close()
     yield from entries
 
 
@@ -388,23 +628,88 @@ def follow(
 
     Returns once ``stop()`` is true and every complete line written before that is yielded; a
     line still missing its newline is waited for, never yielded torn. Blocking (time.sleep):
-    an asyncio caller runs it in a thread. A truncated file is read again from the start.
+    an asyncio caller runs it in a thread. A truncated file is read again from the start. When
+    the writer rotates, the old file is read to its end and the new ``path`` from its start
+    (a file rotated out and away again within one ``poll`` interval is missed).
     """
     file = _open_when_present(path, stop, poll)
     if file is None:
         return
-    with file:
-        size = os.fstat(file.fileno()).st_size
-        offset = _complete_end(file, size)
-        yield from _select(file, offset, since, tail)
+    try:
+        stat = os.fstat(file.fileno())
+        offset = _complete_end(file, stat.st_size)
+        rotated = _open_rotated(path, stat.st_ino)
+        try:
+            yield from _select_all(file, offset, rotated, since, tail)
+        finally:
+            for other in rotated:
+                other.close()
         since_ns = None if since is None else int(since * _NS)
-        yield from _follow_from(file, offset, stop, poll, since_ns)
+        while True:
+            replacement = yield from _follow_from(file, offset, stop, poll, since_ns, path)
+            if replacement is None:
+                return
+            for entry in _between(path, file, replacement):
+                if since_ns is None or entry.time_ns >= since_ns:
+                    yield entry
+            file.close()
+            file, offset = replacement, 0
+    finally:
+        file.close()
+
+
+def _between(path: str, old: BinaryIO, new: BinaryIO) -> Iterator[LogEntry]:
+    """Records of files rotated out between ``old`` and ``new`` (several rotations in one poll).
+
+    Found by inode among the rotated files; a file compressed meanwhile has a new inode and
+    cannot be placed, so with compress a burst of rotations within one poll can be missed.
+    """
+    old_ino = os.fstat(old.fileno()).st_ino
+    new_ino = os.fstat(new.fileno()).st_ino
+    names = rotated_files(path)
+    inodes = []
+    for name in names:
+        try:
+            inodes.append(os.stat(name).st_ino)
+        except FileNotFoundError:
+            inodes.append(-1)
+    if old_ino not in inodes:
+        return
+    start = inodes.index(old_ino) + 1
+    end = inodes.index(new_ino) if new_ino in inodes else len(names)
+    for name in names[start:end]:
+        try:
+            with open(name, "rb") as rotated:
+                yield from _entries_of_rotated(rotated)
+        except FileNotFoundError:
+            continue
+
+
+def _replaced(path: str, file: BinaryIO) -> BinaryIO | None:
+    """A new file now at ``path`` (the writer rotated ours away), or None."""
+    try:
+        fresh = open(path, "rb", buffering=0)  # noqa: SIM115 - returned open
+    except FileNotFoundError:
+        return None  # mid-rotation: the new file is not there yet
+    if os.fstat(fresh.fileno()).st_ino == os.fstat(file.fileno()).st_ino:
+        fresh.close()
+        return None
+    return fresh
 
 
 def _follow_from(
-    file: BinaryIO, offset: int, stop: Callable[[], bool], poll: float, since_ns: int | None
-) -> Iterator[LogEntry]:
-    """The polling half of :func:`follow`, starting at a line boundary ``offset``."""
+    file: BinaryIO,
+    offset: int,
+    stop: Callable[[], bool],
+    poll: float,
+    since_ns: int | None,
+    path: str,
+) -> Generator[LogEntry, None, BinaryIO | None]:
+    """The polling half of :func:`follow`, starting at a line boundary ``offset``.
+
+    Returns the file that replaced ours at ``path`` once ours is read to its end, or None
+    when ``stop()`` ended the follow.
+    """
     file.seek(offset)
     pending = b""
     while True:
@@ -424,6 +729,18 @@ def _follow_from(
             file.seek(0)
             pending = b""
             continue
+        replacement = _replaced(path, file)
+        if replacement is not None:
+            # The writer opens the new file only after its last write to ours, so reading ours
+            # once more after seeing the replacement gets everything.
+            tail_chunk = file.read()
+            if tail_chunk:
+                pending += tail_chunk
+                for line in pending.split(b"\n"):
+                    entry = _decode(line)
+                    if entry is not None and (since_ns is None or entry.time_ns >= since_ns):
+                        yield entry
+            return replacement
         if stopping:
-            return
+            return None
         time.sleep(poll)

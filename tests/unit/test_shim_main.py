@@ -14,9 +14,30 @@ from shim.main import MAX_LINE, LineSplitter, UsageError, parse_args
 
 
 def test_pairs_in_any_order_and_unknown_keys_remembered() -> None:
-    config = parse_args(["mode", "non-blocking", "path", "/var/log/c.log", "driver", "json-file"])
-    assert (config.driver, config.path) == ("json-file", "/var/log/c.log")
-    assert config.unknown == {"mode": "non-blocking"}
+    args = ["mode", "non-blocking", "path", "/var/log/c.log", "x-new", "1", "driver", "json-file"]
+    config = parse_args([*args, "max-size", "10m", "tag", "t"], {"CONTAINER_ID": "abc"})
+    assert (config.driver, config.path, config.mode) == (
+        "json-file",
+        "/var/log/c.log",
+        "non-blocking",
+    )
+    assert config.options == {"max-size": "10m"}
+    assert config.unknown == {"x-new": "1", "tag": "t"}  # tag means nothing to json-file here
+    assert config.container_name == "abc"  # no container= pair: the containerd id stands in
+
+
+def test_names_labels_and_fluentd_options_are_sorted_out() -> None:
+    config = parse_args(
+        [
+            *("driver", "fluentd", "path", "/l/c.log", "container", "web", "task", "t1"),
+            *("family", "shop", "label.env", "prod", "fluentd-address", "unix:///s", "tag", "x"),
+        ],
+        {"CONTAINER_ID": "f" * 64},
+    )
+    assert (config.container_id, config.container_name) == ("f" * 64, "web")
+    assert (config.task, config.family, config.labels) == ("t1", "shop", {"env": "prod"})
+    assert config.options == {"fluentd-address": "unix:///s", "tag": "x"}
+    assert config.max_buffer_size == 1024 * 1024
 
 
 def test_driver_defaults_to_json_file() -> None:
@@ -25,7 +46,16 @@ def test_driver_defaults_to_json_file() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["path"], [], ["driver", "json-file"], ["path", ""], ["path", "x.log"], ["driver", "gelf"]],
+    [
+        ["path"],
+        [],
+        ["driver", "json-file"],
+        ["path", ""],
+        ["path", "x.log"],
+        ["driver", "gelf"],
+        ["path", "/x.log", "mode", "sometimes"],
+        ["path", "/x.log", "max-buffer-size", "lots"],
+    ],
 )
 def test_unusable_arguments_are_refused(args: list[str]) -> None:
     with pytest.raises(UsageError):
@@ -90,5 +120,6 @@ def test_shim_start_imports_stay_small() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    for heavy in ("json", "typing", "structlog", "click", "agent", "asyncio", "selectors"):
+    heavy_modules = ("json", "typing", "structlog", "click", "agent", "asyncio", "selectors")
+    for heavy in (*heavy_modules, "socket", "threading", "gzip", "shim.fluentd", "shim.ring"):
         assert heavy not in out

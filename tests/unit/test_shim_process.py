@@ -211,3 +211,31 @@ def test_unwritable_log_path_exits_one(tmp_path: Path) -> None:
         assert proc.wait(timeout=5) == 1
         assert proc.wait_ready(timeout=1) == b""
         assert "cannot open log file" in proc.read_errors()
+
+
+def test_non_blocking_json_file_keeps_everything_when_the_disk_keeps_up(log_path: Path) -> None:
+    query = {"path": str(log_path), "mode": "non-blocking", "max-buffer-size": "4m"}
+    lines = [f"nb {i}\n" for i in range(20_000)]
+    with spawn_logger([SHIM, *_args(query)]) as proc:
+        proc.wait_ready()
+        _write_all(proc.stdout, "".join(lines).encode())
+        proc.close_stdout()
+        proc.close_stderr()
+        assert proc.wait() == 0
+    assert _logs(_records(log_path), "stdout") == lines
+    stats = json.loads(Path(str(log_path) + ".stats.json").read_text())
+    assert stats["mode"] == "non-blocking"
+    assert (stats["lines"], stats["written_lines"], stats["dropped_lines"]) == (20_000, 20_000, 0)
+
+
+def test_stats_file_is_current_while_running(shim: LoggerProcess, log_path: Path) -> None:
+    shim.wait_ready()
+    stats_path = Path(str(log_path) + ".stats.json")
+    assert json.loads(stats_path.read_text())["sink_state"] == "ok"  # written before readiness
+    _write_all(shim.stdout, b"a\nb\n")
+    deadline = time.monotonic() + 3
+    while json.loads(stats_path.read_text())["written_lines"] != 2:
+        assert time.monotonic() < deadline, "stats not refreshed within about a second"
+        time.sleep(0.05)
+    stats = json.loads(stats_path.read_text())
+    assert stats["pid"] == shim.pid and stats["exited"] is False
