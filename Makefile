@@ -12,7 +12,8 @@ bootstrap:
 demo: bootstrap
 	@$(PY) scripts/demo.py
 
-test: bootstrap
+test:
+	@bash scripts/bootstrap.sh --test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) scripts/gen_protos.py --check

@@ -301,10 +301,13 @@ def _print_logs(
     follow: bool,
     tail: int | None,
     timestamps: bool,
+    since: float | None = None,
 ) -> None:
     from urllib.parse import urlencode
 
     query = {"follow": "1" if follow else "0"}
+    if since is not None:
+        query["since"] = repr(since)
     if container:
         query["container"] = container
     if tail is not None:
@@ -339,26 +342,67 @@ def ps(ctx: click.Context, all_tasks: bool, as_json: bool, quiet: bool) -> None:
         for t in tasks:
             click.echo(t["id"])
         return
-    rows = [("TASK ID", "FAMILY", "STATUS", "IP", "CONTAINERS", "EXIT", "AGE")]
+    rows = [("TASK ID", "FAMILY", "STATUS", "IP", "PORTS", "CONTAINERS", "EXIT", "AGE")]
     import time
 
     for t in tasks:
-        names = ",".join(c["name"] for c in t["containers"])
-        exit_code = "" if t["exitCode"] is None else str(t["exitCode"])
         rows.append(
             (
                 t["id"][:12],
                 t["family"],
-                t["lastStatus"],
+                t["lastStatus"] + _task_health(t),
                 t["ip"] or "-",
-                names,
-                exit_code,
+                ",".join(
+                    f"{p['hostPort']}->{p['containerPort']}/{p['protocol']}"
+                    for p in t.get("ports", [])
+                )
+                or "-",
+                ",".join(_container_cell(c) for c in t["containers"]),
+                "" if t["exitCode"] is None else str(t["exitCode"]),
                 _age(time.time() - t["createdAt"]),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _since(text: str) -> float:
+    """A relative duration (10m, 1h30m, 45s) or an RFC 3339 time, as epoch seconds."""
+    import re
+    import time
+    from datetime import datetime
+
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if m and any(m.groups()):
+        h, mi, s = (float(g or 0) for g in m.groups())
+        return time.time() - (h * 3600 + mi * 60 + s)
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        fail(
+            f"--since {text!r}: expected a duration like 10m or a time like 2026-11-28T04:00:00Z", 2
+        )
+
+
+def _task_health(t: dict[str, Any]) -> str:
+    """ECS's task health: UNHEALTHY if an essential container is, HEALTHY if all essential
+    containers with checks are, else nothing to say."""
+    checked = [c for c in t["containers"] if c["essential"] and c.get("health")]
+    if not checked or t["lastStatus"] != "RUNNING":
+        return ""
+    if any(c["health"] == "UNHEALTHY" for c in checked):
+        return " (unhealthy)"
+    if all(c["health"] == "HEALTHY" for c in checked):
+        return " (healthy)"
+    return " (health: starting)"
+
+
+def _container_cell(c: dict[str, Any]) -> str:
+    """name, with its exit code once it has stopped in a task that still runs."""
+    if c["lastStatus"] == "STOPPED" and c["exitCode"] is not None:
+        return f"{c['name']}({c['exitCode']})"
+    return str(c["name"])
 
 
 def _age(seconds: float) -> str:
@@ -375,6 +419,7 @@ def _age(seconds: float) -> str:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the task stops.")
 @click.option("--tail", "-n", type=int, help="Only the last N lines of each container.")
 @click.option("--timestamps", "-t", is_flag=True, help="Prefix each line with its time.")
+@click.option("--since", help="Only lines since a time: 10m, 1h30m, 45s, or 2026-11-28T04:00:00Z.")
 @click.pass_context
 def logs(
     ctx: click.Context,
@@ -383,10 +428,19 @@ def logs(
     follow: bool,
     tail: int | None,
     timestamps: bool,
+    since: str | None,
 ) -> None:
     """Print a task's output (all containers, or CONTAINER)."""
     try:
-        _print_logs(_client(ctx), task, container, follow=follow, tail=tail, timestamps=timestamps)
+        _print_logs(
+            _client(ctx),
+            task,
+            container,
+            follow=follow,
+            tail=tail,
+            timestamps=timestamps,
+            since=_since(since) if since else None,
+        )
     except ApiError as e:
         _api_fail(e)
     except KeyboardInterrupt:
@@ -481,6 +535,60 @@ def validate(file: str) -> None:
         f"{file}: ok (family {td.family}, {len(td.containers)} container(s), "
         f"network mode {td.network_mode})"
     )
+
+
+# -- secrets ---------------------------------------------------------------------------------
+@main.group()
+def secret() -> None:
+    """The local secret store that `secrets[].valueFrom` resolves from (root-only).
+
+    An ARN maps to a local name: arn:aws:secretsmanager:...:secret:NAME-AbCdEf -> NAME,
+    arn:aws:ssm:...:parameter/PATH -> PATH; a plain name is used as it is."""
+
+
+@secret.command("put")
+@click.argument("name")
+@click.option("--from-file", type=click.File("r"), help="Read the value from a file.")
+@click.pass_context
+def secret_put(ctx: click.Context, name: str, from_file: Any) -> None:
+    """Store a secret; the value comes from stdin (or a hidden prompt, or --from-file)."""
+    if from_file is not None:
+        value = from_file.read()
+    elif sys.stdin.isatty():
+        value = click.prompt(f"value of {name}", hide_input=True)
+    else:
+        value = sys.stdin.read()
+    value = value.removesuffix("\n")
+    try:
+        _client(ctx).call("PUT", f"/v1/secrets/{name}", {"value": value})
+    except ApiError as e:
+        _api_fail(e)
+    click.echo(name)
+
+
+@secret.command("ls")
+@click.pass_context
+def secret_ls(ctx: click.Context) -> None:
+    """List secret names (never values)."""
+    try:
+        for name in _client(ctx).call("GET", "/v1/secrets"):
+            click.echo(name)
+    except ApiError as e:
+        _api_fail(e)
+
+
+@secret.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def secret_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Remove secrets."""
+    client = _client(ctx)
+    for name in names:
+        try:
+            client.call("DELETE", f"/v1/secrets/{name}")
+        except ApiError as e:
+            _api_fail(e)
+        click.echo(name)
 
 
 # -- images ----------------------------------------------------------------------------------

@@ -8,6 +8,9 @@
     POST   /v1/tasks/{id}/stop          {timeout?} -> task (STOPPED)
     DELETE /v1/tasks/{id}?force=1       -> 204
     GET    /v1/tasks/{id}/logs?container=&follow=1&tail=N  -> NDJSON stream of log entries
+    GET    /v1/secrets                  -> [name]   (values are never returned)
+    PUT    /v1/secrets/{name}           {value} -> 204
+    DELETE /v1/secrets/{name}           -> 204
     GET    /v1/images                   -> [image]
     POST   /v1/images/import            {path} -> [image]
 
@@ -30,7 +33,7 @@ import structlog
 from aiohttp import web
 
 from agent import images
-from agent.engine import Engine
+from agent.engine import Engine, logging_stats
 from agent.errors import InvalidInput, NstaskError
 from shim import jsonfile
 
@@ -92,11 +95,14 @@ def build_app(engine: Engine) -> web.Application:
     @routes.get("/v1/tasks")
     async def ps(request: web.Request) -> web.Response:
         all_tasks = request.query.get("all") in ("1", "true")
-        return web.json_response([t.to_dict() for t in engine.list(all_tasks=all_tasks)])
+        return web.json_response([t.to_dict() for t in engine.list_tasks(all_tasks=all_tasks)])
 
     @routes.get("/v1/tasks/{id}")
     async def inspect(request: web.Request) -> web.Response:
-        return web.json_response(engine.get(request.match_info["id"]).to_dict())
+        task = engine.get(request.match_info["id"]).to_dict()
+        for c in task["containers"]:
+            c["logging"] = logging_stats(c["logPath"])  # the shim's counters
+        return web.json_response(task)
 
     @routes.get("/v1/tasks/{id}/wait")
     async def wait(request: web.Request) -> web.Response:
@@ -130,11 +136,30 @@ def build_app(engine: Engine) -> web.Application:
             )
         follow = request.query.get("follow") in ("1", "true")
         tail = _int_query(request, "tail")
+        since = _float_query(request, "since")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        await _stream_logs(engine, task.id, containers, follow, tail, resp)
+        await _stream_logs(engine, task.id, containers, follow, tail, since, resp)
         await resp.write_eof()
         return resp
+
+    @routes.get("/v1/secrets")
+    async def secret_ls(_: web.Request) -> web.Response:
+        return web.json_response(engine.secrets.names())
+
+    @routes.put("/v1/secrets/{name:.+}")
+    async def secret_put(request: web.Request) -> web.Response:
+        body = await _body(request)
+        value = body.get("value")
+        if not isinstance(value, str):
+            raise InvalidInput("value must be a string")
+        engine.secrets.put(request.match_info["name"], value)
+        return web.Response(status=204)
+
+    @routes.delete("/v1/secrets/{name:.+}")
+    async def secret_rm(request: web.Request) -> web.Response:
+        engine.secrets.remove(request.match_info["name"])
+        return web.Response(status=204)
 
     @routes.get("/v1/images")
     async def image_ls(_: web.Request) -> web.Response:
@@ -156,6 +181,16 @@ def build_app(engine: Engine) -> web.Application:
     return app
 
 
+def _float_query(request: web.Request, key: str) -> float | None:
+    raw = request.query.get(key)
+    if raw in (None, ""):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidInput(f"{key} must be a number (epoch seconds), got {raw!r}") from None
+
+
 def _int_query(request: web.Request, key: str) -> int | None:
     raw = request.query.get(key)
     if raw in (None, "", "all"):
@@ -172,6 +207,7 @@ async def _stream_logs(
     containers: list[Any],
     follow: bool,
     tail: int | None,
+    since: float | None,
     resp: web.StreamResponse,
 ) -> None:
     """Entries of each container in file order; with follow, until the task has stopped and
@@ -196,10 +232,14 @@ async def _stream_logs(
         path = str(c.log_path)
         entries = (
             jsonfile.follow(
-                path, stop=lambda: stopped.is_set() or gone.is_set(), tail=tail, poll=0.02
+                path,
+                stop=lambda: stopped.is_set() or gone.is_set(),
+                tail=tail,
+                since=since,
+                poll=0.02,
             )
             if follow
-            else jsonfile.read_entries(path, tail=tail)
+            else jsonfile.read_entries(path, tail=tail, since=since)
         )
         try:
             for e in entries:

@@ -34,6 +34,8 @@ class AgentConfig:
     # A user-supplied conflist replaces the default network entirely.
     conflist_file: Path | None = None
     stop_timeout: float = 30.0
+    # How long a container waits for a dependency when it sets no startTimeout (ECS: 3 min).
+    start_timeout: float = 180.0
     netns_prefix: str = "nstask-"
     shim_path: Path | None = None
     dns_servers: tuple[str, ...] = field(default_factory=tuple)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import json
 import re
 import shutil
 import signal
@@ -19,22 +19,31 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import structlog
 
-from agent import images, spec
+from agent import cgroups, containers, health, images, network, secrets
 from agent.config import AgentConfig, default_shim_path
-from agent.containerd import Containerd, TaskExit
-from agent.errors import ImageNotFound, NotFound, NstaskError, TaskNotFound
+from agent.containerd import Containerd, TaskExit, TaskOOM
+from agent.errors import (
+    AlreadyExists,
+    ImageNotFound,
+    InvalidInput,
+    NotFound,
+    NstaskError,
+    TaskNotFound,
+)
 from agent.network import TaskNetwork
+from agent.secrets import SecretNotFound, SecretStore
 from agent.store import ContainerRecord, Store, TaskRecord
 from agent.taskdef import (
     ContainerDefinition,
     TaskDefinition,
     parse_task_definition,
+    start_order,
     with_environment,
 )
+from shim.stats import stats_path
 
 log = structlog.get_logger("nstask.engine")
 
@@ -47,7 +56,63 @@ PROVISIONING, PENDING, RUNNING, DEPROVISIONING, STOPPED = (
     "STOPPED",
 )
 # Resource kinds, torn down in the reverse of the order they are created.
-TEARDOWN_ORDER = ("task", "container", "snapshot", "lease", "taskdir", "cni", "netns")
+TEARDOWN_ORDER = ("task", "container", "snapshot", "lease", "cgroup", "taskdir", "cni", "netns")
+UNKNOWN = health.UNKNOWN
+OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
+
+
+class DependencyError(NstaskError):
+    kind = "dependency_failed"
+
+
+def _check_shim_started(name: str, shim: Path, stats: Path) -> None:
+    """containerd takes the readiness pipe's EOF as "ready": a logging shim that failed at
+    start is only visible in the stats file it writes before its readiness byte."""
+    try:
+        state = json.loads(stats.read_text())
+    except (OSError, ValueError):
+        raise NstaskError(
+            f"container {name}: the logging shim {shim} did not start (no stats file at {stats})"
+        ) from None
+    if state.get("sink_state") == "failed":
+        raise NstaskError(
+            f"container {name}: logging failed to start: "
+            f"{state.get('last_error') or 'unknown error'}"
+        )
+
+
+def logging_stats(log_path: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(stats_path(log_path)).read_text())
+    except (OSError, ValueError):
+        return None
+    return dict(data)
+
+
+def _has_check(cdef: ContainerDefinition) -> bool:
+    return cdef.health_check is not None and cdef.health_check.command[:1] != ("NONE",)
+
+
+def _dependency_verdict(condition: str, dep: ContainerRecord) -> bool | str | None:
+    """True: satisfied; a string: can never be satisfied (why); None: not yet."""
+    stopped = dep.last_status == STOPPED
+    if condition == "START":
+        return True if dep.last_status in (RUNNING, STOPPED) else None
+    if condition == "COMPLETE":
+        return True if stopped else None
+    if condition == "SUCCESS":
+        if not stopped:
+            return None
+        return True if dep.exit_code == 0 else f"it exited with code {dep.exit_code}"
+    if condition == "HEALTHY":
+        if dep.health == health.HEALTHY:
+            return True
+        if stopped:
+            return "it stopped before it was healthy"
+        if dep.health == health.UNHEALTHY:
+            return "it is UNHEALTHY"
+        return None
+    return f"unknown condition {condition}"
 
 
 def _containerd_id(task_id: str, index: int, name: str) -> str:
@@ -70,6 +135,11 @@ class Engine:
         self._exits: dict[str, asyncio.Future[tuple[int, float]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._events: asyncio.Task[None] | None = None
+        self._health: dict[str, asyncio.Future[None]] = {}
+        self._conditions: dict[str, asyncio.Condition] = {}
+        self.secrets = SecretStore(config.state_dir / "secrets")
+        self._oom: set[str] = set()
+        self._live: dict[str, TaskRecord] = {}
 
     # -- agent start / stop --------------------------------------------------------------
     async def start(self) -> None:
@@ -84,29 +154,58 @@ class Engine:
 
     async def close(self) -> None:
         """Leave tasks running (as the ECS agent does on update); stop watching them."""
-        for t in [self._events, *self._lifecycles.values(), *self._background]:
+        for t in [
+            self._events,
+            *self._lifecycles.values(),
+            *self._background,
+            *self._health.values(),
+        ]:
             if t is not None and not t.done():
                 t.cancel()
         await asyncio.gather(
-            *[t for t in [self._events, *self._lifecycles.values(), *self._background] if t],
+            *[
+                t
+                for t in [
+                    self._events,
+                    *self._lifecycles.values(),
+                    *self._background,
+                    *self._health.values(),
+                ]
+                if t
+            ],
             return_exceptions=True,
         )
 
     # -- queries -------------------------------------------------------------------------
     def get(self, ref: str) -> TaskRecord:
-        """A task by id or unique id prefix."""
+        """A task by id or unique id prefix. A task that is not stopped has exactly one
+        record object in the agent (start, exits, health and stop all change that one,
+        written through to the store), so no stale copy can overwrite another's change."""
+        live = self._live.get(ref)
+        if live is not None:
+            return live
         task = self.store.get_task(ref)
-        if task:
-            return task
-        matches = [t for t in self.store.list_tasks() if t.id.startswith(ref)] if ref else []
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise TaskNotFound(f"task id prefix {ref!r} is ambiguous ({len(matches)} tasks match)")
-        raise TaskNotFound(f"no such task: {ref}")
+        if task is None:
+            matches = [t for t in self.store.list_tasks() if t.id.startswith(ref)] if ref else []
+            if len(matches) > 1:
+                raise TaskNotFound(
+                    f"task id prefix {ref!r} is ambiguous ({len(matches)} tasks match)"
+                )
+            if not matches:
+                raise TaskNotFound(f"no such task: {ref}")
+            task = matches[0]
+        if task.id in self._live:
+            return self._live[task.id]
+        if task.last_status != STOPPED:
+            self._live[task.id] = task
+        return task
 
-    def list(self, *, all_tasks: bool = False) -> list[TaskRecord]:
-        return [t for t in self.store.list_tasks() if all_tasks or t.last_status != STOPPED]
+    def list_tasks(self, *, all_tasks: bool = False) -> list[TaskRecord]:
+        return [
+            self._live.get(t.id, t)
+            for t in self.store.list_tasks()
+            if all_tasks or t.last_status != STOPPED
+        ]
 
     async def wait(self, task_id: str) -> TaskRecord:
         task = self.get(task_id)
@@ -118,20 +217,15 @@ class Engine:
     async def submit(
         self, definition: Any, *, source: str = "", env: dict[str, str] | None = None
     ) -> TaskRecord:
-        """Validate, persist and start a task; returns at once with the PROVISIONING record."""
+        """Validate, persist and start a task; returns at once with the PROVISIONING record.
+
+        Everything that can be checked without touching the host is checked here, so a task
+        that cannot run is refused before anything is created."""
         t0 = time.monotonic()
-        td = parse_task_definition(definition, source=source)
+        td = with_environment(parse_task_definition(definition, source=source), env or {})
         for w in td.warnings:
             log.warning("task_definition_warning", source=source, warning=w)
-        for image in sorted({c.image for c in td.containers}):
-            # No registry pulls yet: an image must have been imported. Refuse before
-            # anything is created, naming the image and how to get it.
-            if await self.client.get_image(image) is None:
-                raise ImageNotFound(
-                    f"image {image} is not present in containerd namespace "
-                    f"{self.config.namespace}; import it with `nstask image import FILE`",
-                    image=image,
-                )
+        await self._precheck(td)
         task_id = uuid.uuid4().hex
         log_dir = self.config.log_dir / task_id
         containers = [
@@ -143,6 +237,7 @@ class Engine:
                 image=c.image,
                 log_path=str(log_dir / f"{i}-{re.sub(r'[^A-Za-z0-9_-]', '_', c.name)}.log"),
                 essential=c.essential,
+                health=UNKNOWN if _has_check(c) else None,
             )
             for i, c in enumerate(td.containers)
         ]
@@ -159,33 +254,99 @@ class Engine:
         )
         task.timings["accept"] = _ms(t0)
         self.store.insert_task(task)
+        self._live[task_id] = task
         self._stopped[task_id] = asyncio.Event()
-        self._lifecycles[task_id] = asyncio.create_task(
-            self._launch(task, with_environment(td, env or {}))
-        )
+        self._lifecycles[task_id] = asyncio.create_task(self._launch(task, td))
         log.info("task_accepted", task=task_id, family=td.family, source=source)
         return task
+
+    async def _precheck(self, td: TaskDefinition) -> None:
+        for image in sorted({c.image for c in td.containers}):
+            # No registry pulls yet: an image must have been imported.
+            if await self.client.get_image(image) is None:
+                raise ImageNotFound(
+                    f"image {image} is not present in containerd namespace "
+                    f"{self.config.namespace}; import it with `nstask image import FILE`",
+                    image=image,
+                )
+        missing = containers.missing_secrets(td, self.secrets)
+        if missing:
+            raise SecretNotFound(
+                "secret(s) not in the local secret store: "
+                + ", ".join(missing)
+                + "; add each with `nstask secret put NAME`",
+                secrets=missing,
+            )
+        for c in td.containers:
+            for path in c.environment_files:
+                secrets.read_env_file(path)  # raises a located InvalidInput
+        for v in td.volumes:
+            if v.host_path is not None and not Path(v.host_path).exists():
+                raise InvalidInput(f"volumes: {v.name}: host path {v.host_path} does not exist")
+        if td.network_mode in ("bridge", "host"):
+            self._ports_for(td, check_only=True)
+
+    def _ports_for(self, td: TaskDefinition, *, check_only: bool = False) -> list[dict[str, Any]]:
+        """Host ports of the task (bridge: published through portmap; host: the container's
+        own). A port in use on the host or by another task is refused; 0 or none in bridge
+        mode gets a free port."""
+        taken = {(p["hostPort"], p["protocol"]) for t in self.list_tasks() for p in t.ports}
+        out = []
+        for c in td.containers:
+            for pm in c.port_mappings:
+                host_port = pm.host_port or (pm.container_port if td.network_mode == "host" else 0)
+                if host_port == 0:
+                    host_port = 0 if check_only else network.free_host_port(pm.protocol)
+                elif (host_port, pm.protocol) in taken or not network.host_port_free(
+                    host_port, pm.protocol
+                ):
+                    raise AlreadyExists(
+                        f"containerDefinitions {c.name}: host port {host_port}/{pm.protocol} "
+                        "is already in use on this host",
+                        port=host_port,
+                    )
+                out.append(
+                    {
+                        "containerName": c.name,
+                        "containerPort": pm.container_port,
+                        "hostPort": host_port,
+                        "protocol": pm.protocol,
+                    }
+                )
+                taken.add((host_port, pm.protocol))
+        return out
 
     # -- start ---------------------------------------------------------------------------
     async def _launch(self, task: TaskRecord, td: TaskDefinition) -> None:
         t_start = time.monotonic()
         try:
             async with self._lock(task.id):
-                configs: dict[str, images.ImageConfig] = {}
                 await self._provision(task, td)
-                if task.desired_status == RUNNING:
-                    task.last_status = PENDING
-                    self.store.update_task(task)
-                    configs = await self._pull(task, td)
-                for c, cdef in zip(task.containers, td.containers, strict=True):
+                with self._phase(task, "secrets"):
+                    envs = {
+                        c.name: containers.resolve_environment(c, self.secrets)
+                        for c in td.containers
+                    }
+                task.last_status = PENDING
+                self._save(task)
+                configs = await self._pull(task, td)
+                by_name = {c.name: c for c in task.containers}
+                for name in start_order(td):
                     if task.desired_status != RUNNING:
                         break
-                    await self._start_container(task, c, cdef, configs[cdef.image], td)
+                    cdef = td.container(name)
+                    with self._phase(task, f"container.{name}.dependencies"):
+                        await self._wait_dependencies(task, td, cdef)
+                    if task.desired_status != RUNNING:
+                        break
+                    await self._start_container(
+                        task, by_name[name], cdef, configs[cdef.image], td, envs[name]
+                    )
                 if task.desired_status == RUNNING:
                     task.last_status = RUNNING
                     task.started_at = time.time()
                     task.timings["start_total"] = _ms(t_start)
-                    self.store.update_task(task)
+                    self._save(task)
                     log.info("task_running", task=task.id, ip=task.ip, timings=task.timings)
         except asyncio.CancelledError:
             raise
@@ -206,12 +367,19 @@ class Engine:
             self._spawn(self.stop(task.id, reason="Essential container in task exited"))
 
     async def _provision(self, task: TaskRecord, td: TaskDefinition) -> None:
-        """Network first, as the ECS agent and Fargate do."""
-        mode = td.network_mode
+        """Task directory, volumes and cgroup, then the network, as the ECS agent does."""
         task_dir = self.config.task_dir / task.id
         self.store.intend("taskdir", str(task_dir), task.id)
         task_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         self.store.created("taskdir", str(task_dir))
+        containers.prepare_volumes(td, task_dir)
+        self.store.intend("cgroup", cgroups.task_path(task.id), task.id)
+        await asyncio.to_thread(cgroups.create, task.id, memory_mib=td.memory, cpu_units=td.cpu)
+        self.store.created("cgroup", cgroups.task_path(task.id))
+        mode = td.network_mode
+        if mode in ("bridge", "host"):
+            task.ports = self._ports_for(td)
+            self._save(task)
         if mode == "host":
             return
         name = self.config.netns_prefix + task.id
@@ -220,29 +388,24 @@ class Engine:
             path = await self.network.create_netns(name)
             self.store.created("netns", name, path=path)
             task.netns = path
-            self.store.update_task(task)
+            self._save(task)
         if mode == "none":
             return
-        ports = (
-            [
-                {
-                    "hostPort": p.host_port or p.container_port,
-                    "containerPort": p.container_port,
-                    "protocol": p.protocol,
-                }
-                for c in td.containers
-                for p in c.port_mappings
-            ]
-            if mode == "bridge"
-            else []
-        )
+        mappings = [
+            {
+                "hostPort": p["hostPort"],
+                "containerPort": p["containerPort"],
+                "protocol": p["protocol"],
+            }
+            for p in task.ports
+        ]
         key = f"{self.network.name}/{task.id}/eth0"
         with self._phase(task, "network.cni"):
             self.store.intend("cni", key, task.id, netns=path)
-            ip = await self.network.attach(task.id, path, port_mappings=ports)
+            ip = await self.network.attach(task.id, path, port_mappings=mappings)
             self.store.created("cni", key, netns=path, ip=ip)
             task.ip = ip
-            self.store.update_task(task)
+            self._save(task)
 
     async def _pull(self, task: TaskRecord, td: TaskDefinition) -> dict[str, images.ImageConfig]:
         """Every image present and unpacked before any container starts."""
@@ -255,8 +418,42 @@ class Engine:
                     )
         for c in task.containers:
             c.image_digest = out[c.image].digest
-        self.store.update_task(task)
+        self._save(task)
         return out
+
+    async def _wait_dependencies(
+        self, task: TaskRecord, td: TaskDefinition, cdef: ContainerDefinition
+    ) -> None:
+        """dependsOn, as the ECS agent resolves it: START (running or already stopped),
+        COMPLETE (stopped), SUCCESS (stopped with 0), HEALTHY; each bounded by the
+        dependency's startTimeout."""
+        for dep in cdef.depends_on:
+            target = td.container(dep.container_name)
+            timeout = (
+                target.start_timeout
+                if target.start_timeout is not None
+                else self.config.start_timeout
+            )
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                if task.desired_status != RUNNING:
+                    return
+                rec = next(c for c in self.get(task.id).containers if c.name == dep.container_name)
+                verdict = _dependency_verdict(dep.condition, rec)
+                if verdict is True:
+                    break
+                if isinstance(verdict, str):
+                    raise DependencyError(
+                        f"container {cdef.name}: dependency {dep.container_name} "
+                        f"({dep.condition}) failed: {verdict}"
+                    )
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise DependencyError(
+                        f"container {cdef.name}: dependency {dep.container_name} did not reach "
+                        f"{dep.condition} within its startTimeout ({timeout:g} s)"
+                    )
+                await self._changed(task.id, min(remaining, 1.0))
 
     async def _start_container(
         self,
@@ -265,10 +462,22 @@ class Engine:
         cdef: ContainerDefinition,
         image: images.ImageConfig,
         td: TaskDefinition,
+        env: list[str],
     ) -> None:
         cid = c.containerd_id
         lease = f"nstask-{task.id}"
+        ctx = containers.TaskContext(
+            task_id=task.id,
+            task_dir=self.config.task_dir / task.id,
+            network_mode=td.network_mode,
+            netns=task.netns,
+            ip=task.ip,
+            dns_servers=self.config.dns_servers,
+            cgroup_parent=cgroups.task_path(task.id),
+        )
         with self._phase(task, f"container.{c.name}.create"):
+            oci = containers.build_spec(ctx, td, cdef, c.position, cid, image, env)
+            c.stop_signal = containers.stop_signal(cdef, image)
             if not any(r.kind == "lease" for r in self.store.resources(task.id)):
                 self.store.intend("lease", lease, task.id)
                 await self.client.create_lease(lease, labels={"nstask.task": task.id})
@@ -278,7 +487,6 @@ class Engine:
                 cid, image.chain_id, snapshotter=self.config.snapshotter, lease=lease
             )
             self.store.created("snapshot", cid)
-            oci = self._spec(task, c, cdef, image, td)
             self.store.intend("container", cid, task.id)
             await self.client.create_container(
                 cid,
@@ -293,81 +501,57 @@ class Engine:
             self.store.created("container", cid)
         with self._phase(task, f"container.{c.name}.start"):
             Path(c.log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            uri = (
-                f"binary://{self.shim_path}?driver=json-file&path={quote(c.log_path)}"
-                f"&task={task.id}&container={quote(c.name)}"
+            uri = containers.log_uri(
+                self.shim_path,
+                task_id=task.id,
+                family=td.family,
+                task_dir=ctx.task_dir,
+                cdef=cdef,
+                log_path=c.log_path,
             )
+            stats = Path(stats_path(c.log_path))
+            stats.unlink(missing_ok=True)
             self.store.intend("task", cid, task.id)
-            await self.client.create_task(cid, rootfs=mounts, stdout=uri, stderr=uri)
+            await self.client.create_task(cid, rootfs=mounts, stdout=uri or "", stderr=uri or "")
             self.store.created("task", cid)
-            if not Path(c.log_path).exists():
-                # containerd takes the readiness pipe's EOF as "ready": a shim that failed at
-                # start is only visible as a missing log file.
-                raise NstaskError(
-                    f"container {c.name}: the logging shim {self.shim_path} did not start "
-                    f"(no log file at {c.log_path})"
-                )
+            if uri is not None:
+                _check_shim_started(c.name, self.shim_path, stats)
             self._watch(task.id, c)  # the exit wait is registered before start
             c.pid = await self.client.start_task(cid)
-            c.last_status = RUNNING
             c.started_at = time.time()
-            self.store.update_task(task)
+            if c.exit_code is None:  # it may already have exited
+                c.last_status = RUNNING
+            self._save(task)
+        if cdef.health_check is not None and _has_check(cdef):
+            self._start_health(task.id, c, cdef, oci["process"])
         log.info("container_started", task=task.id, container=c.name, pid=c.pid)
 
-    def _spec(
-        self,
-        task: TaskRecord,
-        c: ContainerRecord,
-        cdef: ContainerDefinition,
-        image: images.ImageConfig,
-        td: TaskDefinition,
-    ) -> dict[str, Any]:
-        task_dir = self.config.task_dir / task.id
-        hostname = cdef.hostname or task.id[:12]
-        files = {}
-        if td.network_mode != "host":
-            (task_dir / "hosts").write_text(spec.hosts_file(hostname, task.ip))
-            (task_dir / "resolv.conf").write_text(spec.resolv_conf(self.config.dns_servers))
-            (task_dir / "hostname").write_text(hostname + "\n")
-            files = {
-                "/etc/hosts": str(task_dir / "hosts"),
-                "/etc/resolv.conf": str(task_dir / "resolv.conf"),
-                "/etc/hostname": str(task_dir / "hostname"),
-            }
-        args = spec.resolve_args(
-            image_entrypoint=image.entrypoint,
-            image_cmd=image.cmd,
-            entry_point=cdef.entry_point,
-            command=cdef.command,
+    # -- running: health ----------------------------------------------------------------
+    def _start_health(
+        self, task_id: str, c: ContainerRecord, cdef: ContainerDefinition, process: dict[str, Any]
+    ) -> None:
+        check = cdef.health_check
+        assert check is not None
+
+        async def on_change(status: str) -> None:
+            task = self.get(task_id)
+            rec = next(x for x in task.containers if x.name == c.name)
+            rec.health = status
+            self._save(task)
+            log.info("container_health", task=task_id, container=c.name, health=status)
+            if status == health.UNHEALTHY and rec.essential and task.desired_status == RUNNING:
+                self._spawn(self.stop(task_id, reason="Task failed container health checks"))
+
+        t = asyncio.ensure_future(
+            health.monitor(self.client, c.containerd_id, process, check, on_change)
         )
-        if not args:
-            raise NotFound(
-                f"container {c.name}: no command: the image {cdef.image} has no "
-                "ENTRYPOINT or CMD and the definition gives no entryPoint or command"
-            )
-        environment = [
-            *image.env,
-            f"HOSTNAME={hostname}",
-            *(f"{k}={v}" for k, v in cdef.environment),
-        ]
-        return spec.compose(
-            spec.with_process_args(args),
-            spec.with_env(environment),
-            spec.with_cwd(cdef.working_directory or image.workdir),
-            spec.with_user(cdef.user or image.user),
-            spec.with_hostname(hostname if td.network_mode != "host" else os.uname().nodename),
-            spec.with_netns(task.netns),
-            spec.with_readonly_rootfs(cdef.readonly_root_filesystem),
-            spec.with_bind_files(files),
-            spec.with_cgroup(f"/nstask/{c.containerd_id}"),
-            spec.with_limits(
-                memory_mib=cdef.memory or (td.memory if len(td.containers) == 1 else None),
-                reservation_mib=cdef.memory_reservation,
-                cpu_units=cdef.cpu,
-                cpu_quota_units=td.cpu,
-            ),
-            spec.with_labels(dict(cdef.labels)),
-        )
+        self._health[c.containerd_id] = t
+        t.add_done_callback(_log_failure)
+
+    def _stop_health(self, c: ContainerRecord) -> None:
+        t = self._health.pop(c.containerd_id, None)
+        if t is not None:
+            t.cancel()
 
     # -- running: exits ------------------------------------------------------------------
     def _watch(self, task_id: str, c: ContainerRecord) -> None:
@@ -398,7 +582,10 @@ class Engine:
         while True:
             try:
                 stream = self.client.subscribe(
-                    [f'topic=="/tasks/exit",namespace=="{self.client.namespace}"']
+                    [
+                        f'topic=="/tasks/exit",namespace=="{self.client.namespace}"',
+                        f'topic=="/tasks/oom",namespace=="{self.client.namespace}"',
+                    ]
                 )
                 subscribed.set()
                 async for ev in stream:
@@ -406,6 +593,8 @@ class Engine:
                     # The init process's exit (exec'd processes have ids of their own).
                     if isinstance(p, TaskExit) and p.id in ("", p.container_id):
                         self._exited(p.container_id, p.exit_status, p.exited_at)
+                    elif isinstance(p, TaskOOM):
+                        self._oom.add(p.container_id)
                     delay = 0.5
             except asyncio.CancelledError:
                 raise
@@ -416,14 +605,24 @@ class Engine:
             delay = min(delay * 2, 10)
 
     async def _container_exited(self, task_id: str, name: str, code: int, at: float) -> None:
-        task = self.store.get_task(task_id)
-        if task is None:
+        try:
+            task = self.get(task_id)
+        except TaskNotFound:
             return
         for c in task.containers:
             if c.name == name and c.exit_code is None:
                 c.exit_code, c.finished_at, c.last_status = code, at or time.time(), STOPPED
-                self.store.update_task(task)
-                log.info("container_exited", task=task_id, container=name, exit_code=code)
+                self._stop_health(c)
+                if c.containerd_id in self._oom or (code == 137 and await self._oom_killed(c)):
+                    c.reason = OOM_REASON
+                self._save(task)
+                log.info(
+                    "container_exited",
+                    task=task_id,
+                    container=name,
+                    exit_code=code,
+                    reason=c.reason,
+                )
                 if c.essential and task.desired_status == RUNNING:
                     self._spawn(self.stop(task_id, reason="Essential container in task exited"))
                 elif all(x.last_status == STOPPED for x in task.containers):
@@ -438,16 +637,18 @@ class Engine:
         if task.desired_status == RUNNING:
             task.desired_status = STOPPED
             task.stop_reason = reason
-            self.store.update_task(task)
+            self._save(task)
         async with self._lock(task.id):
             task = self.get(task.id)
             if task.last_status == STOPPED:
                 return task
             t0 = time.monotonic()
             task.last_status = DEPROVISIONING
-            self.store.update_task(task)
+            self._save(task)
             td = parse_task_definition(task.definition, source=task.source)
-            for c in reversed(task.containers):
+            by_name = {c.name: c for c in task.containers}
+            for c in [by_name[n] for n in reversed(start_order(td))]:
+                self._stop_health(c)
                 if c.last_status == RUNNING:
                     cdef = td.container(c.name)
                     wait = (
@@ -472,7 +673,7 @@ class Engine:
             task.stop_reason = task.stop_reason or reason
             for c in task.containers:
                 c.last_status = STOPPED
-            self.store.update_task(task)
+            self._save(task)
             log.info(
                 "task_stopped", task=task.id, reason=task.stop_reason, exit_code=task.exit_code
             )
@@ -482,7 +683,7 @@ class Engine:
     async def _stop_container(self, task: TaskRecord, c: ContainerRecord, wait: float) -> None:
         fut = self._exits.get(c.containerd_id)
         try:
-            await self.client.kill_task(c.containerd_id, signal.SIGTERM)
+            await self.client.kill_task(c.containerd_id, c.stop_signal or signal.SIGTERM)
             if fut is not None and wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(fut), wait)
@@ -542,6 +743,8 @@ class Engine:
                 await self.client.remove_snapshot(key, snapshotter=self.config.snapshotter)
             elif kind == "lease":
                 await self.client.delete_lease(key)
+            elif kind == "cgroup":
+                await asyncio.to_thread(cgroups.remove, key.rsplit("/", 1)[-1])
             elif kind == "taskdir":
                 shutil.rmtree(key, ignore_errors=True)
             elif kind == "cni":
@@ -561,6 +764,7 @@ class Engine:
             await self.stop(task.id, timeout=0)
         shutil.rmtree(self.config.log_dir / task.id, ignore_errors=True)
         self.store.delete_task(task.id)
+        self._live.pop(task.id, None)
         self._stopped.pop(task.id, None)
         self._lifecycles.pop(task.id, None)
         for c in task.containers:
@@ -570,7 +774,8 @@ class Engine:
     async def _recover(self) -> None:
         """Finish what a previous agent left: re-attach running tasks, stop half-started or
         half-stopped ones, and remove resources of stopped tasks."""
-        for task in self.store.list_tasks():
+        for stored in self.store.list_tasks():
+            task = self.get(stored.id)
             self._stopped.setdefault(task.id, asyncio.Event())
             if task.last_status == STOPPED:
                 self._stopped[task.id].set()
@@ -578,6 +783,7 @@ class Engine:
                     await self._teardown(task)
                 continue
             if task.last_status == RUNNING and task.desired_status == RUNNING:
+                td = parse_task_definition(task.definition, source=task.source)
                 for c in task.containers:
                     if c.last_status != RUNNING:
                         continue
@@ -586,6 +792,11 @@ class Engine:
                     if info is None or info.status in ("stopped", "STOPPED"):
                         code = info.exit_status if info is not None else 255
                         self._exited(c.containerd_id, code, time.time())
+                        continue
+                    cdef = td.container(c.name)
+                    ctr = await self.client.get_container(c.containerd_id)
+                    if _has_check(cdef) and ctr is not None and ctr.spec:
+                        self._start_health(task.id, c, cdef, dict(ctr.spec["process"]))
                 log.info("task_reattached", task=task.id)
                 continue
             reason = task.stop_reason or f"agent restarted while the task was {task.last_status}"
@@ -596,6 +807,28 @@ class Engine:
                 self.store.removed(r.kind, r.key)
 
     # -- helpers -------------------------------------------------------------------------
+    def _save(self, task: TaskRecord) -> None:
+        """Persist and wake whoever waits on this task's containers (dependsOn)."""
+        self.store.update_task(task)
+        for c in task.containers:
+            self.store.update_container(c)
+        if task.last_status == STOPPED:
+            self._live.pop(task.id, None)
+        cond = self._conditions.get(task.id)
+        if cond is not None:
+            self._spawn(_notify(cond))
+
+    async def _changed(self, task_id: str, timeout: float) -> None:
+        cond = self._conditions.setdefault(task_id, asyncio.Condition())
+        async with cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cond.wait(), timeout)
+
+    async def _oom_killed(self, c: ContainerRecord) -> bool:
+        """A SIGKILL exit right after an OOM event that the stream has not delivered yet."""
+        await asyncio.sleep(0.05)
+        return c.containerd_id in self._oom
+
     def _lock(self, task_id: str) -> asyncio.Lock:
         return self._locks.setdefault(task_id, asyncio.Lock())
 
@@ -615,6 +848,11 @@ class Engine:
             yield
         finally:
             task.timings[name] = _ms(t0)
+
+
+async def _notify(cond: asyncio.Condition) -> None:
+    async with cond:
+        cond.notify_all()
 
 
 def _ms(t0: float) -> float:

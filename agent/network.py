@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,28 @@ from cni.invoke import SubprocessExec
 from cni.runtime import CNIRuntime
 
 BUILTIN_TYPE = "nstask-bridge"
+
+
+def _socket(protocol: str) -> socket.socket:
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    return socket.socket(socket.AF_INET, kind)
+
+
+def host_port_free(port: int, protocol: str) -> bool:
+    """Whether a host process could bind the port (portmap's DNAT would shadow it)."""
+    with _socket(protocol) as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_host_port(protocol: str) -> int:
+    """A port the kernel considers free now, from its ephemeral range (as Docker picks)."""
+    with _socket(protocol) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
 
 
 def default_conflist(config: AgentConfig) -> dict[str, Any]:

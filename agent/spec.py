@@ -13,6 +13,8 @@ import resource
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from agent.errors import InvalidInput
+
 Spec = dict[str, Any]
 SpecOpt = Callable[[Spec], None]
 
@@ -179,12 +181,20 @@ def with_cwd(cwd: str | None) -> SpecOpt:
 
 
 def with_user(user: str | None) -> SpecOpt:
-    """Numeric `uid` or `uid:gid` (names need the image's /etc/passwd: not resolved yet)."""
+    """Numeric `uid` or `uid:gid`, or root. Names would need the image's /etc/passwd, which
+    nstask does not read yet: they are refused with a clear error instead of guessed."""
 
     def opt(spec: Spec) -> None:
         if not user:
             return
         uid, _, gid = user.partition(":")
+        uid = "0" if uid == "root" else uid
+        gid = "0" if gid == "root" else gid
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise InvalidInput(
+                f"user {user!r}: only numeric uid[:gid] (or root) is supported; "
+                "user names are not resolved from the image yet"
+            )
         spec["process"]["user"] = {"uid": int(uid), "gid": int(gid or uid)}
 
     return opt
@@ -280,6 +290,143 @@ def with_labels(labels: dict[str, str]) -> SpecOpt:
     return opt
 
 
+ALL_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
+
+INIT_PATH = "/nstask/init"
+
+RLIMITS = {
+    "core": "RLIMIT_CORE", "cpu": "RLIMIT_CPU", "data": "RLIMIT_DATA",
+    "fsize": "RLIMIT_FSIZE", "locks": "RLIMIT_LOCKS", "memlock": "RLIMIT_MEMLOCK",
+    "msgqueue": "RLIMIT_MSGQUEUE", "nice": "RLIMIT_NICE", "nofile": "RLIMIT_NOFILE",
+    "nproc": "RLIMIT_NPROC", "rss": "RLIMIT_RSS", "rtprio": "RLIMIT_RTPRIO",
+    "rttime": "RLIMIT_RTTIME", "sigpending": "RLIMIT_SIGPENDING", "stack": "RLIMIT_STACK",
+}  # fmt: skip
+
+
+def with_capabilities(
+    *, add: Sequence[str] = (), drop: Sequence[str] = (), privileged: bool = False
+) -> SpecOpt:
+    """Docker's default set, then linuxParameters.capabilities drop and add ("ALL" allowed)."""
+
+    def opt(spec: Spec) -> None:
+        caps = list(ALL_CAPABILITIES) if privileged else list(DEFAULT_CAPABILITIES)
+        if "ALL" in drop:
+            caps = []
+        caps = [c for c in caps if c not in drop]
+        for c in ALL_CAPABILITIES if "ALL" in add else add:
+            if c not in caps:
+                caps.append(c)
+        for kind in ("bounding", "effective", "permitted"):
+            spec["process"]["capabilities"][kind] = list(caps)
+
+    return opt
+
+
+def with_privileged(privileged: bool) -> SpecOpt:
+    """Only when asked: no masked or read-only /proc paths, /sys writable, every device."""
+
+    def opt(spec: Spec) -> None:
+        if not privileged:
+            return
+        spec["linux"]["maskedPaths"] = []
+        spec["linux"]["readonlyPaths"] = []
+        spec["linux"]["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+        spec["process"]["noNewPrivileges"] = False
+        for m in spec["mounts"]:
+            if m["destination"] in ("/sys", "/sys/fs/cgroup"):
+                m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
+
+    return opt
+
+
+def with_rlimits(limits: Sequence[tuple[str, int, int]]) -> SpecOpt:
+    """ECS ulimits (name, soft, hard) as rlimits; a limit above the host's hard limit cannot
+    be set here (no CAP_SYS_RESOURCE), so it is refused with a clear error before runc."""
+
+    def opt(spec: Spec) -> None:
+        by_type = {r["type"]: r for r in spec["process"]["rlimits"]}
+        for name, soft, hard in limits:
+            rtype = RLIMITS[name]
+            host_hard = resource.getrlimit(getattr(resource, rtype))[1]
+            if host_hard != resource.RLIM_INFINITY and hard > host_hard:
+                raise InvalidInput(
+                    f"ulimit {name}: hard limit {hard} is above this host's hard limit "
+                    f"{host_hard}, which nstask cannot raise"
+                )
+            by_type[rtype] = {"type": rtype, "soft": soft, "hard": hard}
+        spec["process"]["rlimits"] = list(by_type.values())
+
+    return opt
+
+
+def with_init(init_binary: str | None) -> SpecOpt:
+    """initProcessEnabled: tini as PID 1, forwarding signals to the process it starts."""
+
+    def opt(spec: Spec) -> None:
+        if init_binary is None:
+            return
+        spec["mounts"].append(
+            {
+                "destination": INIT_PATH,
+                "type": "bind",
+                "source": init_binary,
+                "options": ["rbind", "rprivate", "ro"],
+            }
+        )
+        spec["process"]["args"] = [INIT_PATH, "--", *spec["process"]["args"]]
+
+    return opt
+
+
+def with_mounts(mounts: Sequence[dict[str, Any]]) -> SpecOpt:
+    """Volume binds and tmpfs mounts, in the order given (after the defaults)."""
+
+    def opt(spec: Spec) -> None:
+        spec["mounts"].extend(mounts)
+
+    return opt
+
+
+def with_shm_size(mib: int | None) -> SpecOpt:
+    def opt(spec: Spec) -> None:
+        if not mib:
+            return
+        for m in spec["mounts"]:
+            if m["destination"] == "/dev/shm":
+                m["options"] = [o for o in m["options"] if not o.startswith("size=")]
+                m["options"].append(f"size={mib}m")
+
+    return opt
+
+
+def bind_mount(source: str, destination: str, *, read_only: bool) -> dict[str, Any]:
+    return {
+        "destination": destination,
+        "type": "bind",
+        "source": source,
+        "options": ["rbind", "rprivate", "ro" if read_only else "rw"],
+    }
+
+
+def tmpfs_mount(destination: str, size_mib: int, options: Sequence[str]) -> dict[str, Any]:
+    return {
+        "destination": destination,
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": [*options, f"size={size_mib}m"],
+    }
+
+
 def resolve_args(
     *,
     image_entrypoint: Sequence[str] | None,
@@ -295,12 +442,13 @@ def resolve_args(
     return args
 
 
-def hosts_file(hostname: str, ip: str | None) -> str:
+def hosts_file(hostname: str, ip: str | None, extra: Sequence[tuple[str, str]] = ()) -> str:
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     if ip:
         lines.append(f"{ip}\t{hostname}")
     else:
         lines.append(f"127.0.1.1\t{hostname}")
+    lines += [f"{addr}\t{name}" for name, addr in extra]
     return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     stop_reason TEXT,
     netns TEXT,
     ip TEXT,
-    timings TEXT NOT NULL DEFAULT '{}'
+    timings TEXT NOT NULL DEFAULT '{}',
+    ports TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS containers (
     task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
@@ -50,6 +51,9 @@ CREATE TABLE IF NOT EXISTS containers (
     finished_at REAL,
     log_path TEXT NOT NULL,
     essential INTEGER NOT NULL,
+    health TEXT,
+    reason TEXT,
+    stop_signal INTEGER,
     PRIMARY KEY (task_id, name)
 );
 CREATE TABLE IF NOT EXISTS resources (
@@ -62,6 +66,14 @@ CREATE TABLE IF NOT EXISTS resources (
     PRIMARY KEY (kind, key)
 );
 """
+
+# Columns added after the first release, for stores created before them.
+MIGRATIONS = (
+    ("tasks", "ports", "TEXT NOT NULL DEFAULT '[]'"),
+    ("containers", "health", "TEXT"),
+    ("containers", "reason", "TEXT"),
+    ("containers", "stop_signal", "INTEGER"),
+)
 
 
 @dataclass
@@ -79,9 +91,14 @@ class ContainerRecord:
     pid: int | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    health: str | None = None
+    reason: str | None = None
+    stop_signal: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "health": self.health,
+            "reason": self.reason,
             "name": self.name,
             "containerdId": self.containerd_id,
             "image": self.image,
@@ -112,6 +129,7 @@ class TaskRecord:
     netns: str | None = None
     ip: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    ports: list[dict[str, Any]] = field(default_factory=list)
     containers: list[ContainerRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +147,7 @@ class TaskRecord:
             "networkMode": self.definition.get("networkMode", "awsvpc"),
             "source": self.source,
             "timings": self.timings,
+            "ports": self.ports,
             "exitCode": self.exit_code,
             "containers": [c.to_dict() for c in self.containers],
         }
@@ -167,12 +186,19 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
+            self._migrate()
             path.chmod(0o600)
         except sqlite3.DatabaseError as e:
             raise StateError(
                 f"the state store {path} cannot be opened ({e}); move it aside to start afresh",
                 path=str(path),
             ) from e
+
+    def _migrate(self) -> None:
+        for table, column, decl in MIGRATIONS:
+            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         self.db.close()
@@ -225,10 +251,13 @@ class Store:
                 )
 
     def update_task(self, t: TaskRecord) -> None:
+        """The task's own fields. Containers are written one at a time (update_container):
+        their state changes come from several places (start, exit events, health checks)
+        and a stale copy of the task must never overwrite them."""
         with self._tx() as db:
             db.execute(
                 "UPDATE tasks SET last_status=?, desired_status=?, started_at=?, stopped_at=?,"
-                " stop_reason=?, netns=?, ip=?, timings=? WHERE id=?",
+                " stop_reason=?, netns=?, ip=?, timings=?, ports=? WHERE id=?",
                 (
                     t.last_status,
                     t.desired_status,
@@ -238,24 +267,31 @@ class Store:
                     t.netns,
                     t.ip,
                     json.dumps(t.timings),
+                    json.dumps(t.ports),
                     t.id,
                 ),
             )
-            for c in t.containers:
-                db.execute(
-                    "UPDATE containers SET last_status=?, exit_code=?, pid=?, started_at=?,"
-                    " finished_at=?, image_digest=? WHERE task_id=? AND name=?",
-                    (
-                        c.last_status,
-                        c.exit_code,
-                        c.pid,
-                        c.started_at,
-                        c.finished_at,
-                        c.image_digest,
-                        t.id,
-                        c.name,
-                    ),
-                )
+
+    def update_container(self, c: ContainerRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE containers SET last_status=?, exit_code=?, pid=?, started_at=?,"
+                " finished_at=?, image_digest=?, health=?, reason=?, stop_signal=?"
+                " WHERE task_id=? AND name=?",
+                (
+                    c.last_status,
+                    c.exit_code,
+                    c.pid,
+                    c.started_at,
+                    c.finished_at,
+                    c.image_digest,
+                    c.health,
+                    c.reason,
+                    c.stop_signal,
+                    c.task_id,
+                    c.name,
+                ),
+            )
 
     def delete_task(self, task_id: str) -> None:
         with self._tx() as db:
@@ -289,6 +325,7 @@ class Store:
             netns=row["netns"],
             ip=row["ip"],
             timings=json.loads(row["timings"]),
+            ports=json.loads(row["ports"]),
             containers=[
                 ContainerRecord(
                     task_id=c["task_id"],
@@ -304,6 +341,9 @@ class Store:
                     finished_at=c["finished_at"],
                     log_path=c["log_path"],
                     essential=bool(c["essential"]),
+                    health=c["health"],
+                    reason=c["reason"],
+                    stop_signal=c["stop_signal"],
                 )
                 for c in crows
             ],

@@ -23,11 +23,10 @@ _ENV_NAME_RE = re.compile(r"^[^=\0]+$")
 
 # Task-level and container-level keys ECS accepts. Those nstask acts on are parsed below;
 # the rest are accepted with a warning (one per field, naming it).
-_TASK_KEYS_USED = {"family", "networkMode", "containerDefinitions", "cpu", "memory"}
+_TASK_KEYS_USED = {"family", "networkMode", "containerDefinitions", "cpu", "memory", "volumes"}
 _TASK_KEYS_IGNORED = {
     "taskRoleArn",
     "executionRoleArn",
-    "volumes",
     "placementConstraints",
     "requiresCompatibilities",
     "tags",
@@ -76,10 +75,6 @@ _CONTAINER_KEYS_USED = {
     "hostname",
     "readonlyRootFilesystem",
     "dockerLabels",
-}
-_CONTAINER_KEYS_IGNORED = {
-    "repositoryCredentials",
-    "links",
     "healthCheck",
     "environmentFiles",
     "secrets",
@@ -90,17 +85,22 @@ _CONTAINER_KEYS_IGNORED = {
     "ulimits",
     "privileged",
     "dnsServers",
-    "dnsSearchDomains",
     "extraHosts",
     "volumesFrom",
     "mountPoints",
+    "firelensConfiguration",
+    "stopSignal",
+}
+_CONTAINER_KEYS_IGNORED = {
+    "repositoryCredentials",
+    "links",
+    "dnsSearchDomains",
     "disableNetworking",
     "interactive",
     "pseudoTerminal",
     "dockerSecurityOptions",
     "systemControls",
     "resourceRequirements",
-    "firelensConfiguration",
     "credentialSpecs",
     "gpu",
     "restartPolicy",
@@ -113,6 +113,82 @@ class PortMapping:
     container_port: int
     host_port: int | None
     protocol: str  # "tcp" | "udp"
+
+
+@dataclass(frozen=True)
+class Secret:
+    name: str
+    value_from: str
+
+
+@dataclass(frozen=True)
+class Dependency:
+    container_name: str
+    condition: str  # START | COMPLETE | SUCCESS | HEALTHY
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    command: tuple[str, ...]
+    interval: int = 30
+    timeout: int = 5
+    retries: int = 3
+    start_period: int = 0
+
+
+@dataclass(frozen=True)
+class LogConfiguration:
+    driver: str
+    options: tuple[tuple[str, str], ...] = ()
+    secret_options: tuple[Secret, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    container_path: str
+    size: int  # MiB
+    mount_options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LinuxParameters:
+    init_process_enabled: bool = False
+    capabilities_add: tuple[str, ...] = ()
+    capabilities_drop: tuple[str, ...] = ()
+    shared_memory_size: int | None = None  # MiB
+    tmpfs: tuple[Tmpfs, ...] = ()
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    name: str
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
+class MountPoint:
+    source_volume: str
+    container_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class VolumeFrom:
+    source_container: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class FirelensConfiguration:
+    type: str
+    options: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    host_path: str | None = None  # None: a task-scoped empty volume
 
 
 @dataclass(frozen=True)
@@ -133,6 +209,21 @@ class ContainerDefinition:
     hostname: str | None = None
     readonly_root_filesystem: bool = False
     labels: tuple[tuple[str, str], ...] = ()
+    environment_files: tuple[str, ...] = ()
+    secrets: tuple[Secret, ...] = ()
+    depends_on: tuple[Dependency, ...] = ()
+    health_check: HealthCheck | None = None
+    start_timeout: int | None = None
+    log_configuration: LogConfiguration | None = None
+    linux_parameters: LinuxParameters | None = None
+    ulimits: tuple[Ulimit, ...] = ()
+    privileged: bool = False
+    dns_servers: tuple[str, ...] = ()
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # (hostname, ip)
+    stop_signal: str | None = None
+    mount_points: tuple[MountPoint, ...] = ()
+    volumes_from: tuple[VolumeFrom, ...] = ()
+    firelens: FirelensConfiguration | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +233,7 @@ class TaskDefinition:
     containers: tuple[ContainerDefinition, ...]
     cpu: int | None = None  # CPU units (1024 = 1 vCPU)
     memory: int | None = None  # MiB
+    volumes: tuple[Volume, ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def container(self, name: str) -> ContainerDefinition:
@@ -207,6 +299,7 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         )
     cpu = _units(p, data.get("cpu"), "cpu", _parse_cpu)
     memory = _units(p, data.get("memory"), "memory", _parse_memory)
+    volumes = _volumes(p, data.get("volumes"))
 
     containers: list[ContainerDefinition] = []
     defs = data.get("containerDefinitions")
@@ -232,6 +325,8 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
             seen.setdefault(c.name, i)
         if containers and len(containers) == len(defs) and not any(c.essential for c in containers):
             p.add("containerDefinitions", "at least one container must be essential")
+        if len(containers) == len(defs) and not p.items:
+            _cross_check(p, containers, volumes, memory)
     if p.items:
         raise TaskDefinitionError(p.items, source=source)
     return TaskDefinition(
@@ -240,6 +335,7 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         containers=tuple(containers),
         cpu=cpu,
         memory=memory,
+        volumes=volumes,
         warnings=tuple(p.warnings),
     )
 
@@ -284,8 +380,32 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         p.add(f"{at}.hostname", "is not supported in awsvpc network mode (as in ECS)")
     readonly = _bool(p, c, "readonlyRootFilesystem", at, default=False)
     labels = _labels(p, c.get("dockerLabels"), f"{at}.dockerLabels")
+    env_files = _env_files(p, c.get("environmentFiles"), f"{at}.environmentFiles")
+    secrets = _secrets(p, c.get("secrets"), f"{at}.secrets")
+    depends_on = _depends_on(p, c.get("dependsOn"), f"{at}.dependsOn")
+    health = _health_check(p, c.get("healthCheck"), f"{at}.healthCheck")
+    start_timeout = _int(p, c, "startTimeout", at, lo=2, hi=600)
+    log_config = _log_configuration(p, c.get("logConfiguration"), f"{at}.logConfiguration")
+    linux = _linux_parameters(p, c.get("linuxParameters"), f"{at}.linuxParameters")
+    ulimits = _ulimits(p, c.get("ulimits"), f"{at}.ulimits")
+    privileged = _bool(p, c, "privileged", at, default=False)
+    dns = _ip_list(p, c.get("dnsServers"), f"{at}.dnsServers")
+    extra_hosts = _extra_hosts(p, c.get("extraHosts"), f"{at}.extraHosts")
+    stop_signal = _stop_signal(p, c.get("stopSignal"), f"{at}.stopSignal")
+    mount_points = _mount_points(p, c.get("mountPoints"), f"{at}.mountPoints")
+    volumes_from = _volumes_from(p, c.get("volumesFrom"), f"{at}.volumesFrom")
+    firelens = _firelens(p, c.get("firelensConfiguration"), f"{at}.firelensConfiguration")
     if len(p.items) > before or name is None or image is None:
         return None
+    if essential and (linux is None or not linux.init_process_enabled):
+        script = _shell_script(entry_point, command)
+        if script is not None and not script.lstrip().startswith("exec "):
+            p.warnings.append(
+                f"{at}: the command runs through a shell without `exec` and without "
+                "linuxParameters.initProcessEnabled, so the shell (PID 1) ignores SIGTERM and "
+                "the container will only stop at SIGKILL after stopTimeout; start the command "
+                "with `exec` or set initProcessEnabled"
+            )
     return ContainerDefinition(
         name=name,
         image=image,
@@ -303,6 +423,21 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         hostname=hostname,
         readonly_root_filesystem=readonly,
         labels=labels,
+        environment_files=env_files,
+        secrets=secrets,
+        depends_on=depends_on,
+        health_check=health,
+        start_timeout=start_timeout,
+        log_configuration=log_config,
+        linux_parameters=linux,
+        ulimits=ulimits,
+        privileged=privileged,
+        dns_servers=dns,
+        extra_hosts=extra_hosts,
+        stop_signal=stop_signal,
+        mount_points=mount_points,
+        volumes_from=volumes_from,
+        firelens=firelens,
     )
 
 
@@ -486,3 +621,555 @@ def with_environment(td: TaskDefinition, extra: dict[str, str]) -> TaskDefinitio
         env.update(extra)
         containers.append(replace(c, environment=tuple(env.items())))
     return replace(td, containers=tuple(containers))
+
+
+# -- the fields of issue 3: each parser adds located problems and returns typed values ---------
+DEPENDENCY_CONDITIONS = ("START", "COMPLETE", "SUCCESS", "HEALTHY")
+LOG_DRIVERS = ("json-file", "fluentd", "awsfirelens", "none")
+LOG_DRIVERS_AS_JSON_FILE = ("awslogs", "splunk", "syslog", "journald", "gelf")
+ULIMIT_NAMES = (
+    "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+    "nproc", "rss", "rtprio", "rttime", "sigpending", "stack",
+)  # fmt: skip
+CAPABILITIES = (
+    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF",
+    "CHECKPOINT_RESTORE", "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID",
+    "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE", "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE",
+    "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_RAW", "PERFMON",
+    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_ADMIN", "SYS_BOOT", "SYS_CHROOT",
+    "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE",
+    "SYS_TIME", "SYS_TTY_CONFIG", "SYSLOG", "WAKE_ALARM",
+)  # fmt: skip
+_SIGNAL_NAMES = (
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+    "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+    "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+)  # fmt: skip
+_SECRETS_ARN = re.compile(
+    r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]*:[0-9]*:secret:(?P<name>[A-Za-z0-9/_+=.@-]+?)"
+    r"(?:-[A-Za-z0-9]{6})?(?::(?P<key>[^:]*)(?::[^:]*(?::[^:]*)?)?)?$"
+)
+_SSM_ARN = re.compile(r"^arn:aws[a-z-]*:ssm:[a-z0-9-]*:[0-9]*:parameter(?P<name>/.+)$")
+_LOCAL_NAME = re.compile(r"^[A-Za-z0-9/_+=.@:-]{1,512}$")
+
+
+def local_secret_name(value_from: str) -> str:
+    """The local secret store's name for an ECS `valueFrom`.
+
+    - Secrets Manager ARN `arn:aws:secretsmanager:<region>:<account>:secret:<name>-<6 chars>`
+      -> `<name>` (the random 6-character suffix AWS appends is dropped); with a JSON key
+      (`...:<name>-AbCdEf:<json-key>::`) -> `<name>:<json-key>`, stored as its own secret.
+    - SSM Parameter Store ARN `arn:aws:ssm:<region>:<account>:parameter/<path>` -> `<path>`
+      (without the leading slash).
+    - Anything else (a plain name such as `prod/db-password`) is used as it is.
+    """
+    m = _SECRETS_ARN.match(value_from)
+    if m:
+        name = m.group("name")
+        return f"{name}:{m.group('key')}" if m.group("key") else name
+    m = _SSM_ARN.match(value_from)
+    if m:
+        return m.group("name").lstrip("/")
+    return value_from
+
+
+def start_order(td: TaskDefinition) -> list[str]:
+    """Container names in an order that honours dependsOn (ties in definition order); the
+    task's FireLens log router goes first, as ECS starts it before the containers it serves."""
+    names = [c.name for c in td.containers]
+    deps = {c.name: {d.container_name for d in c.depends_on} for c in td.containers}
+    routers = [c.name for c in td.containers if c.firelens is not None]
+    for c in td.containers:
+        lc = c.log_configuration
+        if lc is not None and lc.driver == "awsfirelens":
+            deps[c.name] |= set(routers) - {c.name}
+    order: list[str] = []
+    while len(order) < len(names):
+        ready = [n for n in names if n not in order and deps[n] <= set(order)]
+        if not ready:  # a cycle: validation refuses these, so this is only a guard
+            ready = [n for n in names if n not in order]
+        order.append(ready[0])
+    return order
+
+
+def _list_of_objects(p: _Problems, v: Any, at: str) -> list[tuple[str, dict[str, Any]]]:
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        p.add(at, f"must be a list, not {_kind(v)}")
+        return []
+    out = []
+    for i, item in enumerate(v):
+        if isinstance(item, dict):
+            out.append((f"{at}[{i}]", item))
+        else:
+            p.add(f"{at}[{i}]", f"must be an object, not {_kind(item)}")
+    return out
+
+
+def _env_files(p: _Problems, v: Any, at: str) -> tuple[str, ...]:
+    out = []
+    for here, item in _list_of_objects(p, v, at):
+        value = _str(p, item, "value", here)
+        kind = item.get("type", "s3")
+        if kind != "s3":
+            p.add(f"{here}.type", f"must be s3, got {kind!r}")
+        if value is None:
+            continue
+        local = value.removeprefix("file://")
+        if value.startswith("arn:"):
+            p.add(
+                f"{here}.value",
+                "nstask reads environment files from local paths "
+                "(an absolute path or file:// URL), not from S3",
+            )
+        elif not local.startswith("/"):
+            p.add(f"{here}.value", f"must be an absolute path or file:// URL, got {value!r}")
+        else:
+            out.append(value)
+    return tuple(out)
+
+
+def _secrets(p: _Problems, v: Any, at: str) -> tuple[Secret, ...]:
+    out = []
+    seen: set[str] = set()
+    for here, item in _list_of_objects(p, v, at):
+        name = _str(p, item, "name", here)
+        value_from = _str(p, item, "valueFrom", here)
+        if name is not None and not _ENV_NAME_RE.match(name):
+            p.add(f"{here}.name", "must be an environment variable name without '='")
+        if name is not None and name in seen:
+            p.add(f"{here}.name", f"duplicate secret {name!r}")
+        if value_from is not None:
+            if value_from.startswith("arn:") and local_secret_name(value_from) == value_from:
+                p.add(
+                    f"{here}.valueFrom",
+                    f"is neither a Secrets Manager nor an SSM parameter ARN: {value_from!r}",
+                )
+            elif not _LOCAL_NAME.match(local_secret_name(value_from)):
+                p.add(f"{here}.valueFrom", f"is not a valid secret name: {value_from!r}")
+        if name is not None and value_from is not None:
+            seen.add(name)
+            out.append(Secret(name, value_from))
+    return tuple(out)
+
+
+def _depends_on(p: _Problems, v: Any, at: str) -> tuple[Dependency, ...]:
+    out = []
+    for here, item in _list_of_objects(p, v, at):
+        target = _str(p, item, "containerName", here)
+        condition = _str(p, item, "condition", here)
+        if condition is not None and condition not in DEPENDENCY_CONDITIONS:
+            p.add(
+                f"{here}.condition",
+                f"must be one of {', '.join(DEPENDENCY_CONDITIONS)}, got {condition!r}",
+            )
+            continue
+        if target is not None and condition is not None:
+            out.append(Dependency(target, condition))
+    return tuple(out)
+
+
+def _health_check(p: _Problems, v: Any, at: str) -> HealthCheck | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        p.add(at, f"must be an object, not {_kind(v)}")
+        return None
+    command = _str_list(p, v, "command", at)
+    if command is None:
+        if "command" not in v:
+            p.add(f"{at}.command", "is required")
+        return None
+    if not command or command[0] not in ("CMD", "CMD-SHELL", "NONE"):
+        p.add(f"{at}.command", 'must start with "CMD", "CMD-SHELL" or "NONE"')
+        return None
+    if command[0] != "NONE" and len(command) < 2:
+        p.add(f"{at}.command", f"{command[0]} needs a command to run")
+        return None
+    interval = _int(p, v, "interval", at, lo=5, hi=300)
+    timeout = _int(p, v, "timeout", at, lo=2, hi=60)
+    retries = _int(p, v, "retries", at, lo=1, hi=10)
+    start_period = _int(p, v, "startPeriod", at, lo=0, hi=300)
+    return HealthCheck(
+        command=command,
+        interval=30 if interval is None else interval,
+        timeout=5 if timeout is None else timeout,
+        retries=3 if retries is None else retries,
+        start_period=0 if start_period is None else start_period,
+    )
+
+
+def _string_map(p: _Problems, v: Any, at: str) -> tuple[tuple[str, str], ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+        p.add(at, "must be an object of string values")
+        return ()
+    return tuple(v.items())
+
+
+def _log_configuration(p: _Problems, v: Any, at: str) -> LogConfiguration | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        p.add(at, f"must be an object, not {_kind(v)}")
+        return None
+    driver = _str(p, v, "logDriver", at)
+    options = _string_map(p, v.get("options"), f"{at}.options")
+    secret_options = _secrets(p, v.get("secretOptions"), f"{at}.secretOptions")
+    if driver is None:
+        return None
+    if driver in LOG_DRIVERS_AS_JSON_FILE:
+        p.warnings.append(
+            f"{at}.logDriver: {driver} needs an AWS or external service that "
+            "nstask does not have; the output goes to json-file instead"
+        )
+    elif driver not in LOG_DRIVERS:
+        p.add(
+            f"{at}.logDriver",
+            f"unknown log driver {driver!r}; expected one of "
+            f"{', '.join(LOG_DRIVERS + LOG_DRIVERS_AS_JSON_FILE)}",
+        )
+        return None
+    return LogConfiguration(driver, options, secret_options)
+
+
+def _capabilities(p: _Problems, v: Any, at: str, *, allow_all: bool) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        p.add(at, "must be a list of capability names")
+        return ()
+    out = []
+    for i, cap in enumerate(v):
+        bare = cap.upper().removeprefix("CAP_")
+        if bare == "ALL":
+            if not allow_all:
+                p.add(f"{at}[{i}]", '"ALL" is only allowed in drop')
+                continue
+            out.append("ALL")
+        elif bare not in CAPABILITIES:
+            p.add(f"{at}[{i}]", f"unknown Linux capability {cap!r}")
+        else:
+            out.append("CAP_" + bare)
+    return tuple(out)
+
+
+def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        p.add(at, f"must be an object, not {_kind(v)}")
+        return None
+    for key in v:
+        if key not in ("initProcessEnabled", "capabilities", "sharedMemorySize", "tmpfs"):
+            p.warnings.append(f"{at}.{key}: accepted but not supported by nstask yet; ignored")
+    caps = v.get("capabilities") or {}
+    if not isinstance(caps, dict):
+        p.add(f"{at}.capabilities", "must be an object with add and drop lists")
+        caps = {}
+    tmpfs = []
+    for here, item in _list_of_objects(p, v.get("tmpfs"), f"{at}.tmpfs"):
+        path = _str(p, item, "containerPath", here)
+        size = _int(p, item, "size", here, lo=1, hi=None)
+        if "size" not in item:
+            p.add(f"{here}.size", "is required")
+        opts = _str_list(p, item, "mountOptions", here) or ()
+        if path is not None and not path.startswith("/"):
+            p.add(f"{here}.containerPath", "must be an absolute path")
+        elif path is not None and size is not None:
+            tmpfs.append(Tmpfs(path, size, opts))
+    return LinuxParameters(
+        init_process_enabled=_bool(p, v, "initProcessEnabled", at, default=False),
+        capabilities_add=_capabilities(
+            p, caps.get("add"), f"{at}.capabilities.add", allow_all=False
+        ),
+        capabilities_drop=_capabilities(
+            p, caps.get("drop"), f"{at}.capabilities.drop", allow_all=True
+        ),
+        shared_memory_size=_int(p, v, "sharedMemorySize", at, lo=1, hi=None),
+        tmpfs=tuple(tmpfs),
+    )
+
+
+def _ulimits(p: _Problems, v: Any, at: str) -> tuple[Ulimit, ...]:
+    out = []
+    seen: set[str] = set()
+    for here, item in _list_of_objects(p, v, at):
+        name = _str(p, item, "name", here)
+        soft = _int(p, item, "softLimit", here, lo=0, hi=None)
+        hard = _int(p, item, "hardLimit", here, lo=0, hi=None)
+        for key in ("softLimit", "hardLimit"):
+            if key not in item:
+                p.add(f"{here}.{key}", "is required")
+        if name is not None and name not in ULIMIT_NAMES:
+            p.add(
+                f"{here}.name",
+                f"unknown ulimit {name!r}; expected one of {', '.join(ULIMIT_NAMES)}",
+            )
+            continue
+        if name is not None and name in seen:
+            p.add(f"{here}.name", f"duplicate ulimit {name!r}")
+        if soft is not None and hard is not None and soft > hard:
+            p.add(f"{here}.softLimit", f"({soft}) must not exceed hardLimit ({hard})")
+            continue
+        if name is not None and soft is not None and hard is not None:
+            seen.add(name)
+            out.append(Ulimit(name, soft, hard))
+    return tuple(out)
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _ip_list(p: _Problems, v: Any, at: str) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        p.add(at, "must be a list of IP addresses")
+        return ()
+    for i, ip in enumerate(v):
+        if not _is_ip(ip):
+            p.add(f"{at}[{i}]", f"is not an IP address: {ip!r}")
+    return tuple(v)
+
+
+def _extra_hosts(p: _Problems, v: Any, at: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for here, item in _list_of_objects(p, v, at):
+        host = _str(p, item, "hostname", here)
+        ip = _str(p, item, "ipAddress", here)
+        if ip is not None and not _is_ip(ip):
+            p.add(f"{here}.ipAddress", f"is not an IP address: {ip!r}")
+        elif host is not None and ip is not None:
+            out.append((host, ip))
+    return tuple(out)
+
+
+def _stop_signal(p: _Problems, v: Any, at: str) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64:
+        return str(v)
+    if isinstance(v, str) and (
+        (v.isdigit() and 1 <= int(v) <= 64) or v.upper().removeprefix("SIG") in _SIGNAL_NAMES
+    ):
+        return v
+    p.add(at, f"is not a signal name or number: {v!r}")
+    return None
+
+
+def _mount_points(p: _Problems, v: Any, at: str) -> tuple[MountPoint, ...]:
+    out = []
+    for here, item in _list_of_objects(p, v, at):
+        volume = _str(p, item, "sourceVolume", here)
+        path = _str(p, item, "containerPath", here)
+        ro = _bool(p, item, "readOnly", here, default=False)
+        if path is not None and not path.startswith("/"):
+            p.add(f"{here}.containerPath", "must be an absolute path")
+        elif volume is not None and path is not None:
+            out.append(MountPoint(volume, path, ro))
+    return tuple(out)
+
+
+def _volumes_from(p: _Problems, v: Any, at: str) -> tuple[VolumeFrom, ...]:
+    out = []
+    for here, item in _list_of_objects(p, v, at):
+        source = _str(p, item, "sourceContainer", here)
+        ro = _bool(p, item, "readOnly", here, default=False)
+        if source is not None:
+            out.append(VolumeFrom(source, ro))
+    return tuple(out)
+
+
+def _firelens(p: _Problems, v: Any, at: str) -> FirelensConfiguration | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        p.add(at, f"must be an object, not {_kind(v)}")
+        return None
+    kind = _str(p, v, "type", at)
+    if kind is not None and kind not in ("fluentbit", "fluentd"):
+        p.add(f"{at}.type", f"must be fluentbit or fluentd, got {kind!r}")
+        return None
+    options = _string_map(p, v.get("options"), f"{at}.options")
+    return FirelensConfiguration(kind, options) if kind is not None else None
+
+
+def _volumes(p: _Problems, v: Any) -> tuple[Volume, ...]:
+    out = []
+    seen: set[str] = set()
+    for here, item in _list_of_objects(p, v, "volumes"):
+        name = _str(p, item, "name", here)
+        host = item.get("host")
+        host_path = None
+        if host is not None:
+            if not isinstance(host, dict):
+                p.add(f"{here}.host", f"must be an object, not {_kind(host)}")
+                continue
+            host_path = _str(p, host, "sourcePath", f"{here}.host", required=False)
+            if host_path is not None and not host_path.startswith("/"):
+                p.add(f"{here}.host.sourcePath", "must be an absolute path")
+                continue
+        for other in (
+            "efsVolumeConfiguration",
+            "fsxWindowsFileServerVolumeConfiguration",
+            "configuredAtLaunch",
+        ):
+            if other in item:
+                p.warnings.append(
+                    f"{here}.{other}: not supported by nstask; the volume is an "
+                    "empty task-scoped directory"
+                )
+        dvc = item.get("dockerVolumeConfiguration")
+        if isinstance(dvc, dict) and dvc.get("scope", "task") != "task":
+            p.warnings.append(
+                f"{here}.dockerVolumeConfiguration.scope: only task scope is "
+                "supported; the volume is an empty task-scoped directory"
+            )
+        if name is None:
+            continue
+        if name in seen:
+            p.add(f"{here}.name", f"duplicate volume name {name!r}")
+            continue
+        seen.add(name)
+        out.append(Volume(name, host_path))
+    return tuple(out)
+
+
+def _shell_script(
+    entry_point: tuple[str, ...] | None, command: tuple[str, ...] | None
+) -> str | None:
+    """The script when the effective command is `<shell> -c <script>`."""
+    args = [*(entry_point or ()), *(command or ())]
+    shells = ("sh", "/bin/sh", "bash", "/bin/bash", "/usr/bin/bash", "ash", "/bin/ash")
+    for i in range(len(args) - 2):
+        if args[i] in shells and args[i + 1] == "-c":
+            return args[i + 2]
+    return None
+
+
+def _cross_check(
+    p: _Problems,
+    containers: list[ContainerDefinition],
+    volumes: tuple[Volume, ...],
+    task_memory: int | None,
+) -> None:
+    """Rules that span containers: dependencies, volumes, FireLens, memory, ports."""
+    index = {c.name: i for i, c in enumerate(containers)}
+    volume_names = {v.name for v in volumes}
+    for i, c in enumerate(containers):
+        at = f"containerDefinitions[{i}]"
+        for j, d in enumerate(c.depends_on):
+            here = f"{at}.dependsOn[{j}].containerName"
+            if d.container_name == c.name:
+                p.add(here, "a container cannot depend on itself")
+            elif d.container_name not in index:
+                p.add(here, f"no container named {d.container_name!r} in this task")
+            else:
+                target = containers[index[d.container_name]]
+                if d.condition in ("COMPLETE", "SUCCESS") and target.essential:
+                    p.add(
+                        f"{at}.dependsOn[{j}].condition",
+                        f"{d.condition} needs a non-essential container, but "
+                        f"{target.name!r} is essential",
+                    )
+                if d.condition == "HEALTHY" and target.health_check is None:
+                    p.add(
+                        f"{at}.dependsOn[{j}].condition",
+                        f"HEALTHY needs a healthCheck on {target.name!r}",
+                    )
+        for j, m in enumerate(c.mount_points):
+            if m.source_volume not in volume_names:
+                p.add(
+                    f"{at}.mountPoints[{j}].sourceVolume",
+                    f"no volume named {m.source_volume!r} in the task's volumes",
+                )
+        for j, vf in enumerate(c.volumes_from):
+            here = f"{at}.volumesFrom[{j}].sourceContainer"
+            if vf.source_container == c.name:
+                p.add(here, "a container cannot take volumes from itself")
+            elif vf.source_container not in index:
+                p.add(here, f"no container named {vf.source_container!r} in this task")
+        seen_ports: set[tuple[int, str]] = set()
+        for j, pm in enumerate(c.port_mappings):
+            if (pm.container_port, pm.protocol) in seen_ports:
+                p.add(
+                    f"{at}.portMappings[{j}].containerPort",
+                    f"duplicate mapping of {pm.container_port}/{pm.protocol}",
+                )
+            seen_ports.add((pm.container_port, pm.protocol))
+    cycle = _find_cycle(containers)
+    if cycle:
+        first = index[cycle[0]]
+        p.add(f"containerDefinitions[{first}].dependsOn", "dependency cycle: " + " -> ".join(cycle))
+    routers = [i for i, c in enumerate(containers) if c.firelens is not None]
+    for i in routers[1:]:
+        p.add(
+            f"containerDefinitions[{i}].firelensConfiguration",
+            f"only one container may have firelensConfiguration (also "
+            f"containerDefinitions[{routers[0]}])",
+        )
+    for i, c in enumerate(containers):
+        lc = c.log_configuration
+        if lc is not None and lc.driver == "awsfirelens" and not routers:
+            p.add(
+                f"containerDefinitions[{i}].logConfiguration.logDriver",
+                "awsfirelens needs a container with firelensConfiguration in the task",
+            )
+    host_ports: dict[tuple[int, str], str] = {}
+    for i, c in enumerate(containers):
+        for j, pm in enumerate(c.port_mappings):
+            if pm.host_port:
+                key = (pm.host_port, pm.protocol)
+                if key in host_ports:
+                    p.add(
+                        f"containerDefinitions[{i}].portMappings[{j}].hostPort",
+                        f"host port {pm.host_port}/{pm.protocol} is also used by {host_ports[key]}",
+                    )
+                host_ports[key] = c.name
+    if task_memory is not None:
+        total = sum(c.memory or c.memory_reservation or 0 for c in containers)
+        if total > task_memory:
+            p.add(
+                "memory",
+                f"the containers' memory ({total} MiB) exceeds the task's "
+                f"memory ({task_memory} MiB)",
+            )
+
+
+def _find_cycle(containers: list[ContainerDefinition]) -> list[str]:
+    deps = {c.name: [d.container_name for d in c.depends_on] for c in containers}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str]:
+        state[n] = 1
+        stack.append(n)
+        for m in deps.get(n, []):
+            if m not in deps:
+                continue
+            if state.get(m) == 1:
+                return [*stack[stack.index(m) :], m]
+            if state.get(m) is None:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return []
+
+    for c in containers:
+        if state.get(c.name) is None:
+            found = visit(c.name)
+            if found:
+                return found
+    return []

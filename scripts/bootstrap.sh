@@ -3,6 +3,8 @@
 # Idempotent: each step checks first and does nothing when its work is already done.
 #
 #   scripts/bootstrap.sh            packages, venv, containerd running, test image imported
+#   scripts/bootstrap.sh --test     also what the test suite needs (a C compiler for the test
+#                                   log router, a loopback OCI registry, skopeo)
 #   NSTASK_VENV=/opt/nstask/venv    where the virtual environment goes (default: ./.venv)
 set -euo pipefail
 
@@ -22,7 +24,10 @@ fi
 
 # 1. Debian packages, only when something is missing.
 need=()
-for pkg in containerd runc containernetworking-plugins iptables busybox-static tini iproute2; do
+packages=(containerd runc containernetworking-plugins iptables busybox-static tini iproute2)
+test_packages=(gcc libc6-dev)
+[ "${1:-}" = "--test" ] && packages+=("${test_packages[@]}")
+for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

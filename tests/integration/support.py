@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -77,10 +78,10 @@ class Agent:
             )
         return proc
 
-    def inspect(self, task_id: str) -> dict[str, object]:
+    def inspect(self, task_id: str) -> dict[str, Any]:
         return dict(json.loads(self.cli("inspect", task_id, check=True).stdout))
 
-    def wait_status(self, task_id: str, status: str, timeout: float = 30) -> dict[str, object]:
+    def wait_status(self, task_id: str, status: str, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             t = self.inspect(task_id)

@@ -40,6 +40,7 @@ def test_task_round_trip_across_reopen(tmp_path: Path) -> None:
     t.last_status, t.ip, t.timings = "RUNNING", "10.0.0.2", {"network.cni": 12.5}
     t.containers[0].exit_code = 3
     s.update_task(t)
+    s.update_container(t.containers[0])
     s.close()
     again = Store(tmp_path / "state.db").get_task("t1")
     assert again is not None

@@ -43,10 +43,8 @@ def test_describe_task_definition_output_is_accepted_without_bookkeeping_warning
 
 
 def test_unsupported_fields_warn_once_each_naming_the_field() -> None:
-    td = parse_task_definition(
-        {**one(healthCheck={"command": ["CMD", "true"]}), "taskRoleArn": "arn:x", "somethingNew": 1}
-    )
-    assert any(w.startswith("containerDefinitions[0].healthCheck:") for w in td.warnings)
+    td = parse_task_definition({**one(links=["db"]), "taskRoleArn": "arn:x", "somethingNew": 1})
+    assert any(w.startswith("containerDefinitions[0].links:") for w in td.warnings)
     assert any(w.startswith("taskRoleArn:") for w in td.warnings)
     assert any(w.startswith("somethingNew:") and "unknown" in w for w in td.warnings)
     assert len(td.warnings) == 3

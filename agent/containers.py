@@ -1,0 +1,251 @@
+"""The containers step: what one container of a task is made of on the host.
+
+From the validated definition, the image's config, the task's network and the resolved
+environment, this builds the container's files (hosts, resolv.conf, hostname), its mounts
+(task volumes, host volumes, volumesFrom, tmpfs), and its OCI runtime spec.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import secrets, spec
+from agent.errors import InvalidInput
+from agent.images import ImageConfig
+from agent.taskdef import ContainerDefinition, TaskDefinition, local_secret_name
+
+TINI = "/usr/bin/tini-static"
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What every container of a task shares."""
+
+    task_id: str
+    task_dir: Path
+    network_mode: str
+    netns: str | None
+    ip: str | None
+    dns_servers: tuple[str, ...]
+    cgroup_parent: str
+
+
+def volume_dir(task_dir: Path, name: str) -> Path:
+    """A task-scoped (empty) volume: a directory of the task, removed with it."""
+    return task_dir / "volumes" / name
+
+
+def prepare_volumes(td: TaskDefinition, task_dir: Path) -> None:
+    if any(c.firelens is not None for c in td.containers):
+        firelens_socket(task_dir).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    for v in td.volumes:
+        if v.host_path is None:
+            volume_dir(task_dir, v.name).mkdir(parents=True, exist_ok=True, mode=0o755)
+        elif not Path(v.host_path).exists():
+            raise InvalidInput(f"volume {v.name}: host path {v.host_path} does not exist")
+
+
+def mounts_for(
+    td: TaskDefinition,
+    cdef: ContainerDefinition,
+    task_dir: Path,
+    seen: frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """mountPoints, then volumesFrom (the source container's mounts, read-only if asked)."""
+    volumes = {v.name: v for v in td.volumes}
+    out: list[dict[str, Any]] = []
+    for mp in cdef.mount_points:
+        v = volumes[mp.source_volume]
+        source = v.host_path if v.host_path is not None else str(volume_dir(task_dir, v.name))
+        out.append(spec.bind_mount(source, mp.container_path, read_only=mp.read_only))
+    for vf in cdef.volumes_from:
+        if vf.source_container in seen:
+            continue
+        for m in mounts_for(td, td.container(vf.source_container), task_dir, seen | {cdef.name}):
+            if vf.read_only:
+                m = {**m, "options": [o for o in m["options"] if o != "rw"] + ["ro"]}
+            out.append(m)
+    return out
+
+
+def resolve_environment(cdef: ContainerDefinition, store: secrets.SecretStore) -> list[str]:
+    """ECS precedence: environment files, then `environment`, then secrets. Secret values
+    exist only in the returned list (and the container's spec), never in logs or state."""
+    env: dict[str, str] = {}
+    for path in cdef.environment_files:
+        env.update(secrets.read_env_file(path))
+    env.update(dict(cdef.environment))
+    for s in cdef.secrets:
+        env[s.name] = store.get(local_secret_name(s.value_from))
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def missing_secrets(td: TaskDefinition, store: secrets.SecretStore) -> list[str]:
+    return sorted(
+        {
+            local_secret_name(s.value_from)
+            for c in td.containers
+            for s in c.secrets
+            if not store.has(local_secret_name(s.value_from))
+        }
+    )
+
+
+def stop_signal(cdef: ContainerDefinition, image: ImageConfig) -> int:
+    """The definition's stopSignal, else the image's STOPSIGNAL, else SIGTERM."""
+    raw = cdef.stop_signal or image.stop_signal or "SIGTERM"
+    if raw.isdigit():
+        return int(raw)
+    name = raw.upper() if raw.upper().startswith("SIG") else "SIG" + raw.upper()
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise InvalidInput(f"container {cdef.name}: unknown stop signal {raw!r}") from None
+
+
+def write_files(ctx: TaskContext, cdef: ContainerDefinition, index: int) -> dict[str, str]:
+    """/etc/hosts, /etc/resolv.conf, /etc/hostname for one container (host mode: none)."""
+    if ctx.network_mode == "host":
+        return {}
+    hostname = cdef.hostname or ctx.task_id[:12]
+    d = ctx.task_dir / f"c{index}"
+    d.mkdir(parents=True, exist_ok=True, mode=0o755)
+    (d / "hosts").write_text(spec.hosts_file(hostname, ctx.ip, cdef.extra_hosts))
+    servers = cdef.dns_servers or ctx.dns_servers
+    (d / "resolv.conf").write_text(spec.resolv_conf(servers))
+    (d / "hostname").write_text(hostname + "\n")
+    return {
+        "/etc/hosts": str(d / "hosts"),
+        "/etc/resolv.conf": str(d / "resolv.conf"),
+        "/etc/hostname": str(d / "hostname"),
+    }
+
+
+def build_spec(
+    ctx: TaskContext,
+    td: TaskDefinition,
+    cdef: ContainerDefinition,
+    index: int,
+    containerd_id: str,
+    image: ImageConfig,
+    env: list[str],
+) -> dict[str, Any]:
+    args = spec.resolve_args(
+        image_entrypoint=image.entrypoint,
+        image_cmd=image.cmd,
+        entry_point=cdef.entry_point,
+        command=cdef.command,
+    )
+    if not args:
+        raise InvalidInput(
+            f"container {cdef.name}: no command: the image {cdef.image} has no ENTRYPOINT or "
+            "CMD and the definition gives no entryPoint or command"
+        )
+    hostname = cdef.hostname or ctx.task_id[:12]
+    if ctx.network_mode == "host":
+        hostname = os.uname().nodename
+    lp = cdef.linux_parameters
+    init = TINI if lp is not None and lp.init_process_enabled else None
+    if init is not None and not Path(TINI).exists():
+        raise InvalidInput(
+            f"container {cdef.name}: initProcessEnabled needs {TINI} "
+            "(Debian package tini) on the host"
+        )
+    tmpfs = [
+        spec.tmpfs_mount(t.container_path, t.size, t.mount_options)
+        for t in (lp.tmpfs if lp is not None else ())
+    ]
+    if cdef.firelens is not None:
+        # The log router listens on /var/run/fluent/fluent.sock; the app containers' shims
+        # reach it through the host side of this directory.
+        tmpfs.append(
+            spec.bind_mount(
+                str(firelens_socket(ctx.task_dir).parent), FIRELENS_SOCKET_DIR, read_only=False
+            )
+        )
+    return spec.compose(
+        spec.with_process_args(args),
+        spec.with_env([*image.env, f"HOSTNAME={hostname}", *env]),
+        spec.with_cwd(cdef.working_directory or image.workdir),
+        spec.with_user(cdef.user or image.user),
+        spec.with_hostname(hostname),
+        spec.with_netns(ctx.netns),
+        spec.with_readonly_rootfs(cdef.readonly_root_filesystem),
+        spec.with_bind_files(write_files(ctx, cdef, index)),
+        spec.with_mounts([*mounts_for(td, cdef, ctx.task_dir), *tmpfs]),
+        spec.with_shm_size(lp.shared_memory_size if lp is not None else None),
+        spec.with_cgroup(f"{ctx.cgroup_parent}/{containerd_id}"),
+        spec.with_limits(
+            memory_mib=cdef.memory,
+            reservation_mib=cdef.memory_reservation,
+            cpu_units=cdef.cpu,
+            cpu_quota_units=None,
+        ),
+        spec.with_capabilities(
+            add=lp.capabilities_add if lp is not None else (),
+            drop=lp.capabilities_drop if lp is not None else (),
+            privileged=cdef.privileged,
+        ),
+        spec.with_privileged(cdef.privileged),
+        spec.with_rlimits([(u.name, u.soft, u.hard) for u in cdef.ulimits]),
+        spec.with_labels(dict(cdef.labels)),
+        spec.with_init(init),
+    )
+
+
+# -- logging ---------------------------------------------------------------------------------
+# Drivers ECS has that need an AWS service: accepted, logged as a warning by validation, and
+# run as json-file so the output is still kept.
+JSON_FILE_FALLBACK = ("awslogs", "splunk", "syslog", "journald", "gelf")
+FIRELENS_SOCKET_DIR = "/var/run/fluent"  # where FireLens's router finds its socket
+
+
+def firelens_socket(task_dir: Path) -> Path:
+    """The host side of the unix socket the task's log router listens on."""
+    return task_dir / "firelens" / "fluent.sock"
+
+
+def log_uri(
+    shim: Path,
+    *,
+    task_id: str,
+    family: str,
+    task_dir: Path,
+    cdef: ContainerDefinition,
+    log_path: str,
+) -> str | None:
+    """containerd's binary:// URI for the container's output: nstask's shim with the
+    driver and options of the definition's logConfiguration; None for logDriver none."""
+    from urllib.parse import urlencode
+
+    lc = cdef.log_configuration
+    driver = lc.driver if lc is not None else "json-file"
+    options = dict(lc.options) if lc is not None else {}
+    query: dict[str, str] = {
+        "path": log_path,
+        "task": task_id,
+        "container": cdef.name,
+        "family": family,
+    }
+    if driver in ("json-file", *JSON_FILE_FALLBACK):
+        query["driver"] = "json-file"
+        if driver != "json-file":
+            options = {}
+    elif driver == "fluentd":
+        query["driver"] = "fluentd"
+    elif driver == "awsfirelens":
+        # FireLens: the app's shim forwards to the task's router over its unix socket; the
+        # logConfiguration options become record fields (the router's output settings).
+        query["driver"] = "fluentd"
+        query["fluentd-address"] = f"unix://{firelens_socket(task_dir)}"
+        query["tag"] = f"{cdef.name}-firelens-{task_id}"
+        query["fluentd-async"] = "true"
+        options = {f"label.{k}": v for k, v in options.items()}
+    elif driver == "none":
+        return None
+    query.update(options)
+    return f"binary://{shim}?{urlencode(query)}"
