@@ -384,7 +384,7 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     secrets = _secrets(p, c.get("secrets"), f"{at}.secrets")
     depends_on = _depends_on(p, c.get("dependsOn"), f"{at}.dependsOn")
     health = _health_check(p, c.get("healthCheck"), f"{at}.healthCheck")
-    start_timeout = _int(p, c, "startTimeout", at, lo=2, hi=600)
+    start_timeout = _int(p, c, "startTimeout", at, lo=2, hi=120)
     log_config = _log_configuration(p, c.get("logConfiguration"), f"{at}.logConfiguration")
     linux = _linux_parameters(p, c.get("linuxParameters"), f"{at}.linuxParameters")
     ulimits = _ulimits(p, c.get("ulimits"), f"{at}.ulimits")
@@ -399,7 +399,8 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         return None
     if essential and (linux is None or not linux.init_process_enabled):
         script = _shell_script(entry_point, command)
-        if script is not None and not script.lstrip().startswith("exec "):
+        handles_term = "trap" in (script or "") and "TERM" in (script or "")
+        if script is not None and not script.lstrip().startswith("exec ") and not handles_term:
             p.warnings.append(
                 f"{at}: the command runs through a shell without `exec` and without "
                 "linuxParameters.initProcessEnabled, so the shell (PID 1) ignores SIGTERM and "
@@ -1133,7 +1134,8 @@ def _cross_check(
                 if key in host_ports:
                     p.add(
                         f"containerDefinitions[{i}].portMappings[{j}].hostPort",
-                        f"host port {pm.host_port}/{pm.protocol} is also used by {host_ports[key]}",
+                        f"host port {pm.host_port}/{pm.protocol} is also used by container "
+                        f"{host_ports[key]!r}",
                     )
                 host_ports[key] = c.name
     if task_memory is not None:
@@ -1155,7 +1157,7 @@ def _find_cycle(containers: list[ContainerDefinition]) -> list[str]:
         state[n] = 1
         stack.append(n)
         for m in deps.get(n, []):
-            if m not in deps:
+            if m not in deps or m == n:  # unknown targets and self-dependency: own errors
                 continue
             if state.get(m) == 1:
                 return [*stack[stack.index(m) :], m]
