@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from agent import cgroups, containers, health, images, network, secrets
+from agent import cgroups, containers, faults, health, images, network, secrets
 from agent.config import AgentConfig, default_shim_path
 from agent.containerd import Containerd, TaskExit, TaskOOM
 from agent.errors import (
@@ -331,6 +331,7 @@ class Engine:
                 self._save(task)
                 configs = await self._pull(task, td)
                 by_name = {c.name: c for c in task.containers}
+                started = 0
                 for name in start_order(td):
                     if task.desired_status != RUNNING:
                         break
@@ -342,10 +343,14 @@ class Engine:
                     await self._start_container(
                         task, by_name[name], cdef, configs[cdef.image], td, envs[name]
                     )
-                if task.desired_status == RUNNING:
-                    task.last_status = RUNNING
+                    started += 1
+                if started == len(td.containers):
+                    # Every container started (some may already have exited, and the task be
+                    # on its way to STOPPED: it still ran, as ECS reports it).
                     task.started_at = time.time()
                     task.timings["start_total"] = _ms(t_start)
+                    if task.desired_status == RUNNING:
+                        task.last_status = RUNNING
                     self._save(task)
                     log.info("task_running", task=task.id, ip=task.ip, timings=task.timings)
         except asyncio.CancelledError:
@@ -387,6 +392,7 @@ class Engine:
             self.store.intend("netns", name, task.id)
             path = await self.network.create_netns(name)
             self.store.created("netns", name, path=path)
+            faults.point("netns")
             task.netns = path
             self._save(task)
         if mode == "none":
@@ -404,6 +410,7 @@ class Engine:
             self.store.intend("cni", key, task.id, netns=path)
             ip = await self.network.attach(task.id, path, port_mappings=mappings)
             self.store.created("cni", key, netns=path, ip=ip)
+            faults.point("cni")
             task.ip = ip
             self._save(task)
 
@@ -419,6 +426,7 @@ class Engine:
         for c in task.containers:
             c.image_digest = out[c.image].digest
         self._save(task)
+        faults.point("images")
         return out
 
     async def _wait_dependencies(
@@ -499,6 +507,7 @@ class Engine:
                 lease=lease,
             )
             self.store.created("container", cid)
+            faults.point("container")
         with self._phase(task, f"container.{c.name}.start"):
             Path(c.log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             uri = containers.log_uri(
@@ -514,6 +523,7 @@ class Engine:
             self.store.intend("task", cid, task.id)
             await self.client.create_task(cid, rootfs=mounts, stdout=uri or "", stderr=uri or "")
             self.store.created("task", cid)
+            faults.point("task")
             if uri is not None:
                 _check_shim_started(c.name, self.shim_path, stats)
             self._watch(task.id, c)  # the exit wait is registered before start
@@ -522,6 +532,7 @@ class Engine:
             if c.exit_code is None:  # it may already have exited
                 c.last_status = RUNNING
             self._save(task)
+            faults.point("started")
         if cdef.health_check is not None and _has_check(cdef):
             self._start_health(task.id, c, cdef, oci["process"])
         log.info("container_started", task=task.id, container=c.name, pid=c.pid)
@@ -662,6 +673,7 @@ class Engine:
                     )
                     await self._stop_container(task, c, wait)
             signal_ms = _ms(t0)
+            faults.point("stop")
             t1 = time.monotonic()
             removed = await self._teardown(task)
             task = self.get(task.id)  # exit codes were recorded while stopping
@@ -708,6 +720,8 @@ class Engine:
         errors: list[str] = []
         took: dict[str, float] = {}
         for kind in TEARDOWN_ORDER:
+            if kind == "cni":
+                faults.point("teardown")
             mine = [r for r in resources if r.kind == kind]
             if mine:
                 t0 = time.monotonic()

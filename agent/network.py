@@ -14,7 +14,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from agent import netns
+from agent import faults, netns
 from agent.config import AgentConfig
 from cni.builtin import BridgePlugin
 from cni.invoke import SubprocessExec
@@ -83,6 +83,8 @@ class TaskNetwork:
             exec=plugin_exec,
             builtins={BUILTIN_TYPE: BridgePlugin(netns.NetlinkLinks(), exec=plugin_exec)},
         )
+
+        self.runtime.after_plugin = lambda plugin: faults.point(f"cni.{plugin}")
 
     @property
     def name(self) -> str:

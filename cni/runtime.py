@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,6 +81,8 @@ class CNIRuntime:
         self.builtins = dict(builtins or {})
         self.retries = retries
         self.retry_delay = retry_delay
+        # Called after each plugin's successful ADD (the agent's crash tests hook in here).
+        self.after_plugin: Callable[[str], None] | None = None
 
     @property
     def network(self) -> str:
@@ -261,6 +263,8 @@ class CNIRuntime:
                 self._rollback(container_id, netns, ifname, args, caps, prev, err)
                 raise
             prev = result
+            if self.after_plugin is not None:
+                self.after_plugin(plugin.type)
         assert prev is not None  # a conflist has at least one plugin
         return prev
 

@@ -38,7 +38,10 @@ def _require_root() -> None:
 
 
 def start_agent(
-    *, conflist_for: Callable[[Agent], dict[str, object]] | None = None, cni_path: str | None = None
+    *,
+    conflist_for: Callable[[Agent], dict[str, object]] | None = None,
+    cni_path: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Agent, subprocess.Popen[bytes], Path]:
     """Start an agent with names of its own; returns it, its process and its base dir."""
     tag = f"{random.randrange(16**6):06x}"
@@ -79,6 +82,7 @@ def start_agent(
     }
     if cni_path:
         env["NSTASK_CNI_PATH"] = cni_path
+    env.update(extra_env or {})
     args = [
         NSTASK,
         "--socket",
@@ -132,7 +136,7 @@ def stop_agent(a: Agent, proc: subprocess.Popen[bytes], base: Path) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        left = leaks(a)
+        left = leaks(a) + _orphan_cgroups()
         bridge = subprocess.run(["ip", "link", "show", a.bridge], capture_output=True)
         if bridge.returncode == 0 and not a.own_conflist:
             left.append(f"bridge {a.bridge} (the agent stopped with no task on it)")
@@ -149,6 +153,15 @@ def agent() -> Iterator[Agent]:
         yield a
     finally:
         stop_agent(a, proc, base)
+
+
+def _orphan_cgroups() -> list[str]:
+    """Task cgroups of tasks no agent runs (a user's own agent, if it answers, may run some)."""
+    default = subprocess.run([NSTASK, "ps", "-q"], capture_output=True, text=True)
+    if default.returncode == 0:
+        return []  # a user's agent is running tasks here: cannot tell them apart
+    running = {p.name for p in Path("/sys/fs/cgroup").glob("*/nstask/*")}
+    return [f"cgroup /sys/fs/cgroup/*/nstask/{t}" for t in sorted(running)]
 
 
 def _remove_everything(a: Agent) -> None:

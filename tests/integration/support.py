@@ -143,6 +143,10 @@ def leaks(a: Agent) -> list[str]:
     results = a.cni_cache / "results"
     if results.is_dir():
         found += [f"CNI cache entry {p.name}" for p in results.iterdir()]
+    # Task cgroups of this agent's tasks that are not running (all hierarchies).
+    running = set(a.cli("ps", "-q").stdout.split())
+    for task_id in set(a.cli("ps", "-a", "-q").stdout.split()) - running:
+        found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup").glob(f"*/nstask/{task_id}")]
     found += [
         f"containerd container {c}" for c in ctr(a.namespace, "containers", "ls", "-q").split()
     ]
