@@ -138,6 +138,12 @@ def main(ctx: click.Context, socket_path: str) -> None:
     help="Use this CNI conflist instead of the built-in network.",
 )
 @click.option("--stop-timeout", type=float, help="Default stopTimeout in seconds (30).")
+@click.option(
+    "--stop-tasks-on-exit",
+    is_flag=True,
+    default=None,
+    help="Stop every task when the agent gets SIGTERM (default: leave them running).",
+)
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
 @click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
 @click.pass_context
@@ -202,6 +208,8 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     ]
     if config.conflist_file:
         argv += ["--conflist", str(config.conflist_file)]
+    if config.stop_tasks_on_exit:
+        argv.append("--stop-tasks-on-exit")
     if log_json:
         argv.append("--log-json")
     with open(log_path, "ab") as out:
@@ -535,6 +543,30 @@ def validate(file: str) -> None:
         f"{file}: ok (family {td.family}, {len(td.containers)} container(s), "
         f"network mode {td.network_mode})"
     )
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def gc(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Remove what nstask left on the host that no task accounts for (netns, veths, IP
+    allocations, CNI cache entries, containers, snapshots, leases, task dirs, cgroups, logs)."""
+    try:
+        report = _client(ctx).call("POST", "/v1/gc", {"dryRun": dry_run}, timeout=None)
+    except ApiError as e:
+        _api_fail(e)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    if not report:
+        click.echo("nothing to collect")
+        return
+    for item in report:
+        detail = f" ({item['detail']})" if item["detail"] else ""
+        click.echo(f"{item['status']}: {item['kind']} {item['name']}{detail}")
+    if any(item["status"].startswith("failed") for item in report):
+        sys.exit(1)
 
 
 # -- secrets ---------------------------------------------------------------------------------

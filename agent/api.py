@@ -8,6 +8,7 @@
     POST   /v1/tasks/{id}/stop          {timeout?} -> task (STOPPED)
     DELETE /v1/tasks/{id}?force=1       -> 204
     GET    /v1/tasks/{id}/logs?container=&follow=1&tail=N  -> NDJSON stream of log entries
+    POST   /v1/gc                       {dryRun?} -> [{kind, name, detail, status}]
     GET    /v1/secrets                  -> [name]   (values are never returned)
     PUT    /v1/secrets/{name}           {value} -> 204
     DELETE /v1/secrets/{name}           -> 204
@@ -32,7 +33,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from agent import images
+from agent import gc, images
 from agent.engine import Engine, logging_stats
 from agent.errors import InvalidInput, NstaskError
 from shim import jsonfile
@@ -40,6 +41,9 @@ from shim import jsonfile
 log = structlog.get_logger("nstask.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 VERSION = "0.1.0"
+LOG_READERS = concurrent.futures.ThreadPoolExecutor(
+    max_workers=256, thread_name_prefix="nstask-logs"
+)
 
 
 @web.middleware
@@ -72,8 +76,14 @@ def build_app(engine: Engine) -> web.Application:
     @routes.get("/v1/version")
     async def version(_: web.Request) -> web.Response:
         ver = await engine.client.version()
+        cfg = engine.config
         return web.json_response(
             {
+                "netnsPrefix": cfg.netns_prefix,
+                "bridge": cfg.bridge,
+                "network": engine.network.name,
+                "cniCacheDir": str(cfg.cni_cache_dir),
+                "ipamDataDir": str(cfg.ipam_data_dir),
                 "nstask": VERSION,
                 "containerd": ver.version,
                 "namespace": engine.config.namespace,
@@ -142,6 +152,11 @@ def build_app(engine: Engine) -> web.Application:
         await _stream_logs(engine, task.id, containers, follow, tail, since, resp)
         await resp.write_eof()
         return resp
+
+    @routes.post("/v1/gc")
+    async def collect(request: web.Request) -> web.Response:
+        body = await _body(request) if request.can_read_body else {}
+        return web.json_response(await gc.collect(engine, dry_run=bool(body.get("dryRun"))))
 
     @routes.get("/v1/secrets")
     async def secret_ls(_: web.Request) -> web.Response:
@@ -257,7 +272,9 @@ async def _stream_logs(
         stopped.set()
 
     watcher = asyncio.create_task(watch_stop()) if follow else None
-    pumps = [loop.run_in_executor(None, pump, c) for c in containers]
+    # Followers block (they poll files) for as long as a task runs: they get a pool of their
+    # own, so they can never take the threads that netlink and CNI calls need.
+    pumps = [loop.run_in_executor(LOG_READERS, pump, c) for c in containers]
 
     async def finish() -> None:
         for result in await asyncio.gather(*pumps, return_exceptions=True):

@@ -36,6 +36,8 @@ class AgentConfig:
     stop_timeout: float = 30.0
     # How long a container waits for a dependency when it sets no startTimeout (ECS: 3 min).
     start_timeout: float = 180.0
+    # On SIGTERM the agent leaves tasks running (as the ECS agent does on update), unless set.
+    stop_tasks_on_exit: bool = False
     netns_prefix: str = "nstask-"
     shim_path: Path | None = None
     dns_servers: tuple[str, ...] = field(default_factory=tuple)
@@ -73,6 +75,8 @@ def _env_overrides() -> dict[str, Any]:
         default = getattr(AgentConfig(), f.name)
         if isinstance(default, Path) or f.name in ("conflist_file", "shim_path"):
             out[f.name] = Path(raw)
+        elif isinstance(default, bool):
+            out[f.name] = raw.lower() in ("1", "true", "yes")
         elif isinstance(default, tuple):
             out[f.name] = tuple(p for p in raw.replace(",", ":").split(":") if p)
         elif isinstance(default, float):

@@ -93,8 +93,18 @@ async def run_agent(config: AgentConfig) -> None:
     try:
         await done.wait()
     finally:
-        log.info("agent_stopping", note="tasks keep running; the next agent re-attaches")
         await runner.cleanup()
+        if config.stop_tasks_on_exit:
+            log.info("agent_stopping", note="stopping every task first (--stop-tasks-on-exit)")
+            await asyncio.gather(
+                *[
+                    engine.stop(t.id, reason="Agent stopped with --stop-tasks-on-exit")
+                    for t in engine.list_tasks()
+                ],
+                return_exceptions=True,
+            )
+        else:
+            log.info("agent_stopping", note="tasks keep running; the next agent re-attaches")
         await engine.close()
         if await network.remove_bridge_if_unused():
             log.info("bridge_removed", bridge=config.bridge, note="no task was attached")

@@ -151,6 +151,11 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscribed.wait(), 5)
         await self._recover()
+        # Attachments in the CNI cache or IPAM that no task owns (a crash before the intent
+        # was recorded, another runtime's leftovers on our network): DEL them.
+        from agent import gc
+
+        await gc.collect(self, cni_only=True)
 
     async def close(self) -> None:
         """Leave tasks running (as the ECS agent does on update); stop watching them."""

@@ -106,21 +106,6 @@ class CNIRuntime:
         cargs, caps = dict(args or {}), dict(capability_args or {})
         with self.lock.hold():
             result = self._add_chain(container_id, netns_path, ifname, cargs, caps)
-            entry = CacheEntry(
-                network=self.network,
-                container_id=container_id,
-                ifname=ifname,
-                config=self.netconf.bytes,
-                result=result,
-                cni_args=cargs,
-                capability_args=caps,
-                netns=netns_path,
-            )
-            try:
-                self.cache.write(entry)
-            except CNIError as err:
-                self._rollback(container_id, netns_path, ifname, cargs, caps, result, err)
-                raise
         log.debug("cni.add", network=self.network, container_id=container_id, ifname=ifname)
         return result
 
@@ -263,6 +248,24 @@ class CNIRuntime:
                 self._rollback(container_id, netns, ifname, args, caps, prev, err)
                 raise
             prev = result
+            # Cache the result so far after every plugin, not only at the end: a runtime that
+            # dies mid-chain then still has the addresses a later DEL needs (the firewall and
+            # portmap plugins can only remove their rules when given the IPs in prevResult).
+            entry = CacheEntry(
+                network=self.network,
+                container_id=container_id,
+                ifname=ifname,
+                config=self.netconf.bytes,
+                result=prev,
+                cni_args=args,
+                capability_args=caps,
+                netns=netns,
+            )
+            try:
+                self.cache.write(entry)
+            except CNIError as err:
+                self._rollback(container_id, netns, ifname, args, caps, prev, err)
+                raise
             if self.after_plugin is not None:
                 self.after_plugin(plugin.type)
         assert prev is not None  # a conflist has at least one plugin

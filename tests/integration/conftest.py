@@ -128,14 +128,16 @@ def launch_agent(a: Agent) -> subprocess.Popen[bytes]:
 def stop_agent(a: Agent, proc: subprocess.Popen[bytes], base: Path) -> None:
     """Stop the tasks tests left, stop the agent, check for leaks, remove the rest."""
     try:
-        for task_id in a.cli("ps", "-q").stdout.split():
-            a.cli("stop", "-t", "0", task_id)
-        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            for task_id in a.cli("ps", "-q", timeout=30).stdout.split():
+                a.cli("stop", "-t", "0", task_id, timeout=60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         left = leaks(a) + _orphan_cgroups()
         bridge = subprocess.run(["ip", "link", "show", a.bridge], capture_output=True)
         if bridge.returncode == 0 and not a.own_conflist:
@@ -160,7 +162,7 @@ def _orphan_cgroups() -> list[str]:
     default = subprocess.run([NSTASK, "ps", "-q"], capture_output=True, text=True)
     if default.returncode == 0:
         return []  # a user's agent is running tasks here: cannot tell them apart
-    running = {p.name for p in Path("/sys/fs/cgroup").glob("*/nstask/*")}
+    running = {p.name for p in Path("/sys/fs/cgroup").glob("*/nstask/*") if p.is_dir()}
     return [f"cgroup /sys/fs/cgroup/*/nstask/{t}" for t in sorted(running)]
 
 

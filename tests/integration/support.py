@@ -143,6 +143,15 @@ def leaks(a: Agent) -> list[str]:
     results = a.cni_cache / "results"
     if results.is_dir():
         found += [f"CNI cache entry {p.name}" for p in results.iterdir()]
+    # iptables rules of the portmap/firewall plugins for this network's addresses.
+    net_prefix = a.subnet.rsplit(".", 1)[0] + "."
+    for table in ("filter", "nat"):
+        rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True)
+        found += [
+            f"iptables {table}: {line}"
+            for line in rules.stdout.splitlines()
+            if line.startswith("-A") and (net_prefix in line or a.network in line)
+        ]
     # Task cgroups of this agent's tasks that are not running (all hierarchies).
     running = set(a.cli("ps", "-q").stdout.split())
     for task_id in set(a.cli("ps", "-a", "-q").stdout.split()) - running:

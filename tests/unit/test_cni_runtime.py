@@ -392,3 +392,34 @@ def test_builtin_plugins_run_in_process_in_the_chain(
     rt.delete("c1", "/run/netns/x")
     assert builtin.seen[-1][0] == "DEL"
     assert builtin.seen[-1][1]["prevResult"] == result
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_crash_mid_chain_leaves_the_partial_result_for_del(
+    runtime: CNIRuntime, fake: RecordingExec
+) -> None:
+    """The runtime dies after beta's ADD: the cache holds alpha+beta's result, and the DEL
+    the next runtime sends hands it to every plugin (firewall/portmap need the IPs)."""
+
+    def crash_after_beta(plugin: str) -> None:
+        if plugin == "beta":
+            raise _Crash
+
+    runtime.after_plugin = crash_after_beta
+    with pytest.raises(_Crash):
+        runtime.add("c1", "/run/netns/x", "eth0")
+    entry = runtime.cache.read("testnet", "c1", "eth0")
+    assert entry is not None and entry.result is not None
+    assert [i["name"] for i in entry.result["interfaces"]] == ["alpha", "beta"]
+    runtime.after_plugin = None
+    fake.calls.clear()
+    runtime.delete("c1", None, "eth0")
+    assert fake.commands() == [("gamma", "DEL"), ("beta", "DEL"), ("alpha", "DEL")]
+    assert all(
+        [i["name"] for i in c.conf["prevResult"]["interfaces"]] == ["alpha", "beta"]
+        for c in fake.calls
+    )
+    assert runtime.cache.read("testnet", "c1", "eth0") is None

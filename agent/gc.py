@@ -1,0 +1,160 @@
+"""`nstask gc`: find, and remove, whatever of nstask's the host holds that the agent's state
+does not account for — the leftovers the field reports of CNI runtimes are full of (netns
+bind mounts, veths, host-local IP allocations, CNI cache entries, containerd containers,
+snapshots and leases, task directories, cgroups, log directories of forgotten tasks).
+
+Everything is found by nstask's own names (netns prefix, the bridge, the CNI network name,
+our containerd namespace, our state directory): nothing of anyone else's is looked at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from agent import cgroups, netns
+from agent.errors import NotFound, NstaskError
+from cni.builtin import host_veth_name
+
+if TYPE_CHECKING:
+    from agent.engine import Engine
+
+log = structlog.get_logger("nstask.gc")
+
+
+@dataclass(frozen=True)
+class Orphan:
+    kind: str
+    name: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name, "detail": self.detail}
+
+
+def _live_ids(engine: Engine) -> set[str]:
+    """Tasks that may hold host resources: every task not STOPPED, and any task with a
+    resource record left (its teardown is still owed)."""
+    ids = {t.id for t in engine.list_tasks()}
+    ids |= {r.task_id for r in engine.store.resources()}
+    return ids
+
+
+async def find(engine: Engine, *, cni_only: bool = False) -> list[Orphan]:
+    cfg = engine.config
+    live = _live_ids(engine)
+    known = {t.id for t in engine.store.list_tasks()}
+    found: list[Orphan] = []
+    # CNI attachments (result cache) and IPAM allocations of the task network.
+    attached: set[str] = set()
+    for entry in engine.network.runtime.cache.entries(engine.network.name):
+        if entry.container_id not in live:
+            attached.add(entry.container_id)
+            found.append(Orphan("cni", entry.container_id, f"cached attachment {entry.path}"))
+    ipam_dir = cfg.ipam_data_dir / engine.network.name
+    if ipam_dir.is_dir():
+        for f in sorted(ipam_dir.iterdir()):
+            if f.name == "lock" or f.name.startswith("last_reserved_ip"):
+                continue
+            owner = f.read_text().splitlines()[0].strip() if f.is_file() else ""
+            if owner and owner not in live and owner not in attached:
+                attached.add(owner)
+                found.append(Orphan("cni", owner, f"IP allocation {f.name}"))
+    if cni_only:
+        return found
+    for name in await asyncio.to_thread(netns.list_netns, cfg.netns_prefix):
+        if name.removeprefix(cfg.netns_prefix) not in live:
+            found.append(Orphan("netns", name))
+    expected = {host_veth_name(t, "eth0") for t in live}
+    links = netns.NetlinkLinks()
+    if await asyncio.to_thread(links.link_info, None, cfg.bridge) is not None:
+        for link in await asyncio.to_thread(links.list_links, "", cfg.bridge):
+            if link.name not in expected:
+                found.append(Orphan("veth", link.name, f"on bridge {cfg.bridge}"))
+    client = engine.client
+    for c in await client.list_containers():
+        if c.labels.get("nstask.task") not in live:
+            found.append(Orphan("container", c.id, f"task {c.labels.get('nstask.task')}"))
+    containers = {c.id for c in await client.list_containers()}
+    for s in await client.list_snapshots(snapshotter=cfg.snapshotter):
+        # Container snapshots are keyed "<task id>-<n>-<name>"; others (unpack's) are not ours
+        # to judge here.
+        task_id = s.name[:32]
+        if (
+            s.kind == "active"
+            and s.name not in containers
+            and _is_task_id(task_id)
+            and task_id not in live
+        ):
+            found.append(Orphan("snapshot", s.name, "active, no container"))
+    for lease in await client.list_leases():
+        task_id = lease.id.removeprefix("nstask-")
+        if lease.id.startswith("nstask-") and _is_task_id(task_id) and task_id not in live:
+            found.append(Orphan("lease", lease.id))
+    for d in sorted(cfg.task_dir.iterdir()) if cfg.task_dir.is_dir() else []:
+        if d.name not in live:
+            found.append(Orphan("taskdir", str(d)))
+    for d in sorted(cfg.log_dir.iterdir()) if cfg.log_dir.is_dir() else []:
+        if d.name not in known:
+            found.append(Orphan("logs", str(d), "logs of a removed task"))
+    # /sys/fs/cgroup/*/nstask is shared by every agent on the host: only tasks this agent
+    # knows (or left a task directory for) are its to remove.
+    ours = known | {Path(o.name).name for o in found if o.kind == "taskdir"}
+    leftover = {Path(p).name for p in await asyncio.to_thread(cgroups.leftovers)}
+    for task_id in sorted(leftover & ours - live):
+        found.append(Orphan("cgroup", task_id))
+    return found
+
+
+def _is_task_id(text: str) -> bool:
+    return len(text) == 32 and all(ch in "0123456789abcdef" for ch in text)
+
+
+async def collect(
+    engine: Engine, *, dry_run: bool = False, cni_only: bool = False
+) -> list[dict[str, Any]]:
+    """Find orphans and (unless dry_run) remove each; returns what was found and done."""
+    report = []
+    for o in await find(engine, cni_only=cni_only):
+        status = "would remove" if dry_run else "removed"
+        if not dry_run:
+            try:
+                await _remove(engine, o)
+            except (NstaskError, OSError) as e:
+                status = f"failed: {e}"
+        log.info("gc", kind=o.kind, name=o.name, detail=o.detail, status=status)
+        report.append({**o.to_dict(), "status": status})
+    return report
+
+
+async def _remove(engine: Engine, o: Orphan) -> None:
+    client, cfg = engine.client, engine.config
+    if o.kind == "cni":
+        await engine.network.detach(o.name, None)
+    elif o.kind == "netns":
+        await engine.network.remove_netns(o.name)
+    elif o.kind == "veth":
+        await asyncio.to_thread(netns.NetlinkLinks().delete_link, o.name)
+    elif o.kind == "container":
+        with contextlib.suppress(NotFound):
+            await client.kill_task(o.name, 9, all_processes=True)
+            await asyncio.sleep(0.2)
+        with contextlib.suppress(NotFound):
+            await client.delete_task(o.name)
+        await client.delete_container(o.name)
+        with contextlib.suppress(NotFound):
+            await client.remove_snapshot(o.name, snapshotter=cfg.snapshotter)
+    elif o.kind == "snapshot":
+        await client.remove_snapshot(o.name, snapshotter=cfg.snapshotter)
+    elif o.kind == "lease":
+        await client.delete_lease(o.name)
+    elif o.kind in ("taskdir", "logs"):
+        shutil.rmtree(o.name)
+    elif o.kind == "cgroup":
+        await asyncio.to_thread(cgroups.remove, o.name)
