@@ -12,6 +12,7 @@
     GET    /v1/secrets                  -> [name]   (values are never returned)
     PUT    /v1/secrets/{name}           {value} -> 204
     DELETE /v1/secrets/{name}           -> 204
+    GET    /v1/metrics                  -> logging counters of running containers, totals
     GET    /v1/images                   -> [image]
     POST   /v1/images/import            {path} -> [image]
 
@@ -26,6 +27,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from shim import jsonfile
 log = structlog.get_logger("nstask.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 VERSION = "0.1.0"
+EXIT_GRACE_S = 0.5
 LOG_READERS = concurrent.futures.ThreadPoolExecutor(
     max_workers=256, thread_name_prefix="nstask-logs"
 )
@@ -176,6 +179,29 @@ def build_app(engine: Engine) -> web.Application:
         engine.secrets.remove(request.match_info["name"])
         return web.Response(status=204)
 
+    @routes.get("/v1/metrics")
+    async def metrics(_: web.Request) -> web.Response:
+        """Per-container logging counters of every task not stopped, and totals."""
+        out: list[dict[str, Any]] = []
+        totals = {"dropped_lines": 0, "written_bytes": 0, "sink_errors": 0}
+        for t in engine.list_tasks():
+            for c in t.containers:
+                stats = logging_stats(c.log_path) or {}
+                for k in totals:
+                    totals[k] += int(stats.get(k) or 0)
+                out.append(
+                    {
+                        "task": t.id,
+                        "container": c.name,
+                        "health": c.health,
+                        "lastStatus": c.last_status,
+                        "logging": stats,
+                    }
+                )
+        return web.json_response(
+            {"tasks": len(engine.list_tasks()), "logging": totals, "containers": out}
+        )
+
     @routes.get("/v1/images")
     async def image_ls(_: web.Request) -> web.Response:
         imgs = await images.list_images(engine.client)
@@ -243,12 +269,17 @@ async def _stream_logs(
                     fut.cancel()
                     return False
 
+    def container_done(c: Any) -> bool:
+        """A container that exited while its task runs on (a non-essential one): its shim
+        keeps reading until the task is deleted, so give it a moment after the exit."""
+        return c.finished_at is not None and time.time() - c.finished_at > EXIT_GRACE_S
+
     def pump(c: Any) -> None:
         path = str(c.log_path)
         entries = (
             jsonfile.follow(
                 path,
-                stop=lambda: stopped.is_set() or gone.is_set(),
+                stop=lambda: stopped.is_set() or gone.is_set() or container_done(c),
                 tail=tail,
                 since=since,
                 poll=0.02,

@@ -82,8 +82,9 @@ def _enable_v2_controllers(root: Path, rel: str) -> None:
 
 
 def remove(task_id: str, *, root: Path = ROOT) -> None:
-    """Remove the task level in every hierarchy (runc leaves its parents behind), and the
-    shared /nstask level when it is empty. Absent is fine."""
+    """Remove the task level in every hierarchy (runc leaves its parents behind). Absent is
+    fine. The shared /nstask level stays, as /docker does: removing it when it looks empty
+    races with runc creating another task's cgroup under it."""
     rel = task_path(task_id).lstrip("/")
     for h in _hierarchies(root):
         d = h / rel
@@ -99,8 +100,6 @@ def remove(task_id: str, *, root: Path = ROOT) -> None:
                 pass
             except OSError as e:
                 raise NstaskError(f"cannot remove task cgroup {d}: {e.strerror}") from e
-        with contextlib.suppress(OSError):
-            os.rmdir(h / "nstask")  # only succeeds when no other task is there
 
 
 def leftovers(prefix: str = "", *, root: Path = ROOT) -> list[str]:

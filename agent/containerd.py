@@ -505,6 +505,11 @@ class Containerd:
                 options=[
                     ("grpc.max_receive_message_length", _MAX_MESSAGE),
                     ("grpc.max_send_message_length", _MAX_MESSAGE),
+                    # containerd restarts are local and quick: reconnect within seconds,
+                    # not after gRPC's default backoff of up to two minutes.
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 2000),
                 ],
             )
         stub = self._stubs.get(name)

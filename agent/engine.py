@@ -575,17 +575,26 @@ class Engine:
         fut: asyncio.Future[tuple[int, float]] = asyncio.get_running_loop().create_future()
         self._exits[c.containerd_id] = fut
 
-        async def wait_rpc() -> None:
-            with contextlib.suppress(NstaskError):
-                st = await self.client.wait_task(c.containerd_id)
-                self._exited(c.containerd_id, st.code, st.exited_at)
-
         async def on_exit() -> None:
             code, at = await fut
             await self._container_exited(task_id, c.name, code, at)
 
-        self._spawn(wait_rpc())
+        self._spawn(self._wait_rpc(c.containerd_id))
         self._spawn(on_exit())
+
+    async def _wait_rpc(self, containerd_id: str) -> None:
+        """Tasks.Wait: returns at the exit, or at once for a task that already exited."""
+        with contextlib.suppress(NstaskError):
+            st = await self.client.wait_task(containerd_id)
+            self._exited(containerd_id, st.code, st.exited_at)
+
+    def _catch_up(self) -> None:
+        """After containerd came back: wait again on every container we think runs, so an
+        exit that happened while containerd was away is seen (Wait answers it at once)."""
+        for task in self.list_tasks():
+            for c in task.containers:
+                if c.last_status == RUNNING and c.exit_code is None:
+                    self._spawn(self._wait_rpc(c.containerd_id))
 
     def _exited(self, containerd_id: str, code: int, at: float) -> None:
         fut = self._exits.get(containerd_id)
@@ -595,6 +604,7 @@ class Engine:
     async def _watch_exits(self, subscribed: asyncio.Event) -> None:
         """containerd's event stream is the main source of exits (the Wait RPC is the backup)."""
         delay = 0.5
+        lost = False
         while True:
             try:
                 stream = self.client.subscribe(
@@ -605,6 +615,10 @@ class Engine:
                 )
                 subscribed.set()
                 async for ev in stream:
+                    if lost:
+                        log.info("event_stream_restored")
+                        lost = False
+                        self._catch_up()
                     p = ev.payload
                     # The init process's exit (exec'd processes have ids of their own).
                     if isinstance(p, TaskExit) and p.id in ("", p.container_id):
@@ -616,9 +630,16 @@ class Engine:
                 raise
             except Exception as e:
                 log.warning("event_stream_lost", error=str(e), retry_in=delay)
+            lost = True
             subscribed.set()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10)
+            delay = min(delay * 2, 5)
+            with contextlib.suppress(NstaskError):
+                await self.client.version()  # containerd answers again: catch up now
+                if lost:
+                    log.info("containerd_reachable_again")
+                    lost = False
+                    self._catch_up()
 
     async def _container_exited(self, task_id: str, name: str, code: int, at: float) -> None:
         try:

@@ -62,6 +62,7 @@ def leftovers(sock: str) -> list[str]:
         f"netns {line.split()[0]}"
         for line in netns.splitlines()
         if line.startswith(info["netnsPrefix"])
+        and len(line.split()[0]) == len(info["netnsPrefix"]) + 32
     ]
     links = subprocess.run(
         ["ip", "-o", "link", "show", "master", info["bridge"]], capture_output=True, text=True

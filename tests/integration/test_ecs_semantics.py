@@ -569,3 +569,16 @@ def test_host_volume_is_shared_with_the_container(agent: Agent, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "from the host\n"
     assert (data / "out.txt").read_text() == "from the task\n"
+
+
+def test_logs_follow_of_one_container_ends_when_it_exits(agent: Agent, tmp_path: Path) -> None:
+    td = task("follow-one", container("short", "echo one; sleep 0.5; echo two", essential=False),
+              container("long", WAIT_FOREVER))
+    task_id = run_detached(agent, tmp_path, td)
+    agent.wait_status(task_id, "RUNNING")
+    t0 = time.monotonic()
+    proc = agent.cli("logs", "-f", task_id, "short", timeout=30)
+    assert proc.returncode == 0 and proc.stdout == "one\ntwo\n"
+    assert time.monotonic() - t0 < 10
+    assert agent.inspect(task_id)["lastStatus"] == "RUNNING"  # the task runs on
+    finish(agent, task_id)
