@@ -17,6 +17,37 @@ from typing import Any
 
 from agent.errors import TaskDefinitionError
 
+__all__ = [
+    "CAPABILITIES",
+    "DEPENDENCY_CONDITIONS",
+    "LOG_DRIVERS",
+    "LOG_DRIVERS_AS_JSON_FILE",
+    "NETWORK_MODES",
+    "ULIMIT_NAMES",
+    "ContainerDefinition",
+    "Dependency",
+    "FirelensConfiguration",
+    "HealthCheck",
+    "LinuxParameters",
+    "LogConfiguration",
+    "MountPoint",
+    "PortMapping",
+    "Secret",
+    "TaskDefinition",
+    "TaskDefinitionError",
+    "Tmpfs",
+    "Ulimit",
+    "Volume",
+    "VolumeFrom",
+    "load_json",
+    "local_secret_name",
+    "parse_task_definition",
+    "parse_task_definition_text",
+    "start_order",
+    "stop_order",
+    "with_environment",
+]
+
 NETWORK_MODES = ("awsvpc", "bridge", "host", "none")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _ENV_NAME_RE = re.compile(r"^[^=\0]+$")
@@ -284,7 +315,8 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         if key in _TASK_KEYS_SILENT:
             continue
         if key in _TASK_KEYS_IGNORED:
-            p.warnings.append(f"{key}: accepted but not supported by nstask yet; ignored")
+            if not _asks_nothing(data[key]):
+                p.warnings.append(f"{key}: accepted but not supported by nstask yet; ignored")
         else:
             p.warnings.append(f"{key}: unknown task definition field; ignored")
 
@@ -299,7 +331,9 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         )
     cpu = _units(p, data.get("cpu"), "cpu", _parse_cpu)
     memory = _units(p, data.get("memory"), "memory", _parse_memory)
+    before_volumes = len(p.items)
     volumes = _volumes(p, data.get("volumes"))
+    volumes_ok = len(p.items) == before_volumes
 
     containers: list[ContainerDefinition] = []
     defs = data.get("containerDefinitions")
@@ -325,8 +359,10 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
             seen.setdefault(c.name, i)
         if containers and len(containers) == len(defs) and not any(c.essential for c in containers):
             p.add("containerDefinitions", "at least one container must be essential")
-        if len(containers) == len(defs) and not p.items:
-            _cross_check(p, containers, volumes, memory)
+        # Rules across containers need every container parsed and named once; task-level
+        # problems (family, cpu, ...) do not stop them, so the user still sees all at once.
+        if len(containers) == len(defs) and len(seen) == len(containers):
+            _cross_check(p, containers, volumes if volumes_ok else None, memory)
     if p.items:
         raise TaskDefinitionError(p.items, source=source)
     return TaskDefinition(
@@ -351,7 +387,8 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     before = len(p.items)
     for key in c:
         if key in _CONTAINER_KEYS_IGNORED:
-            p.warnings.append(f"{at}.{key}: accepted but not supported by nstask yet; ignored")
+            if not _asks_nothing(c[key]):
+                p.warnings.append(f"{at}.{key}: accepted but not supported by nstask yet; ignored")
         elif key not in _CONTAINER_KEYS_USED:
             p.warnings.append(f"{at}.{key}: unknown container definition field; ignored")
     name = _str(p, c, "name", at)
@@ -398,15 +435,7 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     if len(p.items) > before or name is None or image is None:
         return None
     if essential and (linux is None or not linux.init_process_enabled):
-        script = _shell_script(entry_point, command)
-        handles_term = "trap" in (script or "") and "TERM" in (script or "")
-        if script is not None and not script.lstrip().startswith("exec ") and not handles_term:
-            p.warnings.append(
-                f"{at}: the command runs through a shell without `exec` and without "
-                "linuxParameters.initProcessEnabled, so the shell (PID 1) ignores SIGTERM and "
-                "the container will only stop at SIGKILL after stopTimeout; start the command "
-                "with `exec` or set initProcessEnabled"
-            )
+        _warn_shell_pid1(p, at, entry_point, command)
     return ContainerDefinition(
         name=name,
         image=image,
@@ -440,6 +469,14 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         volumes_from=volumes_from,
         firelens=firelens,
     )
+
+
+def _asks_nothing(v: Any) -> bool:
+    """An unsupported field set to null, false, "" or an empty list/object asks for nothing,
+    so it gets no warning: describe-task-definition fills in `"systemControls": []` and
+    `"placementConstraints": []` on every definition. Zero is not empty (maxSwap 0 means
+    something)."""
+    return v is None or v is False or v in ("", [], {})
 
 
 def _kind(v: Any) -> str:
@@ -551,6 +588,7 @@ def _ports(p: _Problems, v: Any, at: str, network_mode: str) -> tuple[PortMappin
         if not isinstance(item, dict):
             p.add(here, "must be an object")
             continue
+        _warn_port_keys(p, item, here)
         cport = _int(p, item, "containerPort", here, lo=1, hi=65535)
         if "containerPort" not in item:
             p.add(f"{here}.containerPort", "is required")
@@ -560,11 +598,27 @@ def _ports(p: _Problems, v: Any, at: str, network_mode: str) -> tuple[PortMappin
             p.add(f"{here}.protocol", f"must be tcp or udp, got {proto!r}")
         if cport is None:
             continue
-        if network_mode == "awsvpc" and hport not in (None, cport):
-            p.add(f"{here}.hostPort", f"must equal containerPort ({cport}) in awsvpc network mode")
+        if network_mode in ("awsvpc", "host") and hport not in (None, cport):
+            p.add(
+                f"{here}.hostPort",
+                f"must equal containerPort ({cport}) in {network_mode} network mode",
+            )
             continue
         out.append(PortMapping(container_port=cport, host_port=hport or None, protocol=str(proto)))
     return tuple(out)
+
+
+_PORT_KEYS = ("containerPort", "hostPort", "protocol")
+_PORT_KEYS_IGNORED = ("name", "appProtocol", "containerPortRange")
+
+
+def _warn_port_keys(p: _Problems, item: dict[str, Any], here: str) -> None:
+    """portMappings sub-fields ECS has for Service Connect and port ranges: accepted, unused."""
+    for key in item:
+        if key in _PORT_KEYS_IGNORED and not _asks_nothing(item[key]):
+            p.warnings.append(f"{here}.{key}: accepted but not supported by nstask yet; ignored")
+        elif key not in _PORT_KEYS and key not in _PORT_KEYS_IGNORED:
+            p.warnings.append(f"{here}.{key}: unknown port mapping field; ignored")
 
 
 def _units(p: _Problems, v: Any, key: str, parse: Any) -> int | None:
@@ -693,6 +747,12 @@ def start_order(td: TaskDefinition) -> list[str]:
     return order
 
 
+def stop_order(td: TaskDefinition) -> list[str]:
+    """The reverse of start_order: dependents stop before what they depend on, and the
+    FireLens router stops last so it still receives the others' final output."""
+    return start_order(td)[::-1]
+
+
 def _list_of_objects(p: _Problems, v: Any, at: str) -> list[tuple[str, dict[str, Any]]]:
     if v is None:
         return []
@@ -785,7 +845,9 @@ def _health_check(p: _Problems, v: Any, at: str) -> HealthCheck | None:
     if not command or command[0] not in ("CMD", "CMD-SHELL", "NONE"):
         p.add(f"{at}.command", 'must start with "CMD", "CMD-SHELL" or "NONE"')
         return None
-    if command[0] != "NONE" and len(command) < 2:
+    if command[0] == "NONE":  # Docker's way to switch off the image's HEALTHCHECK
+        return None
+    if len(command) < 2:
         p.add(f"{at}.command", f"{command[0]} needs a command to run")
         return None
     interval = _int(p, v, "interval", at, lo=5, hi=300)
@@ -864,7 +926,8 @@ def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
         p.add(at, f"must be an object, not {_kind(v)}")
         return None
     for key in v:
-        if key not in ("initProcessEnabled", "capabilities", "sharedMemorySize", "tmpfs"):
+        known = ("initProcessEnabled", "capabilities", "sharedMemorySize", "tmpfs")
+        if key not in known and not _asks_nothing(v[key]):
             p.warnings.append(f"{at}.{key}: accepted but not supported by nstask yet; ignored")
     caps = v.get("capabilities") or {}
     if not isinstance(caps, dict):
@@ -956,14 +1019,16 @@ def _extra_hosts(p: _Problems, v: Any, at: str) -> tuple[tuple[str, str], ...]:
 
 
 def _stop_signal(p: _Problems, v: Any, at: str) -> str | None:
+    """stopSignal (not an ECS field; Docker's and podman's) as "SIGQUIT" or a decimal number,
+    the two forms containers.stop_signal resolves; "quit" and "SIGquit" are normalised."""
     if v is None:
         return None
     if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64:
         return str(v)
-    if isinstance(v, str) and (
-        (v.isdigit() and 1 <= int(v) <= 64) or v.upper().removeprefix("SIG") in _SIGNAL_NAMES
-    ):
-        return v
+    if isinstance(v, str) and v.isdigit() and 1 <= int(v) <= 64:
+        return str(int(v))
+    if isinstance(v, str) and v.upper().removeprefix("SIG") in _SIGNAL_NAMES:
+        return "SIG" + v.upper().removeprefix("SIG")
     p.add(at, f"is not a signal name or number: {v!r}")
     return None
 
@@ -1046,27 +1111,69 @@ def _volumes(p: _Problems, v: Any) -> tuple[Volume, ...]:
     return tuple(out)
 
 
+_SHELLS = frozenset({"sh", "ash", "bash", "dash", "ksh", "zsh"})
+
+
 def _shell_script(
     entry_point: tuple[str, ...] | None, command: tuple[str, ...] | None
 ) -> str | None:
-    """The script when the effective command is `<shell> -c <script>`."""
+    """The script when the effective command is `<shell> [-flags] -c <script>`.
+
+    The effective command is entryPoint followed by command, as Docker and containerd join
+    them. Flags may be combined (`sh -ec`, `bash -lc`) or separate (`sh -e -c`); the shell
+    may be named by path (`/bin/sh`) or through `env` (`/usr/bin/env bash -c`).
+    """
     args = [*(entry_point or ()), *(command or ())]
-    shells = ("sh", "/bin/sh", "bash", "/bin/bash", "/usr/bin/bash", "ash", "/bin/ash")
-    for i in range(len(args) - 2):
-        if args[i] in shells and args[i + 1] == "-c":
-            return args[i + 2]
+    if args and args[0].rsplit("/", 1)[-1] == "env":
+        args = args[1:]
+    if not args or args[0].rsplit("/", 1)[-1] not in _SHELLS:
+        return None
+    i = 1
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-o", "+o"):  # takes an option name: `bash -o pipefail -c ...`
+            i += 2
+            continue
+        if not arg.startswith(("-", "+")) or arg.startswith("--"):
+            return None  # a script file or a long option: not the `-c` form
+        if arg.startswith("-") and "c" in arg[1:]:
+            return args[i + 1] if i + 1 < len(args) else None
+        i += 1
     return None
+
+
+def _warn_shell_pid1(
+    p: _Problems, at: str, entry_point: tuple[str, ...] | None, command: tuple[str, ...] | None
+) -> None:
+    """Warn about the graceful-shutdown pitfall of the ECS blog on shutdowns: the shell that
+    runs `sh -c script` is PID 1, PID 1 gets no default signal handlers, so SIGTERM is ignored
+    and the stop only ends at SIGKILL after stopTimeout. `exec` in front of the command, a
+    script that traps TERM, or an init process (initProcessEnabled: tini) avoid it."""
+    script = _shell_script(entry_point, command)
+    if script is None:
+        return
+    body = script.lstrip()
+    if body.startswith("exec ") or ("trap" in body and "TERM" in body):
+        return
+    p.warnings.append(
+        f"{at}: essential container runs its command through a shell (PID 1) without `exec` "
+        "and without linuxParameters.initProcessEnabled: the shell ignores SIGTERM, so it "
+        "will only stop at SIGKILL after stopTimeout; use `exec` or initProcessEnabled"
+    )
 
 
 def _cross_check(
     p: _Problems,
     containers: list[ContainerDefinition],
-    volumes: tuple[Volume, ...],
+    volumes: tuple[Volume, ...] | None,
     task_memory: int | None,
 ) -> None:
-    """Rules that span containers: dependencies, volumes, FireLens, memory, ports."""
+    """Rules that span containers: dependencies, volumes, FireLens, memory, ports.
+
+    `volumes` is None when the task's volumes had their own problems: mountPoints are then
+    not checked against them, so one mistake does not show up twice."""
     index = {c.name: i for i, c in enumerate(containers)}
-    volume_names = {v.name for v in volumes}
+    volume_names = None if volumes is None else {v.name for v in volumes}
     for i, c in enumerate(containers):
         at = f"containerDefinitions[{i}]"
         for j, d in enumerate(c.depends_on):
@@ -1089,7 +1196,7 @@ def _cross_check(
                         f"HEALTHY needs a healthCheck on {target.name!r}",
                     )
         for j, m in enumerate(c.mount_points):
-            if m.source_volume not in volume_names:
+            if volume_names is not None and m.source_volume not in volume_names:
                 p.add(
                     f"{at}.mountPoints[{j}].sourceVolume",
                     f"no volume named {m.source_volume!r} in the task's volumes",
@@ -1125,6 +1232,11 @@ def _cross_check(
             p.add(
                 f"containerDefinitions[{i}].logConfiguration.logDriver",
                 "awsfirelens needs a container with firelensConfiguration in the task",
+            )
+        elif lc is not None and lc.driver == "awsfirelens" and c.firelens is not None:
+            p.add(
+                f"containerDefinitions[{i}].logConfiguration.logDriver",
+                "the log router (firelensConfiguration) cannot send its own output to itself",
             )
     host_ports: dict[tuple[int, str], str] = {}
     for i, c in enumerate(containers):

@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from agent.errors import TaskDefinitionError
-from agent.taskdef import parse_task_definition, parse_task_definition_text, with_environment
+from agent.taskdef import (
+    Dependency,
+    HealthCheck,
+    LinuxParameters,
+    LogConfiguration,
+    MountPoint,
+    PortMapping,
+    Secret,
+    TaskDefinition,
+    Tmpfs,
+    Ulimit,
+    Volume,
+    VolumeFrom,
+    local_secret_name,
+    parse_task_definition,
+    parse_task_definition_text,
+    start_order,
+    stop_order,
+    with_environment,
+)
 
 IMAGE = "nstask.local/busybox:latest"
 
@@ -166,7 +186,471 @@ def test_environment_overrides_apply_to_every_container_and_win() -> None:
 
 
 def test_examples_validate() -> None:
-    from pathlib import Path
-
     for path in sorted((Path(__file__).parents[2] / "examples").glob("*.json")):
         parse_task_definition(json.loads(path.read_text()), source=str(path))
+
+
+# -- the fields of issue 3: typed values ----------------------------------------------------
+
+
+def test_every_supported_container_field_becomes_a_typed_value() -> None:
+    td = parse_task_definition(
+        {
+            "family": "f",
+            "networkMode": "bridge",
+            "volumes": [{"name": "data", "host": {"sourcePath": "/srv/data"}}, {"name": "scratch"}],
+            "containerDefinitions": [
+                {
+                    "name": "db",
+                    "image": IMAGE,
+                    "essential": False,
+                    "healthCheck": {"command": ["CMD", "true"]},
+                },
+                {
+                    "name": "app",
+                    "image": IMAGE,
+                    "environmentFiles": [
+                        {"value": "/etc/app.env", "type": "s3"},
+                        {"value": "file:///etc/more.env"},
+                    ],
+                    "secrets": [{"name": "PW", "valueFrom": "db/password"}],
+                    "dependsOn": [{"containerName": "db", "condition": "HEALTHY"}],
+                    "healthCheck": {
+                        "command": ["CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1/"],
+                        "interval": 10,
+                        "startPeriod": 20,
+                    },
+                    "startTimeout": 60,
+                    "logConfiguration": {
+                        "logDriver": "fluentd",
+                        "options": {"fluentd-address": "unix:///run/f.sock"},
+                        "secretOptions": [{"name": "token", "valueFrom": "fluent-token"}],
+                    },
+                    "linuxParameters": {
+                        "initProcessEnabled": True,
+                        "capabilities": {"add": ["net_admin", "CAP_SYS_PTRACE"], "drop": ["ALL"]},
+                        "sharedMemorySize": 64,
+                        "tmpfs": [
+                            {"containerPath": "/run", "size": 16, "mountOptions": ["noexec"]}
+                        ],
+                    },
+                    "ulimits": [{"name": "nofile", "softLimit": 1024, "hardLimit": 4096}],
+                    "privileged": True,
+                    "dnsServers": ["10.0.0.2", "fd00::53"],
+                    "extraHosts": [{"hostname": "db.local", "ipAddress": "10.0.0.5"}],
+                    "stopSignal": "quit",
+                    "mountPoints": [
+                        {"sourceVolume": "data", "containerPath": "/data", "readOnly": True}
+                    ],
+                    "volumesFrom": [{"sourceContainer": "db"}],
+                },
+            ],
+        }
+    )
+    assert td.volumes == (Volume("data", "/srv/data"), Volume("scratch", None))
+    c = td.container("app")
+    assert c.environment_files == ("/etc/app.env", "file:///etc/more.env")
+    assert c.secrets == (Secret("PW", "db/password"),)
+    assert c.depends_on == (Dependency("db", "HEALTHY"),)
+    assert c.health_check == HealthCheck(
+        ("CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1/"), 10, 5, 3, 20
+    )
+    assert c.start_timeout == 60
+    assert c.log_configuration == LogConfiguration(
+        "fluentd",
+        (("fluentd-address", "unix:///run/f.sock"),),
+        (Secret("token", "fluent-token"),),
+    )
+    assert c.linux_parameters == LinuxParameters(
+        init_process_enabled=True,
+        capabilities_add=("CAP_NET_ADMIN", "CAP_SYS_PTRACE"),
+        capabilities_drop=("ALL",),
+        shared_memory_size=64,
+        tmpfs=(Tmpfs("/run", 16, ("noexec",)),),
+    )
+    assert c.ulimits == (Ulimit("nofile", 1024, 4096),)
+    assert c.privileged is True
+    assert c.dns_servers == ("10.0.0.2", "fd00::53")
+    assert c.extra_hosts == (("db.local", "10.0.0.5"),)
+    assert c.stop_signal == "SIGQUIT"
+    assert c.mount_points == (MountPoint("data", "/data", True),)
+    assert c.volumes_from == (VolumeFrom("db", False),)
+    assert td.warnings == ()
+
+
+def test_health_check_gets_ecs_defaults() -> None:
+    hc = parse_task_definition(one(healthCheck={"command": ["CMD", "true"]})).containers[0]
+    assert hc.health_check == HealthCheck(("CMD", "true"), interval=30, timeout=5, retries=3)
+
+
+def test_health_check_none_means_no_check() -> None:
+    c = parse_task_definition(one(healthCheck={"command": ["NONE"]})).containers[0]
+    assert c.health_check is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("interval", 4, "must be between 5 and 300, got 4"),
+        ("interval", 301, "must be between 5 and 300, got 301"),
+        ("timeout", 1, "must be between 2 and 60, got 1"),
+        ("timeout", 61, "must be between 2 and 60, got 61"),
+        ("retries", 0, "must be between 1 and 10, got 0"),
+        ("retries", 11, "must be between 1 and 10, got 11"),
+        ("startPeriod", -1, "must be between 0 and 300, got -1"),
+        ("startPeriod", 301, "must be between 0 and 300, got 301"),
+    ],
+)
+def test_health_check_numbers_outside_ecs_ranges_are_refused(
+    key: str, value: int, message: str
+) -> None:
+    found = problems(one(healthCheck={"command": ["CMD", "true"], key: value}))
+    assert found == [(f"containerDefinitions[0].healthCheck.{key}", message)]
+
+
+@pytest.mark.parametrize(("value", "ok"), [(2, True), (120, True), (1, False), (121, False)])
+def test_start_timeout_follows_fargate_range(value: int, ok: bool) -> None:
+    data = one(startTimeout=value)
+    if ok:
+        assert parse_task_definition(data).containers[0].start_timeout == value
+    else:
+        assert [p for p, _ in problems(data)] == ["containerDefinitions[0].startTimeout"]
+
+
+@pytest.mark.parametrize(("raw", "normal"), [("SIGQUIT", "SIGQUIT"), ("int", "SIGINT"), (9, "9")])
+def test_stop_signal_is_normalised(raw: object, normal: str) -> None:
+    assert parse_task_definition(one(stopSignal=raw)).containers[0].stop_signal == normal
+
+
+@pytest.mark.parametrize("driver", ["awslogs", "splunk", "syslog", "journald", "gelf"])
+def test_aws_and_external_log_drivers_are_accepted_as_json_file_with_a_warning(
+    driver: str,
+) -> None:
+    td = parse_task_definition(one(logConfiguration={"logDriver": driver}))
+    assert td.containers[0].log_configuration == LogConfiguration(driver)
+    assert td.warnings == (
+        f"containerDefinitions[0].logConfiguration.logDriver: {driver} needs an AWS or "
+        "external service that nstask does not have; the output goes to json-file instead",
+    )
+
+
+@pytest.mark.parametrize("driver", ["json-file", "fluentd", "none"])
+def test_local_log_drivers_are_accepted_silently(driver: str) -> None:
+    assert parse_task_definition(one(logConfiguration={"logDriver": driver})).warnings == ()
+
+
+def test_unsupported_linux_parameters_warn_once_each() -> None:
+    devices = [{"hostPath": "/dev/fuse"}]
+    td = parse_task_definition(
+        one(linuxParameters={"devices": devices, "maxSwap": 0, "swappiness": 10})
+    )
+    assert [w.split(":")[0] for w in td.warnings] == [
+        "containerDefinitions[0].linuxParameters.devices",
+        "containerDefinitions[0].linuxParameters.maxSwap",
+        "containerDefinitions[0].linuxParameters.swappiness",
+    ]
+
+
+def test_unsupported_task_fields_and_volume_kinds_warn() -> None:
+    td = parse_task_definition(
+        {
+            **one(),
+            "pidMode": "task",
+            "ipcMode": "none",
+            "volumes": [
+                {"name": "efs", "efsVolumeConfiguration": {"fileSystemId": "fs-1"}},
+                {"name": "shared", "dockerVolumeConfiguration": {"scope": "shared"}},
+                {"name": "task", "dockerVolumeConfiguration": {"scope": "task"}},
+            ],
+        }
+    )
+    assert [w.split(":")[0] for w in td.warnings] == [
+        "pidMode",
+        "ipcMode",
+        "volumes[0].efsVolumeConfiguration",
+        "volumes[1].dockerVolumeConfiguration.scope",
+    ]
+    assert td.volumes == (Volume("efs"), Volume("shared"), Volume("task"))
+
+
+def test_service_connect_port_fields_warn_and_the_mapping_is_kept() -> None:
+    td = parse_task_definition(
+        one(portMappings=[{"containerPort": 80, "name": "http", "appProtocol": "http"}])
+    )
+    assert td.containers[0].port_mappings == (PortMapping(80, None, "tcp"),)
+    assert len(td.warnings) == 2
+
+
+def test_bridge_mode_allows_a_different_or_dynamic_host_port() -> None:
+    td = parse_task_definition(
+        {
+            **one(portMappings=[{"containerPort": 80, "hostPort": 8080}, {"containerPort": 81}]),
+            "networkMode": "bridge",
+        }
+    )
+    assert td.containers[0].port_mappings == (
+        PortMapping(80, 8080, "tcp"),
+        PortMapping(81, None, "tcp"),
+    )
+
+
+def test_the_real_world_register_input_warns_about_what_nstask_ignores() -> None:
+    path = Path(__file__).parents[1] / "taskdefs" / "valid" / "register-task-definition.json"
+    td = parse_task_definition(json.loads(path.read_text()))
+    assert [w.split(":")[0] for w in td.warnings] == [
+        "taskRoleArn",
+        "executionRoleArn",
+        "runtimePlatform",
+        "tags",
+        "containerDefinitions[0].portMappings[0].name",
+        "containerDefinitions[0].portMappings[0].appProtocol",
+        "containerDefinitions[0].logConfiguration.logDriver",
+    ]
+    assert td.cpu == 1024 and td.memory == 2048
+    assert start_order(td) == ["migrate", "api"]
+
+
+# -- cross-field rules -------------------------------------------------------------------
+
+
+def two(first: dict[str, object], second: dict[str, object]) -> dict[str, object]:
+    return {
+        "containerDefinitions": [
+            {"name": "a", "image": IMAGE, **first},
+            {"name": "b", "image": IMAGE, **second},
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "message"),
+    [
+        (
+            two({"dependsOn": [{"containerName": "ghost", "condition": "START"}]}, {}),
+            "containerDefinitions[0].dependsOn[0].containerName",
+            "no container named 'ghost' in this task",
+        ),
+        (
+            two({}, {"dependsOn": [{"containerName": "a", "condition": "SUCCESS"}]}),
+            "containerDefinitions[1].dependsOn[0].condition",
+            "SUCCESS needs a non-essential container, but 'a' is essential",
+        ),
+        (
+            two({}, {"dependsOn": [{"containerName": "a", "condition": "HEALTHY"}]}),
+            "containerDefinitions[1].dependsOn[0].condition",
+            "HEALTHY needs a healthCheck on 'a'",
+        ),
+        (
+            two(
+                {"firelensConfiguration": {"type": "fluentd"}},
+                {"firelensConfiguration": {"type": "fluentbit"}},
+            ),
+            "containerDefinitions[1].firelensConfiguration",
+            "only one container may have firelensConfiguration (also containerDefinitions[0])",
+        ),
+        (
+            two({"logConfiguration": {"logDriver": "awsfirelens"}}, {}),
+            "containerDefinitions[0].logConfiguration.logDriver",
+            "awsfirelens needs a container with firelensConfiguration in the task",
+        ),
+        (
+            {**two({"memory": 200}, {"memoryReservation": 100}), "memory": 256},
+            "memory",
+            "the containers' memory (300 MiB) exceeds the task's memory (256 MiB)",
+        ),
+        (
+            {
+                **two(
+                    {"portMappings": [{"containerPort": 80, "hostPort": 8080}]},
+                    {"portMappings": [{"containerPort": 81, "hostPort": 8080}]},
+                ),
+                "networkMode": "bridge",
+            },
+            "containerDefinitions[1].portMappings[0].hostPort",
+            "host port 8080/tcp is also used by container 'a'",
+        ),
+        (
+            two({"volumesFrom": [{"sourceContainer": "a"}]}, {}),
+            "containerDefinitions[0].volumesFrom[0].sourceContainer",
+            "a container cannot take volumes from itself",
+        ),
+    ],
+)
+def test_cross_container_rules_name_the_field(
+    data: dict[str, object], path: str, message: str
+) -> None:
+    assert problems(data) == [(path, message)]
+
+
+def test_a_udp_and_a_tcp_mapping_of_the_same_port_do_not_clash() -> None:
+    td = parse_task_definition(
+        one(portMappings=[{"containerPort": 53}, {"containerPort": 53, "protocol": "udp"}])
+    )
+    assert len(td.containers[0].port_mappings) == 2
+
+
+def test_dependency_cycle_names_the_cycle() -> None:
+    data = two(
+        {"dependsOn": [{"containerName": "b", "condition": "START"}]},
+        {"dependsOn": [{"containerName": "a", "condition": "START"}]},
+    )
+    assert problems(data) == [
+        ("containerDefinitions[0].dependsOn", "dependency cycle: a -> b -> a")
+    ]
+
+
+# -- start and stop order -----------------------------------------------------------------
+
+
+def names(*containers: dict[str, object]) -> TaskDefinition:
+    return parse_task_definition(
+        {"containerDefinitions": [{"image": IMAGE, **c} for c in containers]}
+    )
+
+
+def test_start_order_honours_depends_on_and_keeps_definition_order_for_ties() -> None:
+    td = names(
+        {"name": "app", "dependsOn": [{"containerName": "migrate", "condition": "SUCCESS"}]},
+        {"name": "sidecar"},
+        {"name": "migrate", "essential": False},
+        {"name": "proxy", "dependsOn": [{"containerName": "app", "condition": "START"}]},
+    )
+    assert start_order(td) == ["sidecar", "migrate", "app", "proxy"]
+    assert stop_order(td) == ["proxy", "app", "migrate", "sidecar"]
+
+
+def test_the_firelens_router_starts_first_and_stops_last() -> None:
+    td = names(
+        {"name": "app", "logConfiguration": {"logDriver": "awsfirelens"}},
+        {"name": "router", "firelensConfiguration": {"type": "fluentbit"}},
+    )
+    assert start_order(td) == ["router", "app"]
+    assert stop_order(td) == ["app", "router"]
+
+
+# -- secrets --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value_from", "local"),
+    [
+        ("arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf", "prod/db"),
+        ("arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-x1Y2z3", "api-key"),
+        (
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf:password::",
+            "prod/db:password",
+        ),
+        (
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf::AWSPREVIOUS:",
+            "prod/db",
+        ),
+        ("arn:aws-cn:secretsmanager:cn-north-1:123456789012:secret:token-AbCdEf", "token"),
+        ("arn:aws:ssm:us-east-1:123456789012:parameter/orders/api-key", "orders/api-key"),
+        ("arn:aws:ssm:us-east-1:123456789012:parameter/flat", "flat"),
+        ("prod/db-password", "prod/db-password"),
+        ("/orders/api-key", "/orders/api-key"),
+    ],
+)
+def test_local_secret_name_maps_arns_to_the_secret_or_parameter_name(
+    value_from: str, local: str
+) -> None:
+    assert local_secret_name(value_from) == local
+
+
+@pytest.mark.parametrize(
+    "value_from",
+    ["arn:aws:s3:::bucket/key", "arn:aws:ssm:us-east-1:123456789012:parameter", "has space"],
+)
+def test_bad_value_from_is_refused_at_its_path(value_from: str) -> None:
+    found = problems(one(secrets=[{"name": "X", "valueFrom": value_from}]))
+    assert [p for p, _ in found] == ["containerDefinitions[0].secrets[0].valueFrom"]
+
+
+# -- the graceful-shutdown pitfall ----------------------------------------------------------
+
+
+SHELL_WARNING = "will only stop at SIGKILL after stopTimeout; use `exec` or initProcessEnabled"
+
+
+@pytest.mark.parametrize(
+    "container",
+    [
+        {"command": ["sh", "-c", "while true; do sleep 1; done"]},
+        {"command": ["/bin/sh", "-c", "./server"]},
+        {"command": ["bash", "-c", "./server --port 80"]},
+        {"entryPoint": ["sh", "-c"], "command": ["./server"]},
+        {"command": ["sh", "-ec", "./migrate && ./server"]},
+        {"command": ["/usr/bin/env", "bash", "-o", "pipefail", "-c", "./server | tee log"]},
+    ],
+)
+def test_essential_shell_without_exec_warns_naming_the_container(
+    container: dict[str, object],
+) -> None:
+    td = parse_task_definition(one(**container))
+    assert len(td.warnings) == 1
+    assert td.warnings[0].startswith("containerDefinitions[0]: ")
+    assert td.warnings[0].endswith(SHELL_WARNING)
+
+
+@pytest.mark.parametrize(
+    "container",
+    [
+        {"command": ["sh", "-c", "exec ./server"]},
+        {"command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]},
+        {"command": ["sh", "-c", "./server"], "linuxParameters": {"initProcessEnabled": True}},
+        {"command": ["sh", "-c", "./server"], "essential": False, "name": "b"},
+        {"command": ["./server", "-c", "config.yml"]},
+        {"command": ["sh", "/entrypoint.sh"]},
+    ],
+)
+def test_no_shell_warning_when_signals_reach_the_process(container: dict[str, object]) -> None:
+    data = one(**container)
+    if container.get("name") == "b":  # keep one essential container in the task
+        data = {
+            "containerDefinitions": [{"name": "a", "image": IMAGE}, {"image": IMAGE, **container}]
+        }
+    assert parse_task_definition(data).warnings == ()
+
+
+def test_public_surface_is_pinned() -> None:
+    import agent.taskdef
+
+    assert {
+        "parse_task_definition",
+        "parse_task_definition_text",
+        "load_json",
+        "with_environment",
+        "local_secret_name",
+        "start_order",
+        "stop_order",
+        "TaskDefinition",
+        "ContainerDefinition",
+    } <= set(agent.taskdef.__all__)
+    assert all(hasattr(agent.taskdef, n) for n in agent.taskdef.__all__)
+
+
+def test_empty_unsupported_fields_ask_for_nothing_and_do_not_warn() -> None:
+    td = parse_task_definition(
+        {
+            **one(systemControls=[], links=[], interactive=False, linuxParameters={"devices": []}),
+            "placementConstraints": [],
+            "taskRoleArn": "",
+        }
+    )
+    assert td.warnings == ()
+
+
+def test_describe_output_and_full_definition_warn_only_about_what_is_ignored() -> None:
+    valid = Path(__file__).parents[1] / "taskdefs" / "valid"
+    describe = parse_task_definition(
+        json.loads((valid / "describe-task-definition.json").read_text())
+    )
+    assert describe.warnings == ()
+    full = parse_task_definition(json.loads((valid / "every-supported-field.json").read_text()))
+    assert full.warnings == ("pidMode: accepted but not supported by nstask yet; ignored",)
+    assert start_order(full) == ["log_router", "migrate", "app"]
+    app = full.container("app")
+    assert [local_secret_name(s.value_from) for s in app.secrets] == [
+        "checkout/db:password",
+        "checkout/api-token",
+    ]
