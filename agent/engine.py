@@ -41,6 +41,7 @@ from agent.taskdef import (
     TaskDefinition,
     parse_task_definition,
     start_order,
+    stop_order,
     with_environment,
 )
 from shim.stats import stats_path
@@ -684,7 +685,7 @@ class Engine:
             self._save(task)
             td = parse_task_definition(task.definition, source=task.source)
             by_name = {c.name: c for c in task.containers}
-            for c in [by_name[n] for n in reversed(start_order(td))]:
+            for c in [by_name[n] for n in stop_order(td)]:
                 self._stop_health(c)
                 if c.last_status == RUNNING:
                     cdef = td.container(c.name)
