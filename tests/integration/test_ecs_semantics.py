@@ -572,8 +572,11 @@ def test_host_volume_is_shared_with_the_container(agent: Agent, tmp_path: Path) 
 
 
 def test_logs_follow_of_one_container_ends_when_it_exits(agent: Agent, tmp_path: Path) -> None:
-    td = task("follow-one", container("short", "echo one; sleep 0.5; echo two", essential=False),
-              container("long", WAIT_FOREVER))
+    td = task(
+        "follow-one",
+        container("short", "echo one; sleep 0.5; echo two", essential=False),
+        container("long", WAIT_FOREVER),
+    )
     task_id = run_detached(agent, tmp_path, td)
     agent.wait_status(task_id, "RUNNING")
     t0 = time.monotonic()
