@@ -498,6 +498,45 @@ def rm(ctx: click.Context, tasks: tuple[str, ...], force: bool) -> None:
     sys.exit(1 if failed else 0)
 
 
+@main.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("task")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--container", "-c", help="Which container (needed when the task has several).")
+@click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE")
+@click.pass_context
+def exec_command(
+    ctx: click.Context,
+    task: str,
+    command: tuple[str, ...],
+    container: str | None,
+    env: tuple[str, ...],
+) -> None:
+    """Run COMMAND in a running container of TASK; exits with its exit code.
+
+    Example: nstask exec TASK -- sh -c 'ls /'"""
+    extra: dict[str, str] = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--env {item!r}: expected KEY=VALUE", 2)
+        extra[key] = value
+    body = {"command": list(command), "container": container, "environment": extra}
+    try:
+        resp = _client(ctx).request("POST", f"/v1/tasks/{task}/exec", body, timeout=None)
+    except ApiError as e:
+        _api_fail(e)
+    code = 1
+    while line := resp.readline():
+        item = json.loads(line)
+        if "exitCode" in item:
+            code = int(item["exitCode"])
+            continue
+        stream = sys.stderr if item["stream"] == "stderr" else sys.stdout
+        stream.write(item["data"])
+        stream.flush()
+    sys.exit(code)
+
+
 @main.command()
 @click.argument("task")
 @click.pass_context

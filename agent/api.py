@@ -7,6 +7,8 @@
     GET    /v1/tasks/{id}/wait          -> task, once STOPPED
     POST   /v1/tasks/{id}/stop          {timeout?} -> task (STOPPED)
     DELETE /v1/tasks/{id}?force=1       -> 204
+    POST   /v1/tasks/{id}/exec          {command, container?, environment?} -> NDJSON
+                                         {stream, data} chunks, then {exitCode}
     GET    /v1/tasks/{id}/logs?container=&follow=1&tail=N  -> NDJSON stream of log entries
     POST   /v1/gc                       {dryRun?} -> [{kind, name, detail, status}]
     GET    /v1/secrets                  -> [name]   (values are never returned)
@@ -35,9 +37,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from agent import gc, images
+from agent import execute, gc, images
 from agent.engine import Engine, logging_stats
-from agent.errors import InvalidInput, NstaskError
+from agent.errors import Conflict, InvalidInput, NstaskError
 from shim import jsonfile
 
 log = structlog.get_logger("nstask.api")
@@ -136,6 +138,50 @@ def build_app(engine: Engine) -> web.Application:
             request.match_info["id"], force=request.query.get("force") in ("1", "true")
         )
         return web.Response(status=204)
+
+    @routes.post("/v1/tasks/{id}/exec")
+    async def exec_(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        task = engine.get(request.match_info["id"])
+        command = body.get("command")
+        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+            raise InvalidInput("command must be a list of strings")
+        env = body.get("environment") or {}
+        if not isinstance(env, dict):
+            raise InvalidInput("environment must be an object of strings")
+        name = body.get("container")
+        running = [c for c in task.containers if c.last_status == "RUNNING"]
+        if name:
+            chosen = [c for c in task.containers if c.name == name]
+            if not chosen:
+                raise InvalidInput(
+                    f"task {task.id} has no container named {name!r}; it has: "
+                    + ", ".join(c.name for c in task.containers)
+                )
+        elif len(task.containers) == 1:
+            chosen = task.containers
+        else:
+            raise InvalidInput(
+                "the task has several containers; name one: "
+                + ", ".join(c.name for c in task.containers)
+            )
+        c = chosen[0]
+        if c not in running:
+            raise Conflict(f"container {c.name} of task {task.id} is not running ({c.last_status})")
+        info = await engine.client.get_container(c.containerd_id)
+        if info is None or not info.spec:
+            raise Conflict(f"container {c.name} of task {task.id} is gone")
+        chunks = execute.run(
+            engine.client, c.containerd_id, dict(info.spec["process"]), command, env
+        )
+        first = await anext(chunks)  # errors before any output become a proper HTTP error
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        await resp.write((json.dumps(first) + "\n").encode())
+        async for item in chunks:
+            await resp.write((json.dumps(item) + "\n").encode())
+        await resp.write_eof()
+        return resp
 
     @routes.get("/v1/tasks/{id}/logs")
     async def logs(request: web.Request) -> web.StreamResponse:

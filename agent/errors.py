@@ -8,7 +8,8 @@ exit code, the API to an HTTP status and a JSON body.
     +-- NotFound                      exit 1, HTTP 404
     |   +-- ImageNotFound
     |   +-- TaskNotFound
-    +-- AlreadyExists                 exit 1, HTTP 409
+    +-- Conflict                      exit 1, HTTP 409  (the object's state forbids it)
+    |   +-- AlreadyExists
     +-- Unavailable                   exit 1, HTTP 503  (containerd or the agent does not answer)
     +-- ContainerdError               exit 1, HTTP 500  (any other containerd failure)
     +-- NetworkError                  exit 1, HTTP 500  (netns / links)
@@ -77,8 +78,14 @@ class TaskNotFound(NotFound):
     kind = "task_not_found"
 
 
-class AlreadyExists(NstaskError):
+class Conflict(NstaskError):
+    """The request conflicts with the object's state (exec in a stopped container)."""
+
     http_status = 409
+    kind = "conflict"
+
+
+class AlreadyExists(Conflict):
     kind = "already_exists"
 
 

@@ -585,3 +585,34 @@ def test_logs_follow_of_one_container_ends_when_it_exits(agent: Agent, tmp_path:
     assert time.monotonic() - t0 < 10
     assert agent.inspect(task_id)["lastStatus"] == "RUNNING"  # the task runs on
     finish(agent, task_id)
+
+
+def test_exec_runs_a_command_in_a_running_container(agent: Agent, tmp_path: Path) -> None:
+    td = task(
+        "execme",
+        container("app", WAIT_FOREVER, environment=[{"name": "FROM_TASK", "value": "t"}]),
+        container("side", WAIT_FOREVER, essential=False),
+    )
+    task_id = run_detached(agent, tmp_path, td)
+    agent.wait_status(task_id, "RUNNING")
+    proc = agent.cli(
+        "exec",
+        "-c",
+        "app",
+        "-e",
+        "EXTRA=x",
+        task_id,
+        "--",
+        "sh",
+        "-c",
+        "echo $FROM_TASK $EXTRA $(hostname); echo oops >&2; exit 3",
+    )
+    assert proc.returncode == 3
+    assert proc.stdout == f"t x {task_id[:12]}\n" and proc.stderr == "oops\n"
+    # Several containers: one must be named; a bad name is a located error.
+    assert agent.cli("exec", task_id, "--", "true").returncode == 2
+    bad = agent.cli("exec", "-c", "nope", task_id, "--", "true")
+    assert bad.returncode == 2 and "no container named 'nope'" in bad.stderr
+    finish(agent, task_id)
+    gone = agent.cli("exec", "-c", "app", task_id, "--", "true")
+    assert gone.returncode == 1
