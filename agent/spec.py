@@ -313,17 +313,36 @@ RLIMITS = {
 }  # fmt: skip
 
 
+def host_capabilities(status: str = "/proc/self/status") -> tuple[str, ...]:
+    """The capabilities this process may hand on (its bounding set): a container can get no
+    capability its runtime lacks, and root here lacks some (CAP_SYS_RESOURCE on these
+    machines)."""
+    try:
+        with open(status) as f:
+            line = next(x for x in f if x.startswith("CapBnd:"))
+    except (OSError, StopIteration):
+        return ALL_CAPABILITIES
+    mask = int(line.split()[1], 16)
+    return tuple(c for i, c in enumerate(ALL_CAPABILITIES) if mask >> i & 1)
+
+
 def with_capabilities(
     *, add: Sequence[str] = (), drop: Sequence[str] = (), privileged: bool = False
 ) -> SpecOpt:
     """Docker's default set, then linuxParameters.capabilities drop and add ("ALL" allowed)."""
 
     def opt(spec: Spec) -> None:
-        caps = list(ALL_CAPABILITIES) if privileged else list(DEFAULT_CAPABILITIES)
+        available = host_capabilities()
+        caps = list(available) if privileged else list(DEFAULT_CAPABILITIES)
         if "ALL" in drop:
             caps = []
         caps = [c for c in caps if c not in drop]
-        for c in ALL_CAPABILITIES if "ALL" in add else add:
+        for c in available if "ALL" in add else add:
+            if c not in available:
+                raise InvalidInput(
+                    f"capability {c} cannot be granted: the agent itself does not have it "
+                    "on this host"
+                )
             if c not in caps:
                 caps.append(c)
         for kind in ("bounding", "effective", "permitted"):

@@ -616,3 +616,36 @@ def test_exec_runs_a_command_in_a_running_container(agent: Agent, tmp_path: Path
     finish(agent, task_id)
     gone = agent.cli("exec", "-c", "app", task_id, "--", "true")
     assert gone.returncode == 1
+
+
+def test_volumes_from_shm_size_privileged_and_extra_hosts(agent: Agent, tmp_path: Path) -> None:
+    td = task(
+        "misc",
+        container(
+            "writer",
+            "echo shared > /data/f; " + WAIT_FOREVER,
+            essential=False,
+            mountPoints=[{"sourceVolume": "data", "containerPath": "/data"}],
+        ),
+        container(
+            "reader",
+            "cat /data/f; touch /data/g 2>/dev/null && echo rw || echo ro; "
+            "df -m /dev/shm | tail -1 | awk '{print \"shm=\" $2}'; "
+            "grep CapEff /proc/self/status; grep -w db.internal /etc/hosts | cut -f1",
+            volumesFrom=[{"sourceContainer": "writer", "readOnly": True}],
+            linuxParameters={"sharedMemorySize": 128},
+            privileged=True,
+            extraHosts=[{"hostname": "db.internal", "ipAddress": "10.213.250.9"}],
+            dependsOn=[{"containerName": "writer", "condition": "START"}],
+        ),
+        volumes=[{"name": "data"}],
+    )
+    task_id = run_detached(agent, tmp_path, td)
+    agent.wait_status(task_id, "STOPPED")
+    out = agent.cli("logs", task_id, "reader", check=True).stdout.splitlines()
+    assert out[0] == "shared" and out[1] == "ro"  # writer's volume, read-only here
+    assert out[2] == "shm=128"
+    caps = int(out[3].split()[-1], 16)
+    assert caps & (1 << 21)  # CAP_SYS_ADMIN: privileged gets every capability
+    assert out[4] == "10.213.250.9"
+    agent.cli("rm", task_id, check=True)

@@ -89,3 +89,27 @@ def test_task_files(tmp_path: object) -> None:
     out = spec.resolv_conf([], str(p))
     assert "127.0.0.53" not in out and "nameserver 192.0.2.53" in out and "search example" in out
     assert spec.resolv_conf(["1.1.1.1"], str(p)) == "nameserver 1.1.1.1\n"
+
+
+def test_host_capabilities_from_the_bounding_set(tmp_path: object) -> None:
+    from pathlib import Path
+
+    status = Path(str(tmp_path)) / "status"
+    status.write_text("Name:\tx\nCapBnd:\t0000000000000005\n")  # CHOWN, DAC_READ_SEARCH
+    assert spec.host_capabilities(str(status)) == ("CAP_CHOWN", "CAP_DAC_READ_SEARCH")
+
+
+def test_a_capability_the_runtime_lacks_is_a_clear_error(monkeypatch: object) -> None:
+    import pytest
+
+    from agent.errors import InvalidInput
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(spec, "host_capabilities", lambda: spec.DEFAULT_CAPABILITIES)
+    try:
+        with pytest.raises(InvalidInput, match="CAP_SYS_RESOURCE cannot be granted"):
+            spec.compose(spec.with_capabilities(add=["CAP_SYS_RESOURCE"]))
+        privileged = spec.compose(spec.with_capabilities(privileged=True))
+        assert privileged["process"]["capabilities"]["bounding"] == list(spec.DEFAULT_CAPABILITIES)
+    finally:
+        mp.undo()
