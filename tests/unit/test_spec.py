@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agent import spec
+from agent.errors import InvalidInput
 
 
 def test_defaults_match_dockers_security_settings() -> None:
@@ -99,17 +102,9 @@ def test_host_capabilities_from_the_bounding_set(tmp_path: object) -> None:
     assert spec.host_capabilities(str(status)) == ("CAP_CHOWN", "CAP_DAC_READ_SEARCH")
 
 
-def test_a_capability_the_runtime_lacks_is_a_clear_error(monkeypatch: object) -> None:
-    import pytest
-
-    from agent.errors import InvalidInput
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(spec, "host_capabilities", lambda: spec.DEFAULT_CAPABILITIES)
-    try:
-        with pytest.raises(InvalidInput, match="CAP_SYS_RESOURCE cannot be granted"):
-            spec.compose(spec.with_capabilities(add=["CAP_SYS_RESOURCE"]))
-        privileged = spec.compose(spec.with_capabilities(privileged=True))
-        assert privileged["process"]["capabilities"]["bounding"] == list(spec.DEFAULT_CAPABILITIES)
-    finally:
-        mp.undo()
+def test_a_capability_the_runtime_lacks_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spec, "host_capabilities", lambda: spec.DEFAULT_CAPABILITIES)
+    with pytest.raises(InvalidInput, match="CAP_SYS_RESOURCE cannot be granted"):
+        spec.compose(spec.with_capabilities(add=["CAP_SYS_RESOURCE"]))
+    privileged = spec.compose(spec.with_capabilities(privileged=True))
+    assert privileged["process"]["capabilities"]["bounding"] == list(spec.DEFAULT_CAPABILITIES)
