@@ -139,6 +139,11 @@ def main(ctx: click.Context, socket_path: str) -> None:
 )
 @click.option("--stop-timeout", type=float, help="Default stopTimeout in seconds (30).")
 @click.option(
+    "--pull-policy",
+    type=click.Choice(["default", "always", "once", "prefer-cached"]),
+    help="Image pull behaviour, as ECS's (default here: prefer-cached).",
+)
+@click.option(
     "--stop-tasks-on-exit",
     is_flag=True,
     default=None,
@@ -736,6 +741,25 @@ def image_import(ctx: click.Context, file: str) -> None:
         _api_fail(e)
     for r in refs:
         click.echo(f"{r['name']} {r['digest']}")
+
+
+@image.command("pull")
+@click.argument("ref")
+@click.option("--user", "-u", help="USER[:PASSWORD] for the registry (else config.json).")
+@click.pass_context
+def image_pull(ctx: click.Context, ref: str, user: str | None) -> None:
+    """Pull an image from an OCI registry into containerd and unpack it."""
+    body: dict[str, str] = {"ref": ref}
+    if user:
+        name, sep, password = user.partition(":")
+        if not sep:
+            password = click.prompt(f"password for {name}", hide_input=True)
+        body |= {"username": name, "password": password}
+    try:
+        image = _client(ctx).call("POST", "/v1/images/pull", body, timeout=None)
+    except ApiError as e:
+        _api_fail(e)
+    click.echo(f"{image['name']} {image['digest']} ({_size(image['transferred'])} transferred)")
 
 
 @image.command("ls")

@@ -17,6 +17,7 @@
     GET    /v1/metrics                  -> logging counters of running containers, totals
     GET    /v1/images                   -> [image]
     POST   /v1/images/import            {path} -> [image]
+    POST   /v1/images/pull              {ref, username?, password?} -> image (+transferred)
 
 Errors are JSON `{error, message, details?}` with the status of the NstaskError raised.
 """
@@ -37,7 +38,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from agent import execute, gc, images
+from agent import execute, gc, images, pull
 from agent.engine import Engine, logging_stats
 from agent.errors import Conflict, InvalidInput, NstaskError
 from shim import jsonfile
@@ -252,6 +253,32 @@ def build_app(engine: Engine) -> web.Application:
     async def image_ls(_: web.Request) -> web.Response:
         imgs = await images.list_images(engine.client)
         return web.json_response([i.to_dict() for i in imgs])
+
+    @routes.post("/v1/images/pull")
+    async def image_pull(request: web.Request) -> web.Response:
+        body = await _body(request)
+        ref = body.get("ref")
+        if not isinstance(ref, str) or not ref:
+            raise InvalidInput("ref must be an image reference")
+        creds = None
+        if body.get("username"):
+            creds = pull.Credentials(str(body["username"]), str(body.get("password", "")))
+        state: list[pull.Progress] = []
+
+        def keep(p: pull.Progress) -> None:
+            state[:] = [p]
+
+        image = await pull.pull(
+            engine.client,
+            ref,
+            snapshotter=engine.config.snapshotter,
+            creds=creds,
+            insecure=engine.config.insecure_registries,
+            progress=keep,
+        )
+        answer = image.to_dict()
+        answer["transferred"] = state[0].transferred if state else 0
+        return web.json_response(answer)
 
     @routes.post("/v1/images/import")
     async def image_import(request: web.Request) -> web.Response:

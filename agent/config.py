@@ -38,6 +38,10 @@ class AgentConfig:
     start_timeout: float = 180.0
     # On SIGTERM the agent leaves tasks running (as the ECS agent does on update), unless set.
     stop_tasks_on_exit: bool = False
+    # Image pull behaviour, as ECS_IMAGE_PULL_BEHAVIOR: default | always | once | prefer-cached.
+    pull_policy: str = "prefer-cached"
+    # Registries spoken to over plain HTTP (localhost and 127.0.0.1 always are).
+    insecure_registries: tuple[str, ...] = ()
     netns_prefix: str = "nstask-"
     shim_path: Path | None = None
     dns_servers: tuple[str, ...] = field(default_factory=tuple)

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from agent import cgroups, containers, faults, health, images, network, secrets
+from agent import cgroups, containers, faults, health, images, network, pull, secrets
 from agent.config import AgentConfig, default_shim_path
 from agent.containerd import Containerd, TaskExit, TaskOOM
 from agent.errors import (
@@ -268,8 +268,8 @@ class Engine:
 
     async def _precheck(self, td: TaskDefinition) -> None:
         for image in sorted({c.image for c in td.containers}):
-            # No registry pulls yet: an image must have been imported.
-            if await self.client.get_image(image) is None:
+            # A local (.local) image is never pulled: it must have been imported.
+            if pull.is_local(image) and await self.client.get_image(image) is None:
                 raise ImageNotFound(
                     f"image {image} is not present in containerd namespace "
                     f"{self.config.namespace}; import it with `nstask image import FILE`",
@@ -426,8 +426,12 @@ class Engine:
         with self._phase(task, "images"):
             for cdef in td.containers:
                 if cdef.image not in out:
-                    out[cdef.image] = await images.ensure_unpacked(
-                        self.client, cdef.image, snapshotter=self.config.snapshotter
+                    out[cdef.image] = await pull.ensure_image(
+                        self.client,
+                        cdef.image,
+                        policy=self.config.pull_policy,
+                        snapshotter=self.config.snapshotter,
+                        insecure=self.config.insecure_registries,
                     )
         for c in task.containers:
             c.image_digest = out[c.image].digest

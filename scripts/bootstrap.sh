@@ -25,7 +25,7 @@ fi
 # 1. Debian packages, only when something is missing.
 need=()
 packages=(containerd runc containernetworking-plugins iptables busybox-static tini iproute2)
-test_packages=(gcc libc6-dev)
+test_packages=(gcc libc6-dev docker-registry skopeo apache2-utils)
 [ "${1:-}" = "--test" ] && packages+=("${test_packages[@]}")
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -1,0 +1,243 @@
+"""Pulling from a real OCI registry (Debian's docker-registry, distribution v2) started by
+these tests on 127.0.0.1 with temporary storage; images pushed there with skopeo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import Agent, busybox_task, ctr, leaks, write_taskdef
+
+from agent import images
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Registry:
+    def __init__(self, base: Path, *, htpasswd: Path | None = None) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.storage = base / "data"
+        auth = (
+            f"auth:\n  htpasswd:\n    realm: nstask-test\n    path: {htpasswd}\n"
+            if htpasswd
+            else ""
+        )
+        config = base / "config.yml"
+        config.write_text(
+            f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {self.storage}\n"
+            f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{self.port}\n{auth}"
+        )
+        self.log = open(base / "registry.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            ["docker-registry", "serve", str(config)], stdout=self.log, stderr=self.log
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (base / "registry.log").read_text()
+                time.sleep(0.05)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def push(
+        self, archive: Path, name: str, *, creds: str | None = None, all_platforms: bool = False
+    ) -> None:
+        cmd = ["skopeo", "copy", "--dest-tls-verify=false"]
+        if creds:
+            cmd.append(f"--dest-creds={creds}")
+        if all_platforms:
+            cmd.append("--all")
+        source = f"oci-archive:{archive}" if archive.is_file() else f"oci:{archive}"
+        subprocess.run(
+            [*cmd, source, f"docker://{self.host}/{name}"], check=True, capture_output=True
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("img")
+    rootfs = d / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "echo", "cat"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "hello").write_text("pulled from a registry\n")
+    images.pack(rootfs, "nstask.local/pushed:1", d / "img.tar", cmd=["cat", "/hello"])
+    return d / "img.tar"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, archive: Path) -> Iterator[Registry]:
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    reg.push(archive, "team/app:1")
+    yield reg
+    reg.stop()
+
+
+def _pull(agent: Agent, ref: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return agent.cli("image", "pull", ref, *extra, timeout=60)
+
+
+def test_pull_by_tag_then_again_transfers_nothing_and_runs(
+    agent: Agent, registry: Registry, tmp_path: Path
+) -> None:
+    ref = f"{registry.host}/team/app:1"
+    first = _pull(agent, ref)
+    assert first.returncode == 0, first.stderr
+    assert ref in first.stdout and "0 B transferred" not in first.stdout
+    assert ref in ctr(agent.namespace, "images", "ls", "-q").split()
+    assert "Committed" in ctr(agent.namespace, "snapshots", "ls")
+    again = _pull(agent, ref)
+    assert again.returncode == 0 and "(0 B transferred)" in again.stdout
+    digest = first.stdout.split()[1]
+    by_digest = _pull(agent, f"{registry.host}/team/app@{digest}")
+    assert by_digest.returncode == 0, by_digest.stderr
+    # The pulled image runs as a task (its CMD prints the file).
+    td = busybox_task("pulled", ["cat", "/hello"])
+    td["containerDefinitions"][0]["image"] = ref  # type: ignore[index]
+    run = agent.cli("run", "--rm", write_taskdef(tmp_path, td))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "pulled from a registry\n"
+    assert not ctr(agent.namespace, "leases", "ls", "-q").split()
+
+
+def test_unknown_tag_and_unreachable_registry_are_clear_errors(
+    agent: Agent, registry: Registry
+) -> None:
+    missing = _pull(agent, f"{registry.host}/team/app:nope")
+    assert missing.returncode == 1
+    assert "team/app:nope" in missing.stderr and "not in the registry" in missing.stderr
+    down = _pull(agent, f"127.0.0.1:{_free_port()}/team/app:1")
+    assert down.returncode == 1 and "unreachable" in down.stderr
+    local = _pull(agent, "nstask.local/anything:1")
+    assert local.returncode == 1 and "never pulled" in local.stderr
+
+
+def test_a_corrupted_blob_is_rejected_and_leaves_no_image(agent: Agent, tmp_path: Path) -> None:
+    # An image of its own, so its layer is not already in the content store.
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    (rootfs / "unique").write_bytes(os.urandom(4096))
+    archive = tmp_path / "bad.tar"
+    images.pack(rootfs, "nstask.local/bad:1", archive, cmd=["true"])
+    reg = Registry(tmp_path / "corrupt")
+    try:
+        reg.push(archive, "team/bad:1")
+        layer = _layer_digest(archive)
+        data = next(reg.storage.rglob(f"blobs/sha256/{layer[7:9]}/{layer[7:]}/data"))
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        data.write_bytes(bytes(raw))
+        proc = _pull(agent, f"{reg.host}/team/bad:1")
+        assert proc.returncode == 1
+        assert "failed verification" in proc.stderr and layer in proc.stderr
+        assert f"{reg.host}/team/bad:1" not in ctr(agent.namespace, "images", "ls", "-q")
+        assert not ctr(agent.namespace, "leases", "ls", "-q").split()
+    finally:
+        reg.stop()
+
+
+def _layer_digest(archive: Path) -> str:
+    with tarfile.open(archive) as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+        mdigest = index["manifests"][0]["digest"].split(":")[1]
+        manifest = json.load(tar.extractfile(f"blobs/sha256/{mdigest}"))  # type: ignore[arg-type]
+    return str(manifest["layers"][0]["digest"])
+
+
+def test_basic_auth(agent: Agent, tmp_path: Path, archive: Path) -> None:
+    htpasswd = tmp_path / "htpasswd"
+    subprocess.run(
+        ["htpasswd", "-Bbc", str(htpasswd), "nstask", "s3cret"], check=True, capture_output=True
+    )
+    reg = Registry(tmp_path / "auth", htpasswd=htpasswd)
+    try:
+        reg.push(archive, "team/private:1", creds="nstask:s3cret")
+        ref = f"{reg.host}/team/private:1"
+        anonymous = _pull(agent, ref)
+        assert anonymous.returncode == 1 and "needs credentials" in anonymous.stderr
+        wrong = _pull(agent, ref, "--user", "nstask:wrong")
+        assert wrong.returncode == 1 and "refused the credentials" in wrong.stderr
+        right = _pull(agent, ref, "--user", "nstask:s3cret")
+        assert right.returncode == 0, right.stderr
+    finally:
+        reg.stop()
+
+
+def test_an_index_with_two_platforms_gives_the_hosts(
+    agent: Agent, registry: Registry, tmp_path: Path, archive: Path
+) -> None:
+    """An OCI layout whose index lists the real image for this host and a second manifest
+    for another architecture (pointing at an empty config): the pull must pick ours."""
+    layout = tmp_path / "multi"
+    with tarfile.open(archive) as tar:
+        tar.extractall(layout, filter="data")
+    index = json.loads((layout / "index.json").read_text())
+    ours = index["manifests"][0]
+    host = images.host_architecture()
+    other = "arm64" if host != "arm64" else "amd64"
+    config = json.dumps(
+        {"architecture": other, "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": _blob(layout, config, "application/vnd.oci.image.config.v1+json"),
+            "layers": [],
+        }
+    ).encode()
+    other_desc = _blob(layout, manifest, "application/vnd.oci.image.manifest.v1+json")
+    ours = {**ours, "platform": {"os": "linux", "architecture": host}}
+    ours.pop("annotations", None)
+    other_desc["platform"] = {"os": "linux", "architecture": other}
+    top = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [other_desc, ours],
+        }
+    ).encode()
+    top_desc = _blob(layout, top, "application/vnd.oci.image.index.v1+json")
+    top_desc["annotations"] = {"org.opencontainers.image.ref.name": "multi"}
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top_desc]}))
+    registry.push(Path(f"{layout}:multi"), "team/multi:1", all_platforms=True)
+    proc = _pull(agent, f"{registry.host}/team/multi:1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[1] == top_desc["digest"]  # the record points at the index
+    td = busybox_task("multi", ["cat", "/hello"])
+    td["containerDefinitions"][0]["image"] = f"{registry.host}/team/multi:1"  # type: ignore[index]
+    run = agent.cli("run", "--rm", write_taskdef(tmp_path, td))
+    assert run.returncode == 0 and run.stdout == "pulled from a registry\n", run.stderr
+    assert not leaks(agent)
+
+
+def _blob(layout: Path, data: bytes, media_type: str) -> dict[str, object]:
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
