@@ -215,6 +215,7 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
         argv += ["--conflist", str(config.conflist_file)]
     if config.stop_tasks_on_exit:
         argv.append("--stop-tasks-on-exit")
+    argv += ["--pull-policy", config.pull_policy]
     if log_json:
         argv.append("--log-json")
     with open(log_path, "ab") as out:

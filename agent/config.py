@@ -82,7 +82,9 @@ def _env_overrides() -> dict[str, Any]:
         elif isinstance(default, bool):
             out[f.name] = raw.lower() in ("1", "true", "yes")
         elif isinstance(default, tuple):
-            out[f.name] = tuple(p for p in raw.replace(",", ":").split(":") if p)
+            # Paths split on ':' or ','; host:port lists (registries) only on ','.
+            seps = raw if f.name == "insecure_registries" else raw.replace(":", ",")
+            out[f.name] = tuple(p.strip() for p in seps.split(",") if p.strip())
         elif isinstance(default, float):
             out[f.name] = float(raw)
         else:

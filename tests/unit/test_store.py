@@ -66,3 +66,17 @@ def test_corrupt_store_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(StateError, match="cannot be opened"):
         Store(tmp_path / "state.db")
+
+
+def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.config import load_config
+
+    monkeypatch.setenv("NSTASK_CNI_PATH", "/a:/b,/c")
+    monkeypatch.setenv("NSTASK_INSECURE_REGISTRIES", "reg.example:5000, 10.0.0.1:80")
+    monkeypatch.setenv("NSTASK_STOP_TIMEOUT", "12.5")
+    monkeypatch.setenv("NSTASK_STOP_TASKS_ON_EXIT", "true")
+    cfg = load_config(namespace="mine")
+    assert cfg.cni_path == ("/a", "/b", "/c")
+    assert cfg.insecure_registries == ("reg.example:5000", "10.0.0.1:80")
+    assert cfg.stop_timeout == 12.5 and cfg.stop_tasks_on_exit is True
+    assert cfg.namespace == "mine"
