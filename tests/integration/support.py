@@ -171,3 +171,23 @@ def leaks(a: Agent) -> list[str]:
         f"containerd lease {lease}" for lease in ctr(a.namespace, "leases", "ls", "-q").split()
     ]
     return found
+
+
+# A container command that runs until SIGTERM and then exits 0.
+WAIT_FOREVER = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
+
+
+def fetch(url: str, timeout: float = 10) -> str:
+    """GET a page from a task (its address, or a published port on loopback), retrying
+    while the server starts."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -10,9 +10,7 @@ import time
 from pathlib import Path
 
 from conftest import start_agent, stop_agent
-from support import CTR_SOCK, busybox_task, leaks, write_taskdef
-
-WAIT = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
+from support import CTR_SOCK, WAIT_FOREVER, busybox_task, leaks, write_taskdef
 
 
 def _containerd_pid() -> int:
@@ -36,7 +34,9 @@ def test_agent_survives_a_containerd_restart(tmp_path: Path) -> None:
         short = write_taskdef(
             tmp_path, busybox_task("short", ["sh", "-c", "sleep 3; exit 5"]), "short.json"
         )
-        long = write_taskdef(tmp_path, busybox_task("long", ["sh", "-c", WAIT]), "long.json")
+        long = write_taskdef(
+            tmp_path, busybox_task("long", ["sh", "-c", WAIT_FOREVER]), "long.json"
+        )
         t_short = a.cli("run", "-d", short, check=True).stdout.strip()
         t_long = a.cli("run", "-d", long, check=True).stdout.strip()
         a.wait_status(t_short, "RUNNING")

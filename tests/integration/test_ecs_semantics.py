@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TEST_IMAGE, Agent, leaks, write_taskdef
+from support import TEST_IMAGE, WAIT_FOREVER, Agent, fetch, leaks, write_taskdef
 
 
 def container(name: str, script: str, **extra: Any) -> dict[str, Any]:
@@ -33,7 +33,6 @@ def task(family: str, *containers: dict[str, Any], **extra: Any) -> dict[str, An
 SHARED = {"volumes": [{"name": "shared"}]}
 MOUNT = {"mountPoints": [{"sourceVolume": "shared", "containerPath": "/shared"}]}
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-password-AbCdEf"
-WAIT_FOREVER = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
 
 
 def run_detached(agent: Agent, tmp_path: Path, td: dict[str, Any]) -> str:
@@ -411,7 +410,7 @@ def test_published_port_answers_on_localhost_and_is_gone_after_stop(
     assert port["containerPort"] == 8080 and port["hostPort"] > 0
     assert f"{port['hostPort']}->8080/tcp" in agent.cli("ps", check=True).stdout
     url = f"http://127.0.0.1:{port['hostPort']}/"
-    assert _fetch(url).startswith("served-by-")
+    assert fetch(url).startswith("served-by-")
     agent.cli("stop", task_id, check=True)
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=1)
@@ -435,18 +434,6 @@ def test_host_port_in_use_is_refused_and_nothing_is_left(agent: Agent, tmp_path:
     assert f"host port {busy}/tcp is already in use" in proc.stderr
     assert agent.cli("ps", "-a", "-q", check=True).stdout == before
     assert not leaks(agent)
-
-
-def _fetch(url: str) -> str:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return str(r.read().decode())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 @pytest.mark.parametrize("mode", ["awsvpc", "bridge", "none", "host"])

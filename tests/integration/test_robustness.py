@@ -11,9 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from conftest import launch_agent, start_agent, stop_agent
-from support import Agent, busybox_task, ctr, leaks, write_taskdef
-
-WAIT = "trap 'exit 0' TERM; while true; do sleep 0.1; done"
+from support import WAIT_FOREVER, Agent, busybox_task, ctr, leaks, write_taskdef
 
 
 def test_gc_finds_and_removes_leftovers_nobody_owns(tmp_path: Path) -> None:
@@ -25,7 +23,7 @@ def test_gc_finds_and_removes_leftovers_nobody_owns(tmp_path: Path) -> None:
         (a.state_dir / "logs" / fake).mkdir(parents=True)
         (a.state_dir / "tasks" / fake).mkdir(parents=True)
         # ...and a task that is running, which gc must not touch.
-        td = write_taskdef(tmp_path, busybox_task("keeper", ["sh", "-c", WAIT]))
+        td = write_taskdef(tmp_path, busybox_task("keeper", ["sh", "-c", WAIT_FOREVER]))
         task_id = a.cli("run", "-d", td, check=True).stdout.strip()
         a.wait_status(task_id, "RUNNING")
         dry = json.loads(a.cli("gc", "--dry-run", "--json", check=True).stdout)
@@ -53,7 +51,7 @@ def test_gc_finds_and_removes_leftovers_nobody_owns(tmp_path: Path) -> None:
 def test_fifty_tasks_at_once_get_distinct_addresses_and_leave_nothing(
     agent: Agent, tmp_path: Path
 ) -> None:
-    td = write_taskdef(tmp_path, busybox_task("many", ["sh", "-c", WAIT]))
+    td = write_taskdef(tmp_path, busybox_task("many", ["sh", "-c", WAIT_FOREVER]))
     with ThreadPoolExecutor(50) as pool:
         ids = list(
             pool.map(lambda _: agent.cli("run", "-d", td, check=True).stdout.strip(), range(50))
@@ -78,7 +76,7 @@ def test_stop_tasks_on_exit_stops_them_and_cleans_up(tmp_path: Path) -> None:
     a.launch = ([*args, "--stop-tasks-on-exit"], env)
     proc = launch_agent(a)
     try:
-        td = write_taskdef(tmp_path, busybox_task("stopme", ["sh", "-c", WAIT]))
+        td = write_taskdef(tmp_path, busybox_task("stopme", ["sh", "-c", WAIT_FOREVER]))
         task_id = a.cli("run", "-d", td, check=True).stdout.strip()
         a.wait_status(task_id, "RUNNING")
         proc.send_signal(signal.SIGTERM)

@@ -9,12 +9,11 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import start_agent, stop_agent
-from support import TEST_IMAGE, Agent, busybox_task, leaks, write_taskdef
+from support import TEST_IMAGE, Agent, busybox_task, fetch, leaks, write_taskdef
 
 
 def test_task_output_reaches_logs_with_streams_apart(agent: Agent, tmp_path: Path) -> None:
@@ -57,7 +56,7 @@ def test_two_tasks_talk_over_the_task_network_and_host_reaches_them(
     ip = str(web["ip"])
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(agent.subnet)
     # The host reaches the task at its own address.
-    page = _fetch(f"http://{ip}:8080/")
+    page = fetch(f"http://{ip}:8080/")
     assert "hello from the web task" in page
     # A second task reaches the first over the bridge.
     hello = agent.cli("run", "--rm", "-e", f"WEB_URL=http://{ip}:8080/", "examples/hello.json")
@@ -82,18 +81,6 @@ def test_two_tasks_talk_over_the_task_network_and_host_reaches_them(
     assert "web: stopping" in agent.cli("logs", web_id, check=True).stdout
     agent.cli("rm", web_id, check=True)
     assert not leaks(agent)
-
-
-def _fetch(url: str) -> str:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return str(r.read().decode())
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def test_stop_of_container_ignoring_sigterm_ends_with_sigkill_after_timeout(
