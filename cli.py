@@ -763,6 +763,46 @@ def image_pull(ctx: click.Context, ref: str, user: str | None) -> None:
     click.echo(f"{image['name']} {image['digest']} ({_size(image['transferred'])} transferred)")
 
 
+@image.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def image_rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
+    """Remove images (refused while a task that is not stopped uses one)."""
+    from urllib.parse import quote
+
+    for ref in refs:
+        try:
+            _client(ctx).call("DELETE", f"/v1/images/{quote(ref, safe='/:@')}")
+        except ApiError as e:
+            _api_fail(e)
+        click.echo(ref)
+
+
+@image.command("prune")
+@click.pass_context
+def image_prune(ctx: click.Context) -> None:
+    """Remove every image that no task (not stopped) uses."""
+    try:
+        for ref in _client(ctx).call("POST", "/v1/images/prune", {}, timeout=None):
+            click.echo(ref)
+    except ApiError as e:
+        _api_fail(e)
+
+
+@image.command("inspect")
+@click.argument("ref")
+@click.pass_context
+def image_inspect(ctx: click.Context, ref: str) -> None:
+    """Show an image's config (entrypoint, cmd, env, ...), digest, size and chain id."""
+    from urllib.parse import quote
+
+    try:
+        info = _client(ctx).call("GET", f"/v1/images/inspect/{quote(ref, safe='/:@')}")
+    except ApiError as e:
+        _api_fail(e)
+    click.echo(json.dumps(info, indent=2))
+
+
 @image.command("ls")
 @click.option("--quiet", "-q", is_flag=True)
 @click.pass_context

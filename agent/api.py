@@ -18,6 +18,9 @@
     GET    /v1/images                   -> [image]
     POST   /v1/images/import            {path} -> [image]
     POST   /v1/images/pull              {ref, username?, password?} -> image (+transferred)
+    GET    /v1/images/inspect/{name}    -> the image's config, digest, size, chain id
+    DELETE /v1/images/{name}            -> 204 (409 while a task uses it)
+    POST   /v1/images/prune             -> [names removed]
 
 Errors are JSON `{error, message, details?}` with the status of the NstaskError raised.
 """
@@ -40,7 +43,7 @@ from aiohttp import web
 
 from agent import execute, gc, images, pull
 from agent.engine import Engine, logging_stats
-from agent.errors import Conflict, InvalidInput, NstaskError
+from agent.errors import Conflict, ImageNotFound, InvalidInput, NstaskError
 from shim import jsonfile
 
 log = structlog.get_logger("nstask.api")
@@ -253,6 +256,36 @@ def build_app(engine: Engine) -> web.Application:
     async def image_ls(_: web.Request) -> web.Response:
         imgs = await images.list_images(engine.client)
         return web.json_response([i.to_dict() for i in imgs])
+
+    def images_in_use() -> set[str]:
+        return {c.image for t in engine.list_tasks() for c in t.containers}
+
+    @routes.get("/v1/images/inspect/{name:.+}")
+    async def image_inspect(request: web.Request) -> web.Response:
+        config = await images.image_config(engine.client, request.match_info["name"])
+        return web.json_response(config.to_dict())
+
+    @routes.delete("/v1/images/{name:.+}")
+    async def image_rm(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name in images_in_use():
+            raise Conflict(f"image {name} is used by a task that is not stopped")
+        if await engine.client.get_image(name) is None:
+            raise ImageNotFound(f"no such image: {name}", image=name)
+        await engine.client.delete_image(name, sync=True)
+        return web.Response(status=204)
+
+    @routes.post("/v1/images/prune")
+    async def image_prune(_: web.Request) -> web.Response:
+        """Remove every image no task that is not stopped uses (content and snapshots go
+        with containerd's GC)."""
+        used = images_in_use()
+        removed = []
+        for image in await images.list_images(engine.client):
+            if image.ref not in used:
+                await engine.client.delete_image(image.ref, sync=True)
+                removed.append(image.ref)
+        return web.json_response(removed)
 
     @routes.post("/v1/images/pull")
     async def image_pull(request: web.Request) -> web.Response:

@@ -241,3 +241,32 @@ def _blob(layout: Path, data: bytes, media_type: str) -> dict[str, object]:
     digest = hashlib.sha256(data).hexdigest()
     (layout / "blobs" / "sha256" / digest).write_bytes(data)
     return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+
+def test_image_inspect_rm_and_prune(registry: Registry, tmp_path: Path) -> None:
+    from conftest import start_agent, stop_agent
+
+    a, proc, base = start_agent()  # an agent of its own: prune empties its namespace
+    try:
+        ref = f"{registry.host}/team/app:1"
+        assert _pull(a, ref).returncode == 0
+        info = json.loads(a.cli("image", "inspect", ref, check=True).stdout)
+        assert info["cmd"] == ["cat", "/hello"] and info["digest"].startswith("sha256:")
+        td = busybox_task(
+            "user", ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
+        )
+        task_id = a.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+        a.wait_status(task_id, "RUNNING")
+        busy = a.cli("image", "rm", "nstask.local/busybox:latest")
+        assert busy.returncode == 1 and "used by a task" in busy.stderr
+        pruned = a.cli("image", "prune", check=True).stdout.split()
+        assert pruned == [ref]  # the busybox image is in use and stays
+        assert ref not in ctr(a.namespace, "images", "ls", "-q")
+        missing = a.cli("image", "inspect", ref)
+        assert missing.returncode == 1 and "not present" in missing.stderr
+        a.cli("stop", task_id, check=True)
+        a.cli("rm", task_id, check=True)
+        assert a.cli("image", "rm", "nstask.local/busybox:latest").returncode == 0
+        assert not ctr(a.namespace, "images", "ls", "-q").split()
+    finally:
+        stop_agent(a, proc, base)
