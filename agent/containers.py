@@ -183,7 +183,6 @@ def build_spec(
             memory_mib=cdef.memory,
             reservation_mib=cdef.memory_reservation,
             cpu_units=cdef.cpu,
-            cpu_quota_units=None,
         ),
         spec.with_capabilities(
             add=lp.capabilities_add if lp is not None else (),

@@ -53,7 +53,6 @@ MASKED_PATHS = (
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
-CFS_PERIOD_US = 100_000
 DEFAULT_NOFILE = 1024
 
 
@@ -253,12 +252,12 @@ def with_limits(
     memory_mib: int | None,
     reservation_mib: int | None,
     cpu_units: int | None,
-    cpu_quota_units: int | None,
 ) -> SpecOpt:
-    """ECS limits as cgroup settings.
+    """A container's ECS limits as cgroup settings (the task's own cpu and memory are set on
+    the task cgroup, agent/cgroups.py).
 
     memory -> hard limit; memoryReservation -> soft limit; container cpu units -> CPU shares
-    (as the ECS agent maps them, at least 2); task-level cpu -> a CFS quota.
+    (as the ECS agent maps them, at least 2).
     """
 
     def opt(spec: Spec) -> None:
@@ -270,14 +269,8 @@ def with_limits(
             mem["reservation"] = reservation_mib * 1024 * 1024
         if mem:
             res["memory"] = mem
-        cpu: dict[str, int] = {}
         if cpu_units is not None:
-            cpu["shares"] = max(cpu_units, 2)
-        if cpu_quota_units:
-            cpu["period"] = CFS_PERIOD_US
-            cpu["quota"] = cpu_quota_units * CFS_PERIOD_US // 1024
-        if cpu:
-            res["cpu"] = cpu
+            res["cpu"] = {"shares": max(cpu_units, 2)}
 
     return opt
 

@@ -34,15 +34,13 @@ def test_netns_joined_by_path_and_host_mode_shares_the_host_network() -> None:
 
 
 def test_limits_map_ecs_units_to_cgroup_settings() -> None:
-    s = spec.compose(
-        spec.with_limits(memory_mib=128, reservation_mib=64, cpu_units=256, cpu_quota_units=512)
-    )
+    s = spec.compose(spec.with_limits(memory_mib=128, reservation_mib=64, cpu_units=256))
     res = s["linux"]["resources"]
     assert res["memory"] == {"limit": 128 << 20, "reservation": 64 << 20}
-    assert res["cpu"] == {"shares": 256, "period": 100_000, "quota": 50_000}
-    assert spec.compose(
-        spec.with_limits(memory_mib=None, reservation_mib=None, cpu_units=0, cpu_quota_units=None)
-    )["linux"]["resources"]["cpu"] == {"shares": 2}
+    assert res["cpu"] == {"shares": 256}
+    assert spec.compose(spec.with_limits(memory_mib=None, reservation_mib=None, cpu_units=0))[
+        "linux"
+    ]["resources"]["cpu"] == {"shares": 2}
 
 
 def test_env_later_values_win_and_path_default_kept() -> None:
