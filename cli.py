@@ -747,20 +747,46 @@ def image_import(ctx: click.Context, file: str) -> None:
 @image.command("pull")
 @click.argument("ref")
 @click.option("--user", "-u", help="USER[:PASSWORD] for the registry (else config.json).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 @click.pass_context
-def image_pull(ctx: click.Context, ref: str, user: str | None) -> None:
-    """Pull an image from an OCI registry into containerd and unpack it."""
-    body: dict[str, str] = {"ref": ref}
+def image_pull(ctx: click.Context, ref: str, user: str | None, quiet: bool) -> None:
+    """Pull an image from an OCI registry into containerd and unpack it.
+
+    On a terminal, shows each layer's progress as docker pull does."""
+    body: dict[str, Any] = {"ref": ref}
     if user:
         name, sep, password = user.partition(":")
         if not sep:
             password = click.prompt(f"password for {name}", hide_input=True)
         body |= {"username": name, "password": password}
+    show = not quiet and sys.stderr.isatty()
+    body["progress"] = show
     try:
-        image = _client(ctx).call("POST", "/v1/images/pull", body, timeout=None)
+        resp = _client(ctx).request("POST", "/v1/images/pull", body, timeout=None)
+        image = _render_pull(resp) if show else json.loads(resp.read())
     except ApiError as e:
         _api_fail(e)
     click.echo(f"{image['name']} {image['digest']} ({_size(image['transferred'])} transferred)")
+
+
+def _render_pull(resp: http.client.HTTPResponse) -> dict[str, Any]:
+    """Redraw one line per layer on stderr while the agent reports progress."""
+    drawn = 0
+    while line := resp.readline():
+        item = json.loads(line)
+        if "error" in item:
+            fail(item["error"].get("message", "pull failed"))
+        if "image" in item:
+            return dict(item["image"])
+        layers = item["progress"]
+        out = [
+            f"{digest[7:19]}: {_size(done)} / {_size(total)}" + ("  done" if done >= total else "")
+            for digest, (done, total) in layers.items()
+        ]
+        sys.stderr.write("\x1b[F" * drawn + "".join(f"\x1b[K{x}\n" for x in out))
+        sys.stderr.flush()
+        drawn = len(out)
+    fail("the agent ended the pull without an answer")
 
 
 @image.command("rm")

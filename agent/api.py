@@ -288,7 +288,9 @@ def build_app(engine: Engine) -> web.Application:
         return web.json_response(removed)
 
     @routes.post("/v1/images/pull")
-    async def image_pull(request: web.Request) -> web.Response:
+    async def image_pull(request: web.Request) -> web.StreamResponse:
+        """With {"progress": true} the answer is NDJSON: {"progress": {digest: [done, total]}}
+        lines (at most ten a second) and then {"image": ...}; else one JSON object."""
         body = await _body(request)
         ref = body.get("ref")
         if not isinstance(ref, str) or not ref:
@@ -297,21 +299,61 @@ def build_app(engine: Engine) -> web.Application:
         if body.get("username"):
             creds = pull.Credentials(str(body["username"]), str(body.get("password", "")))
         state: list[pull.Progress] = []
+        updated = asyncio.Event()
 
         def keep(p: pull.Progress) -> None:
             state[:] = [p]
+            updated.set()
 
-        image = await pull.pull(
-            engine.client,
-            ref,
-            snapshotter=engine.config.snapshotter,
-            creds=creds,
-            insecure=engine.config.insecure_registries,
-            progress=keep,
+        job = asyncio.ensure_future(
+            pull.pull(
+                engine.client,
+                ref,
+                snapshotter=engine.config.snapshotter,
+                creds=creds,
+                insecure=engine.config.insecure_registries,
+                progress=keep,
+            )
         )
-        answer = image.to_dict()
-        answer["transferred"] = state[0].transferred if state else 0
-        return web.json_response(answer)
+        if not body.get("progress"):
+            image = await job
+            answer = image.to_dict()
+            answer["transferred"] = state[0].transferred if state else 0
+            return web.json_response(answer)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        try:
+            # The first event (or an early error, as a proper HTTP error) before streaming.
+            await asyncio.wait(
+                [job, asyncio.ensure_future(updated.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
+            if job.done():
+                job.result()
+            await resp.prepare(request)
+            while not job.done():
+                updated.clear()
+                if state:
+                    line = {"progress": state[0].layers, "transferred": state[0].transferred}
+                    await resp.write((json.dumps(line) + "\n").encode())
+                await asyncio.wait([job], timeout=0.1)
+            if state:  # the final state, so every layer shows as done
+                line = {"progress": state[0].layers, "transferred": state[0].transferred}
+                await resp.write((json.dumps(line) + "\n").encode())
+            try:
+                image = job.result()
+                answer = {
+                    "image": {
+                        **image.to_dict(),
+                        "transferred": state[0].transferred if state else 0,
+                    }
+                }
+            except NstaskError as e:
+                answer = {"error": e.to_dict()}
+            await resp.write((json.dumps(answer) + "\n").encode())
+            await resp.write_eof()
+            return resp
+        finally:
+            if not job.done():
+                job.cancel()
 
     @routes.post("/v1/images/import")
     async def image_import(request: web.Request) -> web.Response:
