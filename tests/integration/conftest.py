@@ -107,7 +107,13 @@ def start_agent(
         args += ["--conflist", str(conflist)]
         a.own_conflist = True
     a.launch = (args, env)
-    return a, launch_agent(a), base
+    try:
+        return a, launch_agent(a), base
+    except BaseException:
+        # An agent that never came up leaves its namespace and directories: remove them.
+        _remove_everything(a)
+        shutil.rmtree(base, ignore_errors=True)
+        raise
 
 
 def launch_agent(a: Agent) -> subprocess.Popen[bytes]:
