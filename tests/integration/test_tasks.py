@@ -324,3 +324,17 @@ def test_container_gets_the_spec_nstask_builds(agent: Agent, tmp_path: Path) -> 
     assert fields["timer_list"] == "0"  # masked (the host's has content)
     assert fields["env"] == "hi"
     agent.cli("rm", task_id, check=True)
+
+
+def test_every_invalid_corpus_definition_is_refused_by_run_and_leaves_nothing(agent: Agent) -> None:
+    corpus = sorted((Path(__file__).parents[1] / "taskdefs" / "invalid").glob("*.json"))
+    assert len(corpus) >= 40
+    before = agent.cli("ps", "-a", "-q", check=True).stdout
+    for path in corpus:
+        proc = agent.cli("run", "-d", str(path))
+        assert proc.returncode == 2, (path.name, proc.stderr)
+        first = path.with_suffix(".expected").read_text().splitlines()[0]
+        assert first in proc.stderr, (path.name, proc.stderr)
+    assert agent.cli("ps", "-a", "-q", check=True).stdout == before
+    assert not _netns(agent)
+    assert not leaks(agent)
