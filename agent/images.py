@@ -622,57 +622,26 @@ async def _require_image(client: ImageClient, name: str) -> Image:
 async def _manifest_for_host(
     client: ImageClient, target: Descriptor
 ) -> tuple[Descriptor, dict[str, Any]]:
-    """The manifest to run here: the target itself, or the index entry for this host."""
+    """The manifest to run here: the target itself, or the index entry for linux/<arch>."""
     desc = target
     document = await _read_json(client, desc.digest)
     while desc.media_type in _INDEXES or "manifests" in document:
-        pick = choose_manifest(document.get("manifests", []))
+        choices = document.get("manifests", [])
+        arch = host_architecture()
+        pick = next(
+            (
+                m
+                for m in choices
+                if m.get("platform", {}).get("os", "linux") == "linux"
+                and m.get("platform", {}).get("architecture", arch) == arch
+            ),
+            None,
+        )
         if pick is None:
-            raise ImageNotFound(
-                f"image index {target.digest} has no manifest for {host_platform_text()}"
-            )
+            raise ImageNotFound(f"image index {target.digest} has no manifest for linux/{arch}")
         desc = _descriptor(pick)
         document = await _read_json(client, desc.digest)
     return desc, document
-
-
-def host_variants() -> list[str]:
-    """The CPU variants this host runs, best first ("" stands for an entry without one):
-    arm64 is v8 and arm64 entries often omit it; a 32-bit arm v7 also runs v6 and v5."""
-    arch = host_architecture()
-    if arch == "arm64":
-        return ["v8", ""]
-    if arch == "arm":
-        machine = platform.machine().lower()
-        level = int(machine[4]) if machine[4:5].isdigit() else 7
-        return [f"v{n}" for n in range(level, 4, -1)] + [""]
-    return [""]
-
-
-def host_platform_text() -> str:
-    """linux/<arch>[/<variant>] of this host, for messages."""
-    variant = host_variants()[0]
-    return "linux/" + host_architecture() + (f"/{variant}" if variant else "")
-
-
-def choose_manifest(entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The index entry for this host (linux, its architecture, the best variant it runs);
-    an entry without a platform counts as linux on this host, as an OCI layout from
-    `image pack` has. Pull and unpack use this one rule, so they agree on the manifest."""
-    arch = host_architecture()
-    variants = host_variants()
-    best: tuple[int, Mapping[str, Any]] | None = None
-    for entry in entries:
-        plat = entry.get("platform") or {}
-        if plat.get("os", "linux") != "linux" or plat.get("architecture", arch) != arch:
-            continue
-        variant = str(plat.get("variant", ""))
-        if variant not in variants:
-            continue
-        rank = variants.index(variant)
-        if best is None or rank < best[0]:
-            best = (rank, entry)
-    return best[1] if best else None
 
 
 def _unpack_key(chain_id: str) -> str:
