@@ -141,6 +141,7 @@ class Engine:
         self.secrets = SecretStore(config.state_dir / "secrets")
         self._oom: set[str] = set()
         self._live: dict[str, TaskRecord] = {}
+        self._retrying: set[str] = set()
 
     # -- agent start / stop --------------------------------------------------------------
     async def start(self) -> None:
@@ -687,30 +688,19 @@ class Engine:
             t0 = time.monotonic()
             task.last_status = DEPROVISIONING
             self._save(task)
-            td = parse_task_definition(task.definition, source=task.source)
-            by_name = {c.name: c for c in task.containers}
-            for c in [by_name[n] for n in stop_order(td)]:
-                self._stop_health(c)
-                if c.last_status == RUNNING:
-                    cdef = td.container(c.name)
-                    wait = (
-                        timeout
-                        if timeout is not None
-                        else (
-                            cdef.stop_timeout
-                            if cdef.stop_timeout is not None
-                            else self.config.stop_timeout
-                        )
-                    )
-                    await self._stop_container(task, c, wait)
-            signal_ms = _ms(t0)
-            faults.point("stop")
-            t1 = time.monotonic()
-            removed = await self._teardown(task)
+            try:
+                signal_ms, removed, teardown_ms = await self._stop_and_teardown(task, timeout, t0)
+            except NstaskError:
+                # Something could not be stopped or removed now (containerd restarting,
+                # say): the records stay, and the stop is tried again until it succeeds.
+                if task.id not in self._retrying:
+                    self._retrying.add(task.id)
+                    self._spawn(self._retry_stop(task.id, reason))
+                raise
             task = self.get(task.id)  # exit codes were recorded while stopping
             task.timings["stop.signal"] = signal_ms
             task.timings.update({f"stop.{kind}": ms for kind, ms in removed.items()})
-            task.timings["stop.teardown"] = _ms(t1)
+            task.timings["stop.teardown"] = teardown_ms
             task.last_status = STOPPED
             task.stopped_at = time.time()
             task.stop_reason = task.stop_reason or reason
@@ -722,6 +712,47 @@ class Engine:
             )
         self._stopped_event(task.id).set()
         return task
+
+    async def _stop_and_teardown(
+        self, task: TaskRecord, timeout: float | None, t0: float
+    ) -> tuple[float, dict[str, float], float]:
+        """Stop signal, wait, SIGKILL for each container in stop order, then remove every
+        recorded resource. Returns the signalling time and the per-kind teardown times."""
+        td = parse_task_definition(task.definition, source=task.source)
+        by_name = {c.name: c for c in task.containers}
+        for c in [by_name[n] for n in stop_order(td)]:
+            self._stop_health(c)
+            if c.last_status == RUNNING:
+                cdef = td.container(c.name)
+                if timeout is not None:
+                    wait = timeout
+                elif cdef.stop_timeout is not None:
+                    wait = float(cdef.stop_timeout)
+                else:
+                    wait = self.config.stop_timeout
+                await self._stop_container(task, c, wait)
+        signal_ms = _ms(t0)
+        faults.point("stop")
+        t1 = time.monotonic()
+        removed = await self._teardown(task)
+        return signal_ms, removed, _ms(t1)
+
+    async def _retry_stop(self, task_id: str, reason: str) -> None:
+        """One retry loop per task, with backoff, until its teardown succeeds."""
+        delay = 1.0
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self.stop(task_id, reason=reason, timeout=0)
+                    return
+                except TaskNotFound:
+                    return
+                except NstaskError as e:
+                    log.warning("stop_retry_failed", task=task_id, error=str(e), retry_in=delay)
+                    delay = min(delay * 2, 30)
+        finally:
+            self._retrying.discard(task_id)
 
     async def _stop_container(self, task: TaskRecord, c: ContainerRecord, wait: float) -> None:
         fut = self._exits.get(c.containerd_id)

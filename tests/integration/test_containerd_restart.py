@@ -81,3 +81,48 @@ def test_agent_survives_a_containerd_restart(tmp_path: Path) -> None:
                 capture_output=True,
             )
         stop_agent(a, proc, base)
+
+
+def test_a_stop_while_containerd_is_down_finishes_when_it_is_back(tmp_path: Path) -> None:
+    a, proc, base = start_agent()
+    try:
+        waits = busybox_task("waits", ["sh", "-c", WAIT_FOREVER])
+        task_id = a.cli("run", "-d", write_taskdef(tmp_path, waits), check=True).stdout.strip()
+        a.wait_status(task_id, "RUNNING")
+        pid = _containerd_pid()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{pid}").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        failed = a.cli("stop", "-t", "1", task_id)
+        assert failed.returncode == 1  # containerd is away: the teardown cannot finish now
+        with open("/var/log/nstask-containerd.log", "ab") as log:
+            subprocess.run(
+                ["setsid", "-f", *(x.decode() for x in argv)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                check=True,
+            )
+        deadline = time.monotonic() + 20
+        while not _answers():
+            assert time.monotonic() < deadline, "containerd did not come back"
+            time.sleep(0.1)
+        # No further request: the agent retries the stop by itself.
+        try:
+            t = a.wait_status(task_id, "STOPPED", timeout=60)
+        except AssertionError:
+            print(a.log_tail(30))
+            raise
+        assert t["lastStatus"] == "STOPPED"
+        a.cli("rm", task_id, check=True)
+        assert not leaks(a)
+    finally:
+        if not _answers():
+            subprocess.run(
+                ["bash", str(Path(__file__).parents[2] / "scripts/bootstrap.sh")],
+                capture_output=True,
+            )
+        stop_agent(a, proc, base)
