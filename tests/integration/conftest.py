@@ -144,7 +144,7 @@ def stop_agent(a: Agent, proc: subprocess.Popen[bytes], base: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        left = leaks(a) + _orphan_cgroups()
+        left = leaks(a)
         bridge = subprocess.run(["ip", "link", "show", a.bridge], capture_output=True)
         if bridge.returncode == 0 and not a.own_conflist:
             left.append(f"bridge {a.bridge} (the agent stopped with no task on it)")
@@ -161,15 +161,6 @@ def agent() -> Iterator[Agent]:
         yield a
     finally:
         stop_agent(a, proc, base)
-
-
-def _orphan_cgroups() -> list[str]:
-    """Task cgroups of tasks no agent runs (a user's own agent, if it answers, may run some)."""
-    default = subprocess.run([NSTASK, "ps", "-q"], capture_output=True, text=True)
-    if default.returncode == 0:
-        return []  # a user's agent is running tasks here: cannot tell them apart
-    running = {p.name for p in Path("/sys/fs/cgroup").glob("*/nstask/*") if p.is_dir()}
-    return [f"cgroup /sys/fs/cgroup/*/nstask/{t}" for t in sorted(running)]
 
 
 def _remove_everything(a: Agent) -> None:
