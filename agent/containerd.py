@@ -74,6 +74,7 @@ __all__ = [
     "ContainerdTimeout",
     "ContainerdUnavailable",
     "ContentInfo",
+    "ContentWriter",
     "Descriptor",
     "Event",
     "ExitStatus",
@@ -102,6 +103,9 @@ PROCESS_SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Proce
 _MAX_MESSAGE = 16 << 20
 # Content.Write chunk size: big enough to be cheap, small enough to stream big layers.
 _WRITE_CHUNK = 1 << 20
+# WRITE messages a ContentWriter sends before it waits for containerd's answers: enough
+# to keep the socket busy while containerd writes the previous chunk to disk.
+_WRITE_WINDOW = 8
 # gogoproto's zero time.Time (0001-01-01) arrives as this many seconds: treat it as unset.
 _ZERO_TIME_SECONDS = -62135596800
 
@@ -454,6 +458,83 @@ def _iter_chunks(source: IO[bytes] | bytes, size: int) -> Iterator[bytes]:
         yield chunk
 
 
+class ContentWriter:
+    """One open content ingest (a Content.Write stream, which holds the ingest's lock).
+
+    `offset` is where the ingest stands: bytes an earlier, interrupted writer left under
+    the same ref count, so a caller resumes there instead of starting over. Writes are
+    pipelined (up to _WRITE_WINDOW answers outstanding); commit() waits for them all and
+    lets containerd verify the digest and size of the whole ingest.
+    """
+
+    def __init__(self, client: Containerd, call: Any, ref: str, digest: str, size: int) -> None:
+        self._client = client
+        self._call = call
+        self.ref = ref
+        self.digest = digest
+        self.size = size
+        self.offset = 0
+        self._pending = 0
+        self._what = f"blob {digest} (ingest {ref!r})"
+
+    async def _send(self, request: Any) -> None:
+        with self._client._errors("Content.Write", self._what):
+            await self._call.write(request)
+            self._pending += 1
+            while self._pending >= _WRITE_WINDOW:
+                await self._receive()
+
+    async def _receive(self) -> Any:
+        resp = await self._call.read()
+        self._pending -= 1
+        if resp is grpc.aio.EOF:
+            raise ContainerdError(f"containerd ended the write of {self._what} early")
+        return resp
+
+    async def stat(self) -> int:
+        """Open (or resume) the ingest; returns and records its current offset."""
+        await self._send(
+            content_pb.WriteContentRequest(
+                action=content_pb.STAT, ref=self.ref, total=self.size, expected=self.digest
+            )
+        )
+        with self._client._errors("Content.Write", self._what):
+            resp = await self._receive()
+        self.offset = int(resp.offset)
+        return self.offset
+
+    def restart(self) -> None:
+        """Start over: the next write goes to offset 0, which truncates the ingest."""
+        self.offset = 0
+
+    async def write(self, data: bytes) -> None:
+        """Append `data` at the current offset."""
+        await self._send(
+            content_pb.WriteContentRequest(
+                action=content_pb.WRITE, ref=self.ref, offset=self.offset, data=data
+            )
+        )
+        self.offset += len(data)
+
+    async def commit(self, labels: Mapping[str, str] | None = None) -> None:
+        """Commit with the expected digest and size: containerd refuses (FAILED_PRECONDITION)
+        an ingest whose bytes do not match, so nothing unverified is ever committed."""
+        await self._send(
+            content_pb.WriteContentRequest(
+                action=content_pb.COMMIT,
+                ref=self.ref,
+                offset=self.offset,
+                total=self.size,
+                expected=self.digest,
+                labels=dict(labels or {}),
+            )
+        )
+        with self._client._errors("Content.Write", self._what):
+            while self._pending:
+                await self._receive()
+            await self._call.done_writing()
+
+
 # --- the client -----------------------------------------------------------------------
 
 
@@ -793,6 +874,23 @@ class Containerd:
         finally:
             call.cancel()
         return True
+
+    @contextlib.asynccontextmanager
+    async def open_writer(
+        self, ref: str, digest: str, size: int, *, lease: str | None = None
+    ) -> AsyncIterator[ContentWriter]:
+        """An ingest to stream a blob into, resumable: its `offset` after STAT is what an
+        earlier writer of `ref` left. Leaving the block without commit() keeps the partial
+        ingest (under `lease`) for a later resume; abort_write(ref) drops it. Raises
+        ContainerdAlreadyExists when the blob is already committed, and ContainerdError
+        (status UNAVAILABLE, "locked") while another writer holds `ref`."""
+        call = self._stub("Content").Write(metadata=self._metadata(lease))
+        writer = ContentWriter(self, call, ref, digest, size)
+        try:
+            await writer.stat()
+            yield writer
+        finally:
+            call.cancel()
 
     async def abort_write(self, ref: str) -> None:
         await self._unary("Content.Abort", f"ingest {ref!r}", content_pb.AbortRequest(ref=ref))

@@ -11,6 +11,9 @@ client sets, the image record created or updated, and the layers unpacked into s
     unpack(client, image_name, snapshotter=...)    -> chain id of the top layer
     image_config(client, image_name)               -> ImageConfig for the spec builder
     list_images(client)                            -> [ImageSummary]
+    inspect_image(client, image_name)              -> dict: record, manifest, config, layers
+    remove_image(client, image_name)               -> record deleted, content collected
+    prune_images(client, in_use)                   -> [names removed]
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ import platform
 import tarfile
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from agent.containerd import (
+    Containerd,
     ContainerdAlreadyExists,
+    ContainerdNotFound,
     ContentInfo,
     Descriptor,
     Image,
@@ -53,12 +58,16 @@ __all__ = [
     "ImageRef",
     "ImageSummary",
     "chain_ids",
+    "choose_manifest",
     "ensure_unpacked",
     "host_architecture",
     "image_config",
     "import_archive",
+    "inspect_image",
     "list_images",
     "pack",
+    "prune_images",
+    "remove_image",
     "unpack",
 ]
 
@@ -622,26 +631,57 @@ async def _require_image(client: ImageClient, name: str) -> Image:
 async def _manifest_for_host(
     client: ImageClient, target: Descriptor
 ) -> tuple[Descriptor, dict[str, Any]]:
-    """The manifest to run here: the target itself, or the index entry for linux/<arch>."""
+    """The manifest to run here: the target itself, or the index entry for this host."""
     desc = target
     document = await _read_json(client, desc.digest)
     while desc.media_type in _INDEXES or "manifests" in document:
-        choices = document.get("manifests", [])
-        arch = host_architecture()
-        pick = next(
-            (
-                m
-                for m in choices
-                if m.get("platform", {}).get("os", "linux") == "linux"
-                and m.get("platform", {}).get("architecture", arch) == arch
-            ),
-            None,
-        )
+        pick = choose_manifest(document.get("manifests", []))
         if pick is None:
-            raise ImageNotFound(f"image index {target.digest} has no manifest for linux/{arch}")
+            raise ImageNotFound(
+                f"image index {target.digest} has no manifest for {host_platform_text()}"
+            )
         desc = _descriptor(pick)
         document = await _read_json(client, desc.digest)
     return desc, document
+
+
+def host_variants() -> list[str]:
+    """The CPU variants this host runs, best first ("" stands for an entry without one):
+    arm64 is v8 and arm64 entries often omit it; a 32-bit arm v7 also runs v6 and v5."""
+    arch = host_architecture()
+    if arch == "arm64":
+        return ["v8", ""]
+    if arch == "arm":
+        machine = platform.machine().lower()
+        level = int(machine[4]) if machine[4:5].isdigit() else 7
+        return [f"v{n}" for n in range(level, 4, -1)] + [""]
+    return [""]
+
+
+def host_platform_text() -> str:
+    """linux/<arch>[/<variant>] of this host, for messages."""
+    variant = host_variants()[0]
+    return "linux/" + host_architecture() + (f"/{variant}" if variant else "")
+
+
+def choose_manifest(entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The index entry for this host (linux, its architecture, the best variant it runs);
+    an entry without a platform counts as linux on this host, as an OCI layout from
+    `image pack` has. Pull and unpack use this one rule, so they agree on the manifest."""
+    arch = host_architecture()
+    variants = host_variants()
+    best: tuple[int, Mapping[str, Any]] | None = None
+    for entry in entries:
+        plat = entry.get("platform") or {}
+        if plat.get("os", "linux") != "linux" or plat.get("architecture", arch) != arch:
+            continue
+        variant = str(plat.get("variant", ""))
+        if variant not in variants:
+            continue
+        rank = variants.index(variant)
+        if best is None or rank < best[0]:
+            best = (rank, entry)
+    return best[1] if best else None
 
 
 def _unpack_key(chain_id: str) -> str:
@@ -785,3 +825,66 @@ async def list_images(client: ImageClient) -> list[ImageSummary]:
             size = image.target.size  # content missing or foreign: still list the record
         found.append(ImageSummary(image.name, image.target.digest, size, image.created_at))
     return found
+
+
+async def inspect_image(
+    client: ImageClient, image_name: str, *, snapshotter: str = "overlayfs"
+) -> dict[str, Any]:
+    """Everything `image inspect` shows: the record, the manifest chosen for this host, the
+    whole OCI config document, and each layer with its diff id and whether it is unpacked."""
+    image = await _require_image(client, image_name)
+    manifest_desc, manifest = await _manifest_for_host(client, image.target)
+    config = await _read_json(client, str(manifest["config"]["digest"]))
+    diff_ids = [str(d) for d in config.get("rootfs", {}).get("diff_ids", [])]
+    layers = []
+    for i, layer in enumerate(manifest.get("layers", [])):
+        chain = chain_ids(diff_ids[: i + 1])[-1] if i < len(diff_ids) else ""
+        snapshot = await client.stat_snapshot(chain, snapshotter=snapshotter) if chain else None
+        layers.append(
+            {
+                "digest": layer["digest"],
+                "mediaType": layer.get("mediaType", ""),
+                "size": layer["size"],
+                "diffId": diff_ids[i] if i < len(diff_ids) else None,
+                "unpacked": snapshot is not None,
+            }
+        )
+    created = image.created_at.isoformat() if image.created_at else None
+    return {
+        "name": image.name,
+        "digest": image.target.digest,
+        "mediaType": image.target.media_type,
+        "created": created,
+        "size": _image_size(image.target, manifest_desc, manifest),
+        "manifest": {
+            "digest": manifest_desc.digest,
+            "mediaType": manifest_desc.media_type,
+            "size": manifest_desc.size,
+        },
+        "platform": f"{config.get('os', '')}/{config.get('architecture', '')}",
+        "config": config,
+        "layers": layers,
+    }
+
+
+async def remove_image(client: Containerd, image_name: str) -> None:
+    """Delete the image record and run containerd's GC, so its content and snapshots that
+    nothing else uses go now (callers check first that no task uses it)."""
+    try:
+        await client.delete_image(image_name, sync=True)
+    except ContainerdNotFound:
+        raise ImageNotFound(
+            f"image {image_name} is not present in containerd namespace {client.namespace}",
+            image=image_name,
+        ) from None
+
+
+async def prune_images(client: Containerd, in_use: Collection[str]) -> list[str]:
+    """Remove every image whose name is not in `in_use` (the images of tasks that are not
+    stopped); returns the names removed. One GC at the end, not one per image."""
+    keep = set(in_use)
+    removed = [i.name for i in await client.list_images() if i.name not in keep]
+    for i, name in enumerate(removed):
+        with contextlib.suppress(ContainerdNotFound):
+            await client.delete_image(name, sync=i == len(removed) - 1)
+    return removed

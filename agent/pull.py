@@ -1,13 +1,19 @@
 """Pulling images from OCI registries into containerd (containerd 1.6 has no server-side pull:
-its own client does this, and so does nstask).
+its own client does this, and so does nstask). The registry side is agent.registry.
 
-References follow Docker's normalisation (`busybox` -> `docker.io/library/busybox:latest`).
-The distribution API is spoken over HTTPS with the system CA store, or plain HTTP for
-localhost and registries the user marks insecure. Auth: anonymous, the Bearer-token
-challenge flow, and Basic, with credentials from `--user` or a docker-style config.json.
-Blobs are downloaded in parallel, their digest and size verified, written into the content
-store under a lease (skipped when present), then the image record is created with the GC
-labels containerd's client sets and the image is unpacked.
+A pull resolves the reference to a manifest (the host's entry of an index), then streams
+the config and layers into containerd's content store, several at once, each straight from
+the HTTP response into a Content.Write ingest: containerd verifies digest and size at
+commit, so nothing unverified is ever committed. A blob already present is skipped. All of
+it happens under a lease (labelled with the reference); the manifests follow with the GC
+labels containerd's client sets, then the image record, then the unpack.
+
+Interrupted pulls resume: when a pull is cancelled or the registry goes away, its lease
+(which expires after an hour, so containerd collects it should nobody come back) keeps the
+committed blobs and the partial ingests; the next pull of any image skips the former and
+continues the latter from their offset with an HTTP Range request. Any other failure
+deletes the lease and runs containerd's GC, leaving no image record and no content outside
+a lease.
 
 Pull behaviour (as the ECS agent's ECS_IMAGE_PULL_BEHAVIOR): `default` (always pull; fall
 back to the cached image when the registry cannot be reached), `always`, `once` (pull when
@@ -17,145 +23,77 @@ absent), `prefer-cached` (use the cached image when present, else pull).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import json
-import os
-import re
-import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import structlog
 
 from agent import images
-from agent.containerd import Containerd, Descriptor
-from agent.errors import ImageNotFound, InvalidInput, NstaskError, Unavailable
+from agent.containerd import Containerd, ContainerdAlreadyExists, ContentWriter, Descriptor
+from agent.errors import ContainerdError, ImageNotFound, InvalidInput, Unavailable
+from agent.registry import (
+    DOCKER_HUB,
+    INDEX_TYPES,
+    AuthConfig,
+    AuthError,
+    Credentials,
+    PullError,
+    Reference,
+    RegistryClient,
+    credentials_for,
+    is_local,
+    normalize_ref,
+    parse_reference,
+)
 
-DOCKER_HUB = "docker.io"
-_HUB_API = "registry-1.docker.io"
+__all__ = [
+    "DOCKER_HUB",
+    "POLICIES",
+    "AuthConfig",
+    "AuthError",
+    "Credentials",
+    "Progress",
+    "PullError",
+    "Reference",
+    "credentials_for",
+    "ensure_image",
+    "is_local",
+    "normalize_ref",
+    "parse_reference",
+    "pull",
+]
+
+log = structlog.get_logger(__name__)
+
 POLICIES = ("default", "always", "once", "prefer-cached")
-_ACCEPT = ", ".join(
-    [
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    ]
-)
-_SCHEMA1 = (
-    "application/vnd.docker.distribution.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
-)
-_PARALLEL = 4
-_REPO_RE = re.compile(
-    r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
-)
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
-
-
-class PullError(NstaskError):
-    kind = "pull_failed"
-
-
-class AuthError(PullError):
-    http_status = 401
-    kind = "auth_refused"
-
-
-@dataclass(frozen=True)
-class Reference:
-    registry: str
-    repository: str
-    tag: str | None
-    digest: str | None
-
-    def __str__(self) -> str:
-        name = f"{self.registry}/{self.repository}"
-        if self.tag:
-            name += f":{self.tag}"
-        if self.digest:
-            name += f"@{self.digest}"
-        return name
-
-    @property
-    def api_host(self) -> str:
-        return _HUB_API if self.registry == DOCKER_HUB else self.registry
-
-    @property
-    def reference(self) -> str:
-        return self.digest or self.tag or "latest"
-
-
-def parse_reference(text: str) -> Reference:
-    """Docker's rules: a first component with '.', ':' or 'localhost' is a registry; Docker
-    Hub names without a namespace are under library/; no tag and no digest means latest."""
-    rest, sep, digest_part = text.partition("@")
-    digest: str | None = digest_part if sep else None
-    tag = None
-    last = rest.rsplit("/", 1)[-1]
-    if ":" in last:
-        rest, tag = rest.rsplit(":", 1)
-    first, _, remainder = rest.partition("/")
-    if remainder and ("." in first or ":" in first or first == "localhost"):
-        registry, repository = first, remainder
-    else:
-        registry, repository = DOCKER_HUB, rest
-    if registry == DOCKER_HUB and "/" not in repository:
-        repository = f"library/{repository}"
-    if not _REPO_RE.match(repository):
-        raise InvalidInput(f"image reference {text!r}: invalid repository name {repository!r}")
-    if tag is not None and not _TAG_RE.match(tag):
-        raise InvalidInput(f"image reference {text!r}: invalid tag {tag!r}")
-    if digest is not None and not _DIGEST_RE.match(digest):
-        raise InvalidInput(f"image reference {text!r}: invalid digest {digest!r}")
-    if tag is None and digest is None:
-        tag = "latest"
-    return Reference(registry, repository, tag, digest)
-
-
-def normalize_ref(text: str) -> str:
-    return str(parse_reference(text))
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str
-
-
-def credentials_for(registry: str, config_path: Path | None = None) -> Credentials | None:
-    """From a docker-style config.json (`auths` with base64 `auth`, or username/password)."""
-    path = config_path or Path(os.environ.get("DOCKER_CONFIG", "/root/.docker")) / "config.json"
-    try:
-        auths = json.loads(path.read_text()).get("auths", {})
-    except (OSError, ValueError):
-        return None
-    keys = [registry, f"https://{registry}", f"http://{registry}"]
-    if registry == DOCKER_HUB:
-        keys += ["https://index.docker.io/v1/", "index.docker.io"]
-    for key in keys:
-        entry = auths.get(key)
-        if not isinstance(entry, dict):
-            continue
-        if entry.get("auth"):
-            user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
-            return Credentials(user, pw)
-        if entry.get("username"):
-            return Credentials(entry["username"], entry.get("password", ""))
-    return None
+# Blobs downloaded at once (containerd's client uses 3 by default; loopback and fast
+# links gain from a few more, and a registry handles this many from one client).
+_PARALLEL = 6
+# Bytes sent to containerd per WRITE message (its limit is 16 MiB a message).
+_CHUNK = 1 << 20
+# How long to wait for an ingest another writer (another process) holds.
+_LOCKED_RETRIES = 120
+_LOCKED_WAIT = 0.5
+LABEL_PULL_REF = "nstask.pull/ref"
+_INGEST_PREFIX = "nstask-pull-"
 
 
 @dataclass
 class Progress:
-    """What a progress display needs: per-layer bytes done/total, and totals."""
+    """What a progress display needs, passed to the callback after every chunk: per blob
+    (config and layers) [bytes done, bytes total]; `transferred` counts only bytes that
+    came over the network (a blob already present, or the part of a partial ingest left
+    by an interrupted pull, costs none: those count in `resumed`)."""
 
-    layers: dict[str, list[int]]  # digest -> [done, total]
-    transferred: int = 0  # bytes actually downloaded (a blob already present costs none)
+    layers: dict[str, list[int]]
+    transferred: int = 0
+    resumed: int = 0
+    manifest: str = ""  # the digest of the image's manifest, once resolved
 
     @property
     def done(self) -> int:
@@ -166,125 +104,36 @@ class Progress:
         return sum(t for _, t in self.layers.values())
 
 
-def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    scheme, _, params = header.partition(" ")
-    return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', params))
+ProgressCallback = Callable[[Progress], None]
 
 
-class Registry:
-    """One registry's distribution API, with its auth and scheme."""
+@dataclass
+class _Plan:
+    """What one pull fetches: the manifest documents (top first) and the blobs."""
 
-    def __init__(
-        self,
-        ref: Reference,
-        session: aiohttp.ClientSession,
-        *,
-        creds: Credentials | None,
-        insecure: Sequence[str],
-    ) -> None:
-        self.ref = ref
-        self.session = session
-        self.creds = creds
-        host = ref.api_host
-        plain = host.split(":")[0] in ("localhost", "127.0.0.1", "::1") or host in insecure
-        self.base = f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}"
-        self._auth: str | None = None
-
-    async def get(self, path: str, *, accept: str | None = None) -> aiohttp.ClientResponse:
-        headers = {"Accept": accept} if accept else {}
-        for attempt in range(2):
-            if self._auth:
-                headers["Authorization"] = self._auth
-            try:
-                resp = await self.session.get(f"{self.base}/{path}", headers=headers)
-            except (aiohttp.ClientError, OSError) as e:
-                raise Unavailable(
-                    f"registry {self.ref.registry} is unreachable: {e}", image=str(self.ref)
-                ) from None
-            if resp.status != 401 or attempt:
-                break
-            await self._authenticate(resp.headers.get("WWW-Authenticate", ""))
-            resp.release()
-        if resp.status == 401:
-            resp.release()
-            raise AuthError(
-                f"registry {self.ref.registry} refused the credentials for {self.ref}"
-                if self.creds
-                else f"registry {self.ref.registry} needs credentials for {self.ref} "
-                "(nstask image pull --user, or a docker config.json)",
-                image=str(self.ref),
-            )
-        return resp
-
-    async def _authenticate(self, challenge: str) -> None:
-        scheme, params = _parse_challenge(challenge)
-        if scheme == "basic":
-            if self.creds is None:
-                return
-            raw = f"{self.creds.username}:{self.creds.password}".encode()
-            self._auth = "Basic " + base64.b64encode(raw).decode()
-            return
-        if scheme != "bearer" or "realm" not in params:
-            return
-        query = {"service": params.get("service", "")}
-        query["scope"] = params.get("scope") or f"repository:{self.ref.repository}:pull"
-        auth = aiohttp.BasicAuth(self.creds.username, self.creds.password) if self.creds else None
-        try:
-            async with self.session.get(params["realm"], params=query, auth=auth) as resp:
-                if resp.status in (401, 403):
-                    raise AuthError(
-                        f"registry {self.ref.registry} refused the credentials for {self.ref}",
-                        image=str(self.ref),
-                    )
-                body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, OSError) as e:
-            raise Unavailable(f"token service {params['realm']} is unreachable: {e}") from None
-        token = body.get("token") or body.get("access_token")
-        if token:
-            self._auth = f"Bearer {token}"
-
-    async def manifest(self, reference: str) -> tuple[Descriptor, bytes]:
-        resp = await self.get(f"manifests/{reference}", accept=_ACCEPT)
-        async with resp:
-            if resp.status == 404:
-                raise ImageNotFound(
-                    f"image {self.ref}: {reference} is not in the registry (manifest unknown)",
-                    image=str(self.ref),
-                )
-            if resp.status >= 400:
-                raise PullError(
-                    f"image {self.ref}: the registry answered HTTP {resp.status} "
-                    f"for manifest {reference}",
-                    image=str(self.ref),
-                )
-            body = await resp.read()
-            media = resp.headers.get("Content-Type", "").split(";")[0].strip()
-        if not media or media == "application/json":
-            media = str(json.loads(body).get("mediaType", ""))
-        if media in _SCHEMA1 or json.loads(body).get("schemaVersion") == 1:
-            raise PullError(
-                f"image {self.ref} uses the Docker schema 1 manifest format, which "
-                "nstask (like containerd) does not pull",
-                image=str(self.ref),
-            )
-        if media not in images._INDEXES | images._MANIFESTS:
-            raise PullError(
-                f"image {self.ref}: unsupported manifest media type {media!r}", image=str(self.ref)
-            )
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        if reference.startswith("sha256:") and reference != digest:
-            raise PullError(
-                f"image {self.ref}: manifest digest mismatch (asked {reference}, got {digest})",
-                image=str(self.ref),
-            )
-        return Descriptor(media_type=media, digest=digest, size=len(body)), body
+    docs: list[tuple[Descriptor, bytes]]
+    blobs: list[Descriptor] = field(default_factory=list)
 
 
-def is_local(name: str) -> bool:
-    """Images under a `.local` registry name (nstask.local/...) are made here (image pack /
-    import) and never pulled: no lookup of such a name ever leaves the host."""
-    first = name.split("/", 1)[0]
-    return "/" in name and first.split(":")[0].endswith(".local")
+# --- one pull at a time per image and per blob --------------------------------------------
+
+_LOCKS: weakref.WeakValueDictionary[tuple[Any, ...], asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+@contextlib.asynccontextmanager
+async def _exclusive(client: Containerd, key: str) -> AsyncIterator[None]:
+    """Serialise pulls of the same image (and writes of the same blob) in this process:
+    the second waiter then finds everything present instead of fighting over an ingest."""
+    full = (id(asyncio.get_running_loop()), client.address, client.namespace, key)
+    lock = _LOCKS.get(full)
+    if lock is None:
+        lock = asyncio.Lock()
+        _LOCKS[full] = lock
+    async with lock:
+        yield
+
+
+# --- the pull ---------------------------------------------------------------------------
 
 
 async def pull(
@@ -294,9 +143,11 @@ async def pull(
     snapshotter: str = "overlayfs",
     creds: Credentials | None = None,
     insecure: Sequence[str] = (),
-    progress: Callable[[Progress], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> images.ImageRef:
-    """Pull `ref_text` into containerd and unpack it; returns the image record."""
+    """Pull `ref_text` into containerd and unpack it; returns the image record (named by
+    the normalised reference). Raises ImageNotFound, AuthError, Unavailable or PullError
+    (see agent.registry), InvalidInput for a malformed reference."""
     if is_local(ref_text):
         raise ImageNotFound(
             f"image {ref_text} is a local name (.local): it is never pulled; "
@@ -306,118 +157,321 @@ async def pull(
     ref = parse_reference(ref_text)
     creds = creds or credentials_for(ref.registry)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        reg = Registry(ref, session, creds=creds, insecure=insecure)
-        top, top_body = await reg.manifest(ref.reference)
-        docs: list[tuple[Descriptor, bytes]] = [(top, top_body)]
-        manifest_desc, manifest_body = top, top_body
-        if top.media_type in images._INDEXES:
-            pick = _pick_platform(json.loads(top_body), ref)
-            manifest_desc, manifest_body = await reg.manifest(pick)
-            docs.append((manifest_desc, manifest_body))
-        manifest = json.loads(manifest_body)
-        blobs = [
+    connector = aiohttp.TCPConnector(limit=_PARALLEL + 2)
+    async with (
+        _exclusive(client, str(ref)),
+        aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
+    ):
+        reg = RegistryClient(ref, session, creds=creds, insecure=insecure)
+        plan = await _resolve(reg)
+        return await _pull_plan(client, reg, plan, snapshotter, progress)
+
+
+async def _resolve(reg: RegistryClient) -> _Plan:
+    """The top manifest, the host's manifest if the top is an index, and its blobs."""
+    top, top_body = await reg.manifest(reg.ref.reference)
+    plan = _Plan([(top, top_body)])
+    manifest_body = top_body
+    if top.media_type in INDEX_TYPES:
+        index = json.loads(top_body)
+        pick = images.choose_manifest(index.get("manifests", []))
+        if pick is None:
+            have = ", ".join(_platform_text(m) for m in index.get("manifests", []))
+            raise ImageNotFound(
+                f"image {reg.image} has no manifest for {images.host_platform_text()} "
+                f"(it has: {have or 'none'})",
+                image=reg.image,
+            )
+        desc, manifest_body = await reg.manifest(str(pick["digest"]))
+        if desc.media_type in INDEX_TYPES:
+            raise PullError(f"image {reg.image}: an index inside an index", image=reg.image)
+        plan.docs.append((desc, manifest_body))
+    manifest = json.loads(manifest_body)
+    try:
+        plan.blobs = [
             images._descriptor(manifest["config"]),
             *(images._descriptor(x) for x in manifest.get("layers", [])),
         ]
-        lease = (await client.create_lease(expire=images._LEASE_EXPIRY)).id
-        try:
-            state = Progress({b.digest: [0, b.size] for b in blobs})
-            sem = asyncio.Semaphore(_PARALLEL)
-
-            async def fetch(b: Descriptor) -> None:
-                async with sem:
-                    await _fetch_blob(client, reg, b, lease, state, progress)
-
-            await asyncio.gather(*(fetch(b) for b in blobs))
-            # Parents after children, each with the GC labels that keep its children.
-            for desc, body in reversed(docs):
-                labels = images._children_labels(desc.media_type, json.loads(body))
-                present = {
-                    k: v for k, v in labels.items() if await client.content_info(v) is not None
-                }
-                await client.write_blob(
-                    f"nstask-pull-{desc.digest}",
-                    desc.digest,
-                    desc.size,
-                    body,
-                    labels=present,
-                    lease=lease,
-                )
-            image = await client.create_image(str(ref), top, lease=lease)
-            await images.unpack(client, image.name, snapshotter=snapshotter, lease=lease)
-            return images.ImageRef(image.name, image.target)
-        finally:
-            await client.delete_lease(lease, sync=False)
+    except (KeyError, TypeError, ValueError):
+        raise PullError(
+            f"image {reg.image}: the manifest lacks a config or valid layers", image=reg.image
+        ) from None
+    return plan
 
 
-def _pick_platform(index: dict[str, Any], ref: Reference) -> str:
-    arch = images.host_architecture()
-    for m in index.get("manifests", []):
-        p = m.get("platform", {})
-        if p.get("os") == "linux" and p.get("architecture") == arch:
-            return str(m["digest"])
-    have = ", ".join(
-        f"{m.get('platform', {}).get('os')}/{m.get('platform', {}).get('architecture')}"
-        for m in index.get("manifests", [])
-    )
-    raise ImageNotFound(
-        f"image {ref} has no linux/{arch} manifest (it has: {have})", image=str(ref)
-    )
+def _platform_text(entry: dict[str, Any]) -> str:
+    p = entry.get("platform") or {}
+    variant = f"/{p['variant']}" if p.get("variant") else ""
+    return f"{p.get('os', '?')}/{p.get('architecture', '?')}{variant}"
+
+
+async def _pull_plan(
+    client: Containerd,
+    reg: RegistryClient,
+    plan: _Plan,
+    snapshotter: str,
+    progress: ProgressCallback | None,
+) -> images.ImageRef:
+    """Fetch, record and unpack under a lease; see the module doc for what stays on error."""
+    name = str(reg.ref)
+    lease = await client.create_lease(labels={LABEL_PULL_REF: name}, expire=images._LEASE_EXPIRY)
+    ok = keep = False
+    try:
+        state = Progress(
+            {b.digest: [0, b.size] for b in plan.blobs}, manifest=plan.docs[-1][0].digest
+        )
+        await _fetch_all(client, reg, plan.blobs, lease.id, state, progress)
+        await _write_docs(client, plan, lease.id)
+        image = await client.create_image(name, plan.docs[0][0], lease=lease.id)
+        await images.unpack(client, image.name, snapshotter=snapshotter, lease=lease.id)
+        ok = True
+        log.info(
+            "image.pulled",
+            image=name,
+            digest=image.target.digest,
+            transferred=state.transferred,
+            resumed=state.resumed,
+        )
+        return images.ImageRef(image.name, image.target)
+    except (asyncio.CancelledError, Unavailable):
+        keep = True  # resumable: the lease keeps what arrived, and expires by itself
+        raise
+    finally:
+        if not keep:
+            await _drop_leases(client, name, lease.id, collect=not ok)
+
+
+async def _drop_leases(client: Containerd, name: str, own: str, *, collect: bool) -> None:
+    """Delete this pull's lease and those of earlier interrupted pulls of the same image
+    (their content is now the image's, or unwanted); `collect` runs containerd's GC before
+    answering, so a failed pull leaves nothing behind."""
+    stale = [
+        lease.id
+        for lease in await client.list_leases()
+        if lease.labels.get(LABEL_PULL_REF) == name and lease.id != own
+    ]
+    for lease_id in stale:
+        with contextlib.suppress(ContainerdError, Unavailable, ImageNotFound):
+            await client.delete_lease(lease_id, sync=False)
+    with contextlib.suppress(ContainerdError):
+        await client.delete_lease(own, sync=collect)
+
+
+async def _fetch_all(
+    client: Containerd,
+    reg: RegistryClient,
+    blobs: Sequence[Descriptor],
+    lease: str,
+    state: Progress,
+    progress: ProgressCallback | None,
+) -> None:
+    """Every blob, _PARALLEL at a time; the first failure is raised as it is."""
+    sem = asyncio.Semaphore(_PARALLEL)
+
+    async def one(b: Descriptor) -> None:
+        async with sem:
+            await _fetch_blob(client, reg, b, lease, state, progress)
+
+    tasks = [asyncio.ensure_future(one(b)) for b in {b.digest: b for b in blobs}.values()]
+    try:
+        await asyncio.gather(*tasks)
+    finally:  # the first error (or a cancel) stops the others; their ingests stay leased
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _fetch_blob(
     client: Containerd,
-    reg: Registry,
+    reg: RegistryClient,
     b: Descriptor,
     lease: str,
     state: Progress,
-    progress: Callable[[Progress], None] | None,
+    progress: ProgressCallback | None,
 ) -> None:
-    """Download one blob, verify its digest and size, write it into the content store.
-    A blob already in the content store is not transferred at all."""
-    if await client.content_info(b.digest) is not None:
-        state.layers[b.digest][0] = b.size
-        if progress:
-            progress(state)
-        return
-    resp = await reg.get(f"blobs/{b.digest}")
-    with tempfile.TemporaryFile(prefix="nstask-pull-") as tmp:
-        h = hashlib.sha256()
-        async with resp:
-            if resp.status == 404:
-                raise ImageNotFound(
-                    f"image {reg.ref}: blob {b.digest} is not in the registry", image=str(reg.ref)
-                )
-            if resp.status >= 400:
-                raise PullError(f"image {reg.ref}: HTTP {resp.status} for blob {b.digest}")
-            async for chunk in resp.content.iter_chunked(1 << 20):
-                h.update(chunk)
-                tmp.write(chunk)
-                state.layers[b.digest][0] += len(chunk)
-                state.transferred += len(chunk)
-                if progress:
-                    progress(state)
-        got = "sha256:" + h.hexdigest()
-        size = tmp.tell()
-        if got != b.digest or size != b.size:
-            raise PullError(
-                f"image {reg.ref}: blob {b.digest} failed verification (got "
-                f"{got}, {size} bytes; expected {b.size} bytes)",
-                image=str(reg.ref),
+    """One blob into the content store, unless it is there already; waits while another
+    process writes the same blob (its ingest is locked), then finds it present."""
+    async with _exclusive(client, b.digest):
+        for _ in range(_LOCKED_RETRIES):
+            if await client.content_info(b.digest) is not None:
+                break
+            try:
+                async with client.open_writer(
+                    _INGEST_PREFIX + b.digest, b.digest, b.size, lease=lease
+                ) as writer:
+                    await _download(client, reg, b, writer, state, progress)
+                return
+            except ContainerdAlreadyExists:
+                break
+            except ContainerdError as e:
+                if not _locked(e):
+                    raise
+                await asyncio.sleep(_LOCKED_WAIT)
+        else:
+            raise Unavailable(
+                f"image {reg.image}: blob {b.digest} is being written by another client",
+                image=reg.image,
             )
-        tmp.seek(0)
-        await client.write_blob(f"nstask-pull-{b.digest}", b.digest, b.size, tmp, lease=lease)
+    state.layers[b.digest][0] = b.size
+    if progress:
+        progress(state)
+
+
+async def _download(
+    client: Containerd,
+    reg: RegistryClient,
+    b: Descriptor,
+    writer: ContentWriter,
+    state: Progress,
+    progress: ProgressCallback | None,
+) -> None:
+    """Stream the blob from the registry into `writer`, from the ingest's offset on, and
+    commit it (containerd checks digest and size)."""
+    if writer.offset > b.size:
+        writer.restart()
+    state.layers[b.digest][0] = writer.offset
+    state.resumed += writer.offset
+    if writer.offset < b.size:
+        resp = await reg.blob(b.digest, offset=writer.offset)
+        async with resp:
+            if writer.offset and resp.status != 206:  # the registry ignored the Range
+                state.resumed -= writer.offset
+                writer.restart()
+                state.layers[b.digest][0] = 0
+            await _copy(reg, b, resp, writer, state, progress)
+    try:
+        await writer.commit()
+    except ContainerdError as e:
+        if e.details.get("status") != "FAILED_PRECONDITION":
+            raise _disk_full(reg, b, e) or e from None
+        with contextlib.suppress(ContainerdError, Unavailable, ImageNotFound):
+            await client.abort_write(writer.ref)
+        raise PullError(
+            f"image {reg.image}: blob {b.digest} failed verification ({b.size} bytes "
+            f"expected; containerd: {e.details.get('detail', '')}); nothing was kept",
+            image=reg.image,
+        ) from None
+
+
+async def _copy(
+    reg: RegistryClient,
+    b: Descriptor,
+    resp: aiohttp.ClientResponse,
+    writer: ContentWriter,
+    state: Progress,
+    progress: ProgressCallback | None,
+) -> None:
+    """The response body into the ingest, in _CHUNK pieces, never past the declared size."""
+    buf = bytearray()
+    try:
+        async for data in resp.content.iter_any():
+            buf += data
+            if writer.offset + len(buf) > b.size:
+                raise PullError(
+                    f"image {reg.image}: blob {b.digest} is longer than the {b.size} "
+                    "bytes its descriptor declares",
+                    image=reg.image,
+                )
+            if len(buf) >= _CHUNK:
+                await _flush(buf, writer, b, state, progress)
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        raise Unavailable(
+            f"image {reg.image}: the download of blob {b.digest} broke off at "
+            f"{writer.offset + len(buf)} of {b.size} bytes: {e or type(e).__name__}",
+            image=reg.image,
+        ) from None
+    except ContainerdError as e:
+        raise _disk_full(reg, b, e) or e from None
+    if buf:
+        await _flush(buf, writer, b, state, progress)
+
+
+async def _flush(
+    buf: bytearray,
+    writer: ContentWriter,
+    b: Descriptor,
+    state: Progress,
+    progress: ProgressCallback | None,
+) -> None:
+    await writer.write(bytes(buf))
+    state.layers[b.digest][0] += len(buf)
+    state.transferred += len(buf)
+    buf.clear()
+    if progress:
+        progress(state)
+
+
+def _disk_full(reg: RegistryClient, b: Descriptor, e: ContainerdError) -> PullError | None:
+    """A clear error for a full disk under containerd's content store."""
+    if "no space left" not in str(e.details.get("detail", "")):
+        return None
+    return PullError(
+        f"image {reg.image}: the disk under containerd's content store is full "
+        f"(writing blob {b.digest}, {b.size} bytes)",
+        image=reg.image,
+    )
+
+
+async def _write_docs(client: Containerd, plan: _Plan, lease: str) -> None:
+    """Manifests after their blobs, the index last, each with the GC labels that keep its
+    (present) children alive once the lease is gone."""
+    for desc, body in reversed(plan.docs):
+        labels = images._children_labels(desc.media_type, json.loads(body))
+        present = {k: v for k, v in labels.items() if await client.content_info(v) is not None}
+        async with _exclusive(client, desc.digest):
+            for _ in range(_LOCKED_RETRIES):
+                try:
+                    await client.write_blob(
+                        _INGEST_PREFIX + desc.digest,
+                        desc.digest,
+                        desc.size,
+                        body,
+                        labels=present,
+                        lease=lease,
+                    )
+                    break
+                except ContainerdError as e:
+                    if not _locked(e):
+                        raise
+                    await asyncio.sleep(_LOCKED_WAIT)
+
+
+def _locked(e: ContainerdError) -> bool:
+    """containerd's answer while another client writes the same ingest ref."""
+    return "locked" in str(e.details.get("detail", ""))
+
+
+# --- pull behaviour ---------------------------------------------------------------------
+
+
+async def _cached_name(client: Containerd, name: str) -> str | None:
+    """The image record for `name`: as given (an imported image keeps its own name), else
+    under its normalised reference."""
+    if await client.get_image(name) is not None:
+        return name
+    with contextlib.suppress(InvalidInput):
+        normal = normalize_ref(name)
+        if await client.get_image(normal) is not None:
+            return normal
+    return None
 
 
 async def ensure_image(
-    client: Containerd, name: str, *, policy: str, snapshotter: str, insecure: Sequence[str] = ()
+    client: Containerd,
+    name: str,
+    *,
+    policy: str,
+    snapshotter: str,
+    insecure: Sequence[str] = (),
+    auth: Credentials | None = None,
+    progress: ProgressCallback | None = None,
 ) -> images.ImageConfig:
-    """The image's config per the pull behaviour; the name as given first (an imported
-    image keeps its own name), then its normalised form."""
+    """The image's config, present and unpacked per the pull behaviour `policy`.
+    Local (.local) names are never pulled. Under `default` an Unavailable registry falls
+    back to the cached image (logged); every other failure is raised."""
     if policy not in POLICIES:
         raise InvalidInput(f"pull behaviour {policy!r}: expected one of {', '.join(POLICIES)}")
-    cached = name if await client.get_image(name) is not None else None
+    cached = await _cached_name(client, name)
     if is_local(name):
         if cached is None:
             raise ImageNotFound(
@@ -426,16 +480,15 @@ async def ensure_image(
                 image=name,
             )
         return await images.ensure_unpacked(client, cached, snapshotter=snapshotter)
-    if cached is None:
-        with contextlib.suppress(InvalidInput):
-            normal = normalize_ref(name)
-            cached = normal if await client.get_image(normal) is not None else None
     if cached is not None and policy in ("once", "prefer-cached"):
         return await images.ensure_unpacked(client, cached, snapshotter=snapshotter)
     try:
-        ref = await pull(client, name, snapshotter=snapshotter, insecure=insecure)
-    except Unavailable:
-        if cached is not None and policy == "default":
-            return await images.ensure_unpacked(client, cached, snapshotter=snapshotter)
-        raise
+        ref = await pull(
+            client, name, snapshotter=snapshotter, creds=auth, insecure=insecure, progress=progress
+        )
+    except Unavailable as e:
+        if cached is None or policy != "default":
+            raise
+        log.warning("image.pull_failed_using_cached", image=name, cached=cached, error=str(e))
+        return await images.ensure_unpacked(client, cached, snapshotter=snapshotter)
     return await images.ensure_unpacked(client, ref.name, snapshotter=snapshotter)

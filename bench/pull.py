@@ -28,6 +28,7 @@ from agent import images, pull
 from agent.containerd import Containerd, purge_namespace
 
 CTR_SOCK = "/run/containerd/containerd.sock"
+CONTENT_ROOT = "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256"
 
 
 def build(base: Path, layers: int, total_mb: int) -> Path:
@@ -118,9 +119,12 @@ def main() -> int:
             check=True,
             capture_output=True,
         )
+        layers = _layer_digests(layout)
         for i in range(args.n):
             ns = f"nstask-bench-pull-{os.getpid()}-{i}"
+            _assert_gone(layers)
             ours.append(asyncio.run(_ours(ns + "a", ref)))
+            _assert_gone(layers)
             t0 = time.perf_counter()
             subprocess.run(
                 ["ctr", "-n", ns + "b", "images", "pull", "--plain-http", ref],
@@ -153,6 +157,7 @@ async def _ours(ns: str, ref: str) -> float:
     finally:
         await purge_namespace(client)
         await client.close()
+        await _collect(ns)
 
 
 async def _purge(ns: str) -> None:
@@ -161,6 +166,39 @@ async def _purge(ns: str) -> None:
         await purge_namespace(client)
     finally:
         await client.close()
+    await _collect(ns)
+
+
+async def _collect(ns: str) -> None:
+    """Run containerd's garbage collector now (a lease deleted with sync=True does), so the
+    blobs of the purged namespace leave the shared content store: otherwise the next pull
+    in a fresh namespace finds them there (containerd shares content between namespaces)
+    and transfers nothing, whichever client pulls."""
+    client = Containerd(namespace=ns + "-gc")
+    try:
+        await client.ensure_namespace()
+        lease = await client.create_lease()
+        await client.delete_lease(lease.id, sync=True)
+        await purge_namespace(client)
+    finally:
+        await client.close()
+
+
+def _layer_digests(layout: Path) -> list[str]:
+    import json
+
+    index = json.loads((layout / "index.json").read_text())
+    digest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs" / "sha256" / digest).read_text())
+    return [str(layer["digest"]) for layer in manifest["layers"]]
+
+
+def _assert_gone(digests: list[str]) -> None:
+    """No layer of the bench image is left in containerd's content store."""
+    root = Path(CONTENT_ROOT)
+    left = [d for d in digests if (root / d.split(":")[1]).exists()]
+    if root.is_dir() and left:
+        raise SystemExit(f"containerd still holds {len(left)} layers: the timing would lie")
 
 
 if __name__ == "__main__":

@@ -3,22 +3,28 @@ these tests on 127.0.0.1 with temporary storage; images pushed there with skopeo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support import Agent, busybox_task, ctr, leaks, write_taskdef
+from support import CTR_SOCK, Agent, busybox_task, ctr, leaks, write_taskdef
 
-from agent import images
+from agent import images, pull
+from agent.containerd import Containerd, purge_namespace
+from agent.errors import ImageNotFound, Unavailable
 
 
 def _free_port() -> int:
@@ -87,6 +93,9 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for applet in ("sh", "echo", "cat"):
         (rootfs / "bin" / applet).symlink_to("busybox")
     (rootfs / "hello").write_text("pulled from a registry\n")
+    # A layer of this run's own: containerd shares content between namespaces, so a
+    # layer another test session already holds would cost this one's first pull nothing.
+    (rootfs / "nonce").write_bytes(os.urandom(16))
     images.pack(rootfs, "nstask.local/pushed:1", d / "img.tar", cmd=["cat", "/hello"])
     return d / "img.tar"
 
@@ -158,16 +167,28 @@ def test_a_corrupted_blob_is_rejected_and_leaves_no_image(agent: Agent, tmp_path
         assert "failed verification" in proc.stderr and layer in proc.stderr
         assert f"{reg.host}/team/bad:1" not in ctr(agent.namespace, "images", "ls", "-q")
         assert not ctr(agent.namespace, "leases", "ls", "-q").split()
+        # Nothing of the image stays: no blob (not even the good config) and no ingest.
+        blobs = ctr(agent.namespace, "content", "ls", "-q").split()
+        assert layer not in blobs and _config_digest(archive) not in blobs
+        assert layer not in ctr(agent.namespace, "content", "active")
     finally:
         reg.stop()
 
 
-def _layer_digest(archive: Path) -> str:
+def _archive_manifest(archive: Path) -> dict[str, Any]:
     with tarfile.open(archive) as tar:
         index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
         mdigest = index["manifests"][0]["digest"].split(":")[1]
         manifest = json.load(tar.extractfile(f"blobs/sha256/{mdigest}"))  # type: ignore[arg-type]
-    return str(manifest["layers"][0]["digest"])
+    return dict(manifest)
+
+
+def _layer_digest(archive: Path) -> str:
+    return str(_archive_manifest(archive)["layers"][0]["digest"])
+
+
+def _config_digest(archive: Path) -> str:
+    return str(_archive_manifest(archive)["config"]["digest"])
 
 
 def test_basic_auth(agent: Agent, tmp_path: Path, archive: Path) -> None:
@@ -294,3 +315,208 @@ def test_pull_progress_stream_reports_every_layer(
     last = lines[-2]["progress"]
     assert len(last) == 2  # config and the layer
     assert all(done == total for done, total in last.values())
+
+
+# --- direct pulls (agent.pull) in a containerd namespace of each test's own ----------------
+
+
+def _in_namespace(scenario: Callable[[Containerd], Awaitable[None]]) -> None:
+    """Run `scenario` with a client on a fresh nstask-test-<random> namespace, purged after."""
+
+    async def main() -> None:
+        client = Containerd(address=CTR_SOCK, namespace=f"nstask-test-{os.urandom(4).hex()}")
+        try:
+            await client.ensure_namespace()
+            await scenario(client)
+        finally:
+            await purge_namespace(client)
+            await client.close()
+
+    asyncio.run(main())
+
+
+def _layered_layout(base: Path, layers: list[dict[str, bytes]], name: str) -> Path:
+    """An OCI layout (ref name `name`) of a busybox layer plus one layer per dict of
+    files: a multi-layer image, which image pack alone does not make."""
+    rootfs = base / "l0"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "cat", "sha256sum"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    dirs = [rootfs]
+    for i, files in enumerate(layers, start=1):
+        d = base / f"l{i}"
+        d.mkdir()
+        for fname, data in files.items():
+            (d / fname).write_bytes(data)
+        dirs.append(d)
+    layout = base / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    descs, diff_ids = [], []
+    config: dict[str, Any] = {}
+    for d in dirs:
+        archive = base / f"{d.name}.tar"
+        images.pack(d, f"nstask.local/{d.name}:1", archive, cmd=["sh"])
+        manifest = _archive_manifest(archive)
+        with tarfile.open(archive) as tar:
+            cfg = tar.extractfile(f"blobs/sha256/{manifest['config']['digest'][7:]}")
+            config = json.load(cfg)  # type: ignore[arg-type]
+            layer = manifest["layers"][0]
+            blob = tar.extractfile(f"blobs/sha256/{layer['digest'][7:]}")
+            assert blob is not None
+            (layout / "blobs" / "sha256" / layer["digest"][7:]).write_bytes(blob.read())
+        descs.append(layer)
+        diff_ids.append(config["rootfs"]["diff_ids"][0])
+    config["rootfs"]["diff_ids"] = diff_ids
+    cfg_desc = _blob(layout, json.dumps(config).encode(), images.MEDIA_CONFIG)
+    body = {"schemaVersion": 2, "mediaType": images.MEDIA_MANIFEST, "config": cfg_desc}
+    top = _blob(layout, json.dumps({**body, "layers": descs}).encode(), images.MEDIA_MANIFEST)
+    top["annotations"] = {"org.opencontainers.image.ref.name": name}
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
+    return layout
+
+
+def _sha256sums(client: Containerd, ref: str, files: list[str]) -> dict[str, str]:
+    """sha256 of files inside the image, as a container under containerd (ctr run) sees them."""
+    out = subprocess.run(
+        [
+            "ctr",
+            "--address",
+            CTR_SOCK,
+            "-n",
+            client.namespace,
+            "run",
+            "--rm",
+            ref,
+            f"nstask-t-{os.urandom(4).hex()}",
+            "sha256sum",
+            *files,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return {line.split()[1].lstrip("/"): line.split()[0] for line in out.splitlines()}
+
+
+def test_a_cancelled_multi_layer_pull_resumes_and_runs(registry: Registry, tmp_path: Path) -> None:
+    """Cancel a pull of a 4-layer image half way: its lease keeps what arrived; the next
+    pull moves only the rest, and the image's files are intact under containerd."""
+    data = {f"part{i}": os.urandom(8 << 20) for i in range(3)}
+    layout = _layered_layout(tmp_path, [{k: v} for k, v in data.items()], "layers")
+    registry.push(Path(f"{layout}:layers"), "team/layers:1")
+    ref = f"{registry.host}/team/layers:1"
+
+    async def scenario(client: Containerd) -> None:
+        first: list[pull.Progress] = []
+        halfway = asyncio.Event()
+
+        def watch(p: pull.Progress) -> None:
+            first[:] = [p]
+            if p.transferred >= p.total // 2:
+                halfway.set()
+
+        job = asyncio.ensure_future(pull.pull(client, ref, progress=watch))
+        await asyncio.wait_for(halfway.wait(), 60)
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+        total = first[0].total
+        assert await client.get_image(ref) is None
+        kept = [x for x in await client.list_leases() if x.labels.get(pull.LABEL_PULL_REF) == ref]
+        assert len(kept) == 1  # the interrupted pull's lease, holding its blobs and ingests
+
+        second: list[pull.Progress] = []
+        image = await pull.pull(
+            client, ref, progress=lambda p: second.__setitem__(slice(None), [p])
+        )
+        again = second[0]
+        assert again.done == again.total == total
+        assert again.transferred <= total - (8 << 20), (again.transferred, total)
+        assert again.resumed > 0  # partial ingests continued (HTTP Range), not restarted
+        assert image.name == ref
+        assert not await client.list_leases()  # both leases gone: the image record holds it
+        assert len(await client.list_snapshots()) == 4  # one committed snapshot per layer
+        sums = await asyncio.to_thread(_sha256sums, client, ref, list(data))
+        assert sums == {k: hashlib.sha256(v).hexdigest() for k, v in data.items()}
+
+    _in_namespace(scenario)
+
+
+def test_concurrent_pulls_fetch_each_blob_once(registry: Registry, tmp_path: Path) -> None:
+    """Two tasks starting together with one image, and a second name for the same image:
+    all three pulls succeed and every blob crosses the network once."""
+    layout = _layered_layout(tmp_path, [{"x": os.urandom(2 << 20)}], "same")
+    registry.push(Path(f"{layout}:same"), "team/same:1")
+    registry.push(Path(f"{layout}:same"), "team/other:1")
+    refs = [f"{registry.host}/team/same:1"] * 2 + [f"{registry.host}/team/other:1"]
+
+    async def scenario(client: Containerd) -> None:
+        states: list[list[pull.Progress]] = [[], [], []]
+
+        def keeper(i: int) -> Callable[[pull.Progress], None]:
+            return lambda p: states[i].__setitem__(slice(None), [p])
+
+        random.shuffle(refs)
+        done = await asyncio.gather(
+            *(pull.pull(client, r, progress=keeper(i)) for i, r in enumerate(refs))
+        )
+        assert {d.name for d in done} == set(refs)
+        assert all(states), "every pull reports progress"
+        # Each blob once: downloaded, or found whole in containerd's store (which shares
+        # content between namespaces: another namespace may hold the busybox layer).
+        moved = sum(s[0].transferred + s[0].resumed for s in states)
+        assert moved == states[0][0].total  # config + 2 layers, once
+        assert not await client.list_leases()
+
+    _in_namespace(scenario)
+
+
+def test_ensure_image_pull_behaviours(registry: Registry) -> None:
+    """once / prefer-cached use a cached image; default falls back to it when the registry
+    is unreachable, always does not; without a cached image nothing falls back."""
+    ref = f"{registry.host}/team/app:1"
+    down = f"127.0.0.1:{_free_port()}/team/app:1"
+
+    async def scenario(client: Containerd) -> None:
+        cfg = await pull.ensure_image(client, ref, policy="always", snapshotter="overlayfs")
+        assert cfg.cmd == ("cat", "/hello")
+        # The same image under the unreachable registry's name, as if pulled from there.
+        image = await client.get_image(ref)
+        assert image is not None
+        await client.create_image(down, image.target)
+        for policy in ("once", "prefer-cached", "default"):
+            got = await pull.ensure_image(client, down, policy=policy, snapshotter="overlayfs")
+            assert got.digest == cfg.digest, policy
+        with pytest.raises(Unavailable, match="unreachable"):
+            await pull.ensure_image(client, down, policy="always", snapshotter="overlayfs")
+        await client.delete_image(down)
+        with pytest.raises(Unavailable):
+            await pull.ensure_image(client, down, policy="default", snapshotter="overlayfs")
+
+    _in_namespace(scenario)
+
+
+def test_inspect_remove_and_prune_pulled_images(registry: Registry) -> None:
+    ref = f"{registry.host}/team/app:1"
+    alias = f"{registry.host}/team/alias:1"
+
+    async def scenario(client: Containerd) -> None:
+        pulled = await pull.pull(client, ref)
+        info = await images.inspect_image(client, ref)
+        assert info["digest"] == pulled.target.digest
+        assert info["config"]["config"]["Cmd"] == ["cat", "/hello"]
+        assert [layer["unpacked"] for layer in info["layers"]] == [True]
+        assert info["platform"] == f"linux/{images.host_architecture()}"
+        await client.create_image(alias, pulled.target)
+        assert await images.prune_images(client, {ref}) == [alias]
+        assert [i.name for i in await client.list_images()] == [ref]
+        await images.remove_image(client, ref)
+        assert not await client.list_images()
+        assert not await client.list_content()  # the GC took the blobs with the record
+        with pytest.raises(ImageNotFound, match="not present"):
+            await images.remove_image(client, ref)
+
+    _in_namespace(scenario)
