@@ -43,7 +43,7 @@ from aiohttp import web
 
 from agent import execute, gc, images, pull
 from agent.engine import Engine, logging_stats
-from agent.errors import Conflict, ImageNotFound, InvalidInput, NstaskError
+from agent.errors import Conflict, InvalidInput, NstaskError
 from shim import jsonfile
 
 log = structlog.get_logger("nstask.api")
@@ -270,22 +270,14 @@ def build_app(engine: Engine) -> web.Application:
         name = request.match_info["name"]
         if name in images_in_use():
             raise Conflict(f"image {name} is used by a task that is not stopped")
-        if await engine.client.get_image(name) is None:
-            raise ImageNotFound(f"no such image: {name}", image=name)
-        await engine.client.delete_image(name, sync=True)
+        await images.remove_image(engine.client, name)
         return web.Response(status=204)
 
     @routes.post("/v1/images/prune")
     async def image_prune(_: web.Request) -> web.Response:
         """Remove every image no task that is not stopped uses (content and snapshots go
         with containerd's GC)."""
-        used = images_in_use()
-        removed = []
-        for image in await images.list_images(engine.client):
-            if image.ref not in used:
-                await engine.client.delete_image(image.ref, sync=True)
-                removed.append(image.ref)
-        return web.json_response(removed)
+        return web.json_response(await images.prune_images(engine.client, images_in_use()))
 
     @routes.post("/v1/images/pull")
     async def image_pull(request: web.Request) -> web.StreamResponse:
