@@ -149,6 +149,13 @@ def main(ctx: click.Context, socket_path: str) -> None:
     default=None,
     help="Stop every task when the agent gets SIGTERM (default: leave them running).",
 )
+@click.option(
+    "--allow-host-path",
+    "allow_host_paths",
+    multiple=True,
+    help="Let host volumes bind this path although it holds the agent's or containerd's "
+    "state (repeatable; refused by default).",
+)
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
 @click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
 @click.pass_context
@@ -165,6 +172,7 @@ def agent(
         k: (Path(v) if k in ("state_dir", "run_dir", "conflist_file") and v else v)
         for k, v in flags.items()
     }
+    values["allow_host_paths"] = tuple(flags.get("allow_host_paths") or ()) or None
     config = load_config(socket=Path(socket_path), **values)
     if os.geteuid() != 0:
         fail("the agent must run as root (it creates network namespaces and containers)")
@@ -216,6 +224,8 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     if config.stop_tasks_on_exit:
         argv.append("--stop-tasks-on-exit")
     argv += ["--pull-policy", config.pull_policy]
+    for path in config.allow_host_paths:
+        argv += ["--allow-host-path", path]
     if log_json:
         argv.append("--log-json")
     with open(log_path, "ab") as out:
@@ -592,13 +602,23 @@ def validate(file: str) -> None:
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
+@click.option(
+    "--stop-unknown",
+    is_flag=True,
+    help="Also stop running tasks the state store does not know, and remove what they hold.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def gc(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+def gc(ctx: click.Context, dry_run: bool, stop_unknown: bool, as_json: bool) -> None:
     """Remove what nstask left on the host that no task accounts for (netns, veths, IP
-    allocations, CNI cache entries, containers, snapshots, leases, task dirs, cgroups, logs)."""
+    allocations, CNI cache entries, containers, snapshots, leases, task dirs, cgroups, logs).
+
+    A task still running in the agent's containerd namespace that the state store does not
+    know (a store moved aside, say) is shown and kept, with everything it holds, unless
+    --stop-unknown is given."""
     try:
-        report = _client(ctx).call("POST", "/v1/gc", {"dryRun": dry_run}, timeout=None)
+        body = {"dryRun": dry_run, "stopUnknown": stop_unknown}
+        report = _client(ctx).call("POST", "/v1/gc", body, timeout=None)
     except ApiError as e:
         _api_fail(e)
     if as_json:

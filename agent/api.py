@@ -10,7 +10,7 @@
     POST   /v1/tasks/{id}/exec          {command, container?, environment?} -> NDJSON
                                          {stream, data} chunks, then {exitCode}
     GET    /v1/tasks/{id}/logs?container=&follow=1&tail=N  -> NDJSON stream of log entries
-    POST   /v1/gc                       {dryRun?} -> [{kind, name, detail, status}]
+    POST   /v1/gc                       {dryRun?, stopUnknown?} -> [{kind, name, detail, status}]
     GET    /v1/secrets                  -> [name]   (values are never returned)
     PUT    /v1/secrets/{name}           {value} -> 204
     DELETE /v1/secrets/{name}           -> 204
@@ -209,7 +209,13 @@ def build_app(engine: Engine) -> web.Application:
     @routes.post("/v1/gc")
     async def collect(request: web.Request) -> web.Response:
         body = await _body(request) if request.can_read_body else {}
-        return web.json_response(await gc.collect(engine, dry_run=bool(body.get("dryRun"))))
+        return web.json_response(
+            await gc.collect(
+                engine,
+                dry_run=bool(body.get("dryRun")),
+                stop_unknown=bool(body.get("stopUnknown")),
+            )
+        )
 
     @routes.get("/v1/secrets")
     async def secret_ls(_: web.Request) -> web.Response:

@@ -43,6 +43,9 @@ class AgentConfig:
     # Registries spoken to over plain HTTP (localhost and 127.0.0.1 always are).
     insecure_registries: tuple[str, ...] = ()
     netns_prefix: str = "nstask-"
+    # Host paths a task's host volumes may bind although they hold the agent's or
+    # containerd's own state (refused by default: such a task could drive them).
+    allow_host_paths: tuple[str, ...] = ()
     shim_path: Path | None = None
     dns_servers: tuple[str, ...] = field(default_factory=tuple)
 
@@ -83,7 +86,11 @@ def _env_overrides() -> dict[str, Any]:
             out[f.name] = raw.lower() in ("1", "true", "yes")
         elif isinstance(default, tuple):
             # Paths split on ':' or ','; host:port lists (registries) only on ','.
-            seps = raw if f.name == "insecure_registries" else raw.replace(":", ",")
+            seps = (
+                raw
+                if f.name in ("insecure_registries", "allow_host_paths")
+                else raw.replace(":", ",")
+            )
             out[f.name] = tuple(p.strip() for p in seps.split(",") if p.strip())
         elif isinstance(default, float):
             out[f.name] = float(raw)

@@ -72,12 +72,33 @@ def mounts_for(
     return out
 
 
-def resolve_environment(cdef: ContainerDefinition, store: secrets.SecretStore) -> list[str]:
+def read_environment_files(td: TaskDefinition) -> dict[str, list[tuple[str, str]]]:
+    """Every environment file of the task, read once (blocking: run it in a thread)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for i, c in enumerate(td.containers):
+        for j, path in enumerate(c.environment_files):
+            if path in out:
+                continue
+            try:
+                out[path] = secrets.read_env_file(path)
+            except InvalidInput as e:
+                raise InvalidInput(
+                    f"containerDefinitions[{i}].environmentFiles[{j}]: {e.message}", path=path
+                ) from None
+    return out
+
+
+def resolve_environment(
+    cdef: ContainerDefinition,
+    store: secrets.SecretStore,
+    env_files: dict[str, list[tuple[str, str]]],
+) -> list[str]:
     """ECS precedence: environment files, then `environment`, then secrets. Secret values
-    exist only in the returned list (and the container's spec), never in logs or state."""
+    exist only in the returned list (and the container's spec), never in logs or state.
+    `env_files` holds the files' contents, read once at submit."""
     env: dict[str, str] = {}
     for path in cdef.environment_files:
-        env.update(secrets.read_env_file(path))
+        env.update(env_files[path])
     env.update(dict(cdef.environment))
     for s in cdef.secrets:
         env[s.name] = store.get(local_secret_name(s.value_from))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -22,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from agent import cgroups, containers, faults, health, images, network, pull, secrets
+from agent import cgroups, containers, faults, health, images, network, pull
 from agent.config import AgentConfig, default_shim_path
 from agent.containerd import Containerd, TaskExit, TaskOOM
 from agent.errors import (
@@ -60,6 +61,8 @@ PROVISIONING, PENDING, RUNNING, DEPROVISIONING, STOPPED = (
 TEARDOWN_ORDER = ("task", "container", "snapshot", "lease", "cgroup", "taskdir", "cni", "netns")
 UNKNOWN = health.UNKNOWN
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
+# Recovery of one task at agent start is bounded, so no single task can wedge the agent.
+RECOVER_TASK_TIMEOUT = 30.0
 
 
 class DependencyError(NstaskError):
@@ -114,6 +117,54 @@ def _dependency_verdict(condition: str, dep: ContainerRecord) -> bool | str | No
             return "it is UNHEALTHY"
         return None
     return f"unknown condition {condition}"
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory tree; it is gone when this returns, or an error says what is left
+    (a resource is marked removed only once it is really gone)."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise NstaskError(
+            f"cannot remove {path}: {e.strerror or e}"
+            + (f" ({e.filename})" if e.filename and str(e.filename) != str(path) else "")
+        ) from None
+    if path.exists():
+        raise NstaskError(f"cannot remove {path}: it is still there")
+
+
+def _host_memory_mib() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _stop_plan_of(td: TaskDefinition) -> dict[str, Any]:
+    """What a stop needs from the definition, kept with the task at submit."""
+    return {
+        "order": stop_order(td),
+        "timeouts": {c.name: c.stop_timeout for c in td.containers},
+    }
+
+
+def _owed_stop(task: TaskRecord) -> str | None:
+    """The stop a running task is owed by what its containers' records say, if any."""
+    if task.desired_status != RUNNING:
+        return None
+    if any(c.essential and c.last_status == STOPPED for c in task.containers):
+        return "Essential container in task exited"
+    if any(c.essential and c.health == health.UNHEALTHY for c in task.containers):
+        return "Task failed container health checks"
+    if task.containers and all(c.last_status == STOPPED for c in task.containers):
+        return "All containers exited"
+    return None
 
 
 def _containerd_id(task_id: str, index: int, name: str) -> str:
@@ -232,7 +283,7 @@ class Engine:
         td = with_environment(parse_task_definition(definition, source=source), env or {})
         for w in td.warnings:
             log.warning("task_definition_warning", source=source, warning=w)
-        await self._precheck(td)
+        env_files = await self._precheck(td)
         task_id = uuid.uuid4().hex
         log_dir = self.config.log_dir / task_id
         containers = [
@@ -253,7 +304,7 @@ class Engine:
             family=td.family,
             definition=definition,
             source=source,
-            overrides={"environment": env or {}},
+            overrides={"environment": env or {}, "stop": _stop_plan_of(td)},
             last_status=PROVISIONING,
             desired_status=RUNNING,
             created_at=time.time(),
@@ -263,11 +314,12 @@ class Engine:
         self.store.insert_task(task)
         self._live[task_id] = task
         self._stopped[task_id] = asyncio.Event()
-        self._lifecycles[task_id] = asyncio.create_task(self._launch(task, td))
+        self._lifecycles[task_id] = asyncio.create_task(self._launch(task, td, env_files))
         log.info("task_accepted", task=task_id, family=td.family, source=source)
         return task
 
-    async def _precheck(self, td: TaskDefinition) -> None:
+    async def _precheck(self, td: TaskDefinition) -> dict[str, list[tuple[str, str]]]:
+        """Returns the environment files' contents, read here once, off the event loop."""
         for image in sorted({c.image for c in td.containers}):
             # A local (.local) image is never pulled: it must have been imported.
             if pull.is_local(image) and await self.client.get_image(image) is None:
@@ -284,14 +336,69 @@ class Engine:
                 + "; add each with `nstask secret put NAME`",
                 secrets=missing,
             )
-        for c in td.containers:
-            for path in c.environment_files:
-                secrets.read_env_file(path)  # raises a located InvalidInput
-        for v in td.volumes:
-            if v.host_path is not None and not Path(v.host_path).exists():
-                raise InvalidInput(f"volumes: {v.name}: host path {v.host_path} does not exist")
+        env_files = await asyncio.to_thread(containers.read_environment_files, td)
+        self._check_host_volumes(td)
+        self._check_host_limits(td)
         if td.network_mode in ("bridge", "host"):
             self._ports_for(td, check_only=True)
+        return env_files
+
+    def _protected_paths(self) -> list[tuple[Path, str]]:
+        cfg = self.config
+        return [
+            (cfg.state_dir, "the agent's state directory"),
+            (cfg.run_dir, "the agent's runtime directory"),
+            (cfg.socket.parent, "the directory of the agent's API socket"),
+            (Path(cfg.containerd_address).parent, "containerd's socket directory"),
+        ]
+
+    def _check_host_volumes(self, td: TaskDefinition) -> None:
+        """Host volumes are allowed, as ECS allows them, but never onto what runs the host's
+        tasks: a task with the agent's state or containerd's socket can drive both (issue
+        9). Symlinks are resolved first. --allow-host-path lets an operator say otherwise."""
+        allowed = [Path(os.path.realpath(p)) for p in self.config.allow_host_paths]
+        protected = [(Path(os.path.realpath(p)), what) for p, what in self._protected_paths()]
+        for i, v in enumerate(td.volumes):
+            if v.host_path is None:
+                continue
+            at = f"volumes[{i}].host.sourcePath"
+            if not Path(v.host_path).exists():
+                raise InvalidInput(f"{at}: host path {v.host_path} does not exist")
+            real = Path(os.path.realpath(v.host_path))
+            if any(real == a or a in real.parents for a in allowed):
+                continue
+            for p, what in protected:
+                if real == p or p in real.parents:
+                    shown = v.host_path if str(real) == v.host_path else f"{v.host_path} ({real})"
+                    raise InvalidInput(
+                        f"{at}: {shown} is {what} or inside it ({p}); a task with it could "
+                        "drive the agent or containerd. Start the agent with "
+                        f"--allow-host-path {real} to allow it"
+                    )
+
+    def _check_host_limits(self, td: TaskDefinition) -> None:
+        """Limits within ECS's ranges (validation checks those) but beyond this host: set as
+        asked, since a Fargate size must run unchanged, with a warning saying so."""
+        host_mib = _host_memory_mib()
+        host_units = (os.cpu_count() or 1) * 1024
+        asks = [("memory", td.memory)] + [
+            (f"containerDefinitions[{i}].memory", c.memory) for i, c in enumerate(td.containers)
+        ]
+        for where, mib in asks:
+            if mib is not None and host_mib is not None and mib > host_mib:
+                log.warning(
+                    "limit_above_host",
+                    field=where,
+                    warning=f"{where}: {mib} MiB is more than this host has ({host_mib} MiB); "
+                    "the limit is set but cannot be reached",
+                )
+        if td.cpu is not None and td.cpu > host_units:
+            log.warning(
+                "limit_above_host",
+                field="cpu",
+                warning=f"cpu: {td.cpu} units is more than this host has ({host_units} "
+                "units); the task gets at most the host's CPUs",
+            )
 
     def _ports_for(self, td: TaskDefinition, *, check_only: bool = False) -> list[dict[str, Any]]:
         """Host ports of the task (bridge: published through portmap; host: the container's
@@ -324,14 +431,16 @@ class Engine:
         return out
 
     # -- start ---------------------------------------------------------------------------
-    async def _launch(self, task: TaskRecord, td: TaskDefinition) -> None:
+    async def _launch(
+        self, task: TaskRecord, td: TaskDefinition, env_files: dict[str, list[tuple[str, str]]]
+    ) -> None:
         t_start = time.monotonic()
         try:
             async with self._lock(task.id):
                 await self._provision(task, td)
                 with self._phase(task, "secrets"):
                     envs = {
-                        c.name: containers.resolve_environment(c, self.secrets)
+                        c.name: containers.resolve_environment(c, self.secrets, env_files)
                         for c in td.containers
                     }
                 task.last_status = PENDING
@@ -666,6 +775,7 @@ class Engine:
                     exit_code=code,
                     reason=c.reason,
                 )
+                faults.point("exited")
                 if c.essential and task.desired_status == RUNNING:
                     self._spawn(self.stop(task_id, reason="Essential container in task exited"))
                 elif all(x.last_status == STOPPED for x in task.containers):
@@ -718,16 +828,15 @@ class Engine:
     ) -> tuple[float, dict[str, float], float]:
         """Stop signal, wait, SIGKILL for each container in stop order, then remove every
         recorded resource. Returns the signalling time and the per-kind teardown times."""
-        td = parse_task_definition(task.definition, source=task.source)
+        order, timeouts = self._stop_plan(task)
         by_name = {c.name: c for c in task.containers}
-        for c in [by_name[n] for n in stop_order(td)]:
+        for c in [by_name[n] for n in order]:
             self._stop_health(c)
             if c.last_status == RUNNING:
-                cdef = td.container(c.name)
                 if timeout is not None:
                     wait = timeout
-                elif cdef.stop_timeout is not None:
-                    wait = float(cdef.stop_timeout)
+                elif timeouts.get(c.name) is not None:
+                    wait = float(timeouts[c.name])  # type: ignore[arg-type]
                 else:
                     wait = self.config.stop_timeout
                 await self._stop_container(task, c, wait)
@@ -736,6 +845,23 @@ class Engine:
         t1 = time.monotonic()
         removed = await self._teardown(task)
         return signal_ms, removed, _ms(t1)
+
+    def _stop_plan(self, task: TaskRecord) -> tuple[list[str], dict[str, float | None]]:
+        """Stop order and per-container stopTimeout, as stored at submit. Tasks stored by an
+        older agent have no plan: it is derived from their definition, or, when today's
+        parser refuses that definition, the containers stop in reverse definition order
+        with the agent's default timeout, so such a task can still always be stopped."""
+        names = [c.name for c in sorted(task.containers, key=lambda c: c.position)]
+        plan = task.overrides.get("stop")
+        if isinstance(plan, dict) and sorted(plan.get("order", [])) == sorted(names):
+            return list(plan["order"]), dict(plan.get("timeouts", {}))
+        try:
+            td = parse_task_definition(task.definition, source=task.source)
+        except NstaskError as e:
+            log.warning("stop_plan_fallback", task=task.id, error=str(e))
+            return names[::-1], {}
+        p = _stop_plan_of(td)
+        return list(p["order"]), dict(p["timeouts"])
 
     async def _retry_stop(self, task_id: str, reason: str) -> None:
         """One retry loop per task, with backoff, until its teardown succeeds."""
@@ -822,7 +948,7 @@ class Engine:
             elif kind == "cgroup":
                 await asyncio.to_thread(cgroups.remove, key.rsplit("/", 1)[-1])
             elif kind == "taskdir":
-                shutil.rmtree(key, ignore_errors=True)
+                await asyncio.to_thread(_remove_tree, Path(key))
             elif kind == "cni":
                 _, task_id, ifname = key.rsplit("/", 2)
                 await self.network.detach(task_id, data.get("netns"), ifname=ifname)
@@ -838,7 +964,7 @@ class Engine:
                     f"task {task.id} is {task.last_status}; stop it first or use --force"
                 )
             await self.stop(task.id, timeout=0)
-        shutil.rmtree(self.config.log_dir / task.id, ignore_errors=True)
+        await asyncio.to_thread(_remove_tree, self.config.log_dir / task.id)
         self.store.delete_task(task.id)
         self._live.pop(task.id, None)
         self._stopped.pop(task.id, None)
@@ -849,38 +975,71 @@ class Engine:
     # -- recovery ------------------------------------------------------------------------
     async def _recover(self) -> None:
         """Finish what a previous agent left: re-attach running tasks, stop half-started or
-        half-stopped ones, and remove resources of stopped tasks."""
+        half-stopped ones, and remove resources of stopped tasks. One task whose record
+        cannot be processed is stopped with the reason; it never keeps the agent from
+        starting (issue 9: a stored 2,000-container task wedged every restart)."""
         for stored in self.store.list_tasks():
-            task = self.get(stored.id)
-            self._stopped.setdefault(task.id, asyncio.Event())
-            if task.last_status == STOPPED:
-                self._stopped[task.id].set()
-                if self.store.resources(task.id):
-                    await self._teardown(task)
-                continue
-            if task.last_status == RUNNING and task.desired_status == RUNNING:
-                td = parse_task_definition(task.definition, source=task.source)
-                for c in task.containers:
-                    if c.last_status != RUNNING:
-                        continue
-                    info = await self.client.get_task(c.containerd_id)
-                    self._watch(task.id, c)
-                    if info is None or info.status in ("stopped", "STOPPED"):
-                        code = info.exit_status if info is not None else 255
-                        self._exited(c.containerd_id, code, time.time())
-                        continue
-                    cdef = td.container(c.name)
-                    ctr = await self.client.get_container(c.containerd_id)
-                    if _has_check(cdef) and ctr is not None and ctr.spec:
-                        self._start_health(task.id, c, cdef, dict(ctr.spec["process"]))
-                log.info("task_reattached", task=task.id)
-                continue
-            reason = task.stop_reason or f"agent restarted while the task was {task.last_status}"
-            self._spawn(self.stop(task.id, reason=reason, timeout=0))
+            try:
+                await asyncio.wait_for(self._recover_task(stored.id), RECOVER_TASK_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                why = str(e) or type(e).__name__
+                if isinstance(e, TimeoutError):
+                    why = f"recovery took longer than {RECOVER_TASK_TIMEOUT:g} s"
+                reason = f"the agent could not recover the task: {why}"
+                log.error(
+                    "task_recovery_failed",
+                    task=stored.id,
+                    error=why,
+                    exc_info=not isinstance(e, NstaskError | TimeoutError),
+                )
+                task = self.get(stored.id)
+                if task.last_status != STOPPED:
+                    task.desired_status = STOPPED
+                    task.stop_reason = task.stop_reason or reason
+                    self._save(task)
+                    self._spawn(self.stop(task.id, reason=reason, timeout=0))
         for r in self.store.resources():
             if self.store.get_task(r.task_id) is None:
-                await self._remove(r.kind, r.key, r.data)
-                self.store.removed(r.kind, r.key)
+                try:
+                    await self._remove(r.kind, r.key, r.data)
+                    self.store.removed(r.kind, r.key)
+                except NstaskError as e:
+                    log.error("orphan_removal_failed", kind=r.kind, key=r.key, error=str(e))
+
+    async def _recover_task(self, task_id: str) -> None:
+        task = self.get(task_id)
+        self._stopped.setdefault(task.id, asyncio.Event())
+        if task.last_status == STOPPED:
+            self._stopped[task.id].set()
+            if self.store.resources(task.id):
+                await self._teardown(task)
+            return
+        if task.last_status == RUNNING and task.desired_status == RUNNING:
+            td = parse_task_definition(task.definition, source=task.source)
+            for c in task.containers:
+                if c.last_status != RUNNING:
+                    continue
+                info = await self.client.get_task(c.containerd_id)
+                self._watch(task.id, c)
+                if info is None or info.status in ("stopped", "STOPPED"):
+                    code = info.exit_status if info is not None else 255
+                    self._exited(c.containerd_id, code, time.time())
+                    continue
+                cdef = td.container(c.name)
+                ctr = await self.client.get_container(c.containerd_id)
+                if _has_check(cdef) and ctr is not None and ctr.spec:
+                    self._start_health(task.id, c, cdef, dict(ctr.spec["process"]))
+            log.info("task_reattached", task=task.id)
+            # Decisions the previous agent had taken, or owed, when it died (issue 9: an
+            # essential exit recorded just before a crash left the task RUNNING for good).
+            reason = _owed_stop(task)
+            if reason is not None:
+                self._spawn(self.stop(task.id, reason=reason))
+            return
+        reason = task.stop_reason or f"agent restarted while the task was {task.last_status}"
+        self._spawn(self.stop(task.id, reason=reason, timeout=0))
 
     # -- helpers -------------------------------------------------------------------------
     def _save(self, task: TaskRecord) -> None:

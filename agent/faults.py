@@ -4,8 +4,9 @@ rolls back whatever was half done. Unset (always, outside tests) it costs one di
 
 Points: netns (after the netns is created), cni.<plugin type> (after that plugin's ADD),
 cni (after the whole list), images (after unpack), container (after Containers.Create),
-task (after Tasks.Create), started (after Tasks.Start), stop (after the stop signal, before
-teardown), teardown (after the containerd objects are removed, before CNI DEL).
+task (after Tasks.Create), started (after Tasks.Start), exited (after a container's exit is
+recorded, before the task is stopped for it), stop (after the stop signal, before teardown),
+teardown (after the containerd objects are removed, before CNI DEL).
 """
 
 from __future__ import annotations

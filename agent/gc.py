@@ -46,11 +46,45 @@ def _live_ids(engine: Engine) -> set[str]:
     return ids
 
 
-async def find(engine: Engine, *, cni_only: bool = False) -> list[Orphan]:
+async def running_unknown(engine: Engine) -> dict[str, list[str]]:
+    """Tasks that run in our containerd namespace but that the state store does not know
+    (a store moved aside, another agent's tasks): task id -> its running containers."""
+    live = _live_ids(engine)
+    running: dict[str, list[str]] = {}
+    active = {
+        t.container_id
+        for t in await engine.client.list_tasks()
+        if t.status not in ("stopped", "STOPPED", "unknown")
+    }
+    for c in await engine.client.list_containers():
+        task_id = c.labels.get("nstask.task")
+        if task_id and task_id not in live and c.id in active:
+            running.setdefault(task_id, []).append(c.id)
+    return running
+
+
+async def find(
+    engine: Engine, *, cni_only: bool = False, stop_unknown: bool = False
+) -> list[Orphan]:
+    """What no task accounts for. Resources of a container that is still running in our
+    containerd namespace are never among them (issue 9: after the store was moved aside,
+    the start-up GC tore the network out of a running task): such a task is reported as
+    `running-task`, kept, and only stopped with everything it holds when `stop_unknown`."""
     cfg = engine.config
     live = _live_ids(engine)
     known = {t.id for t in engine.store.list_tasks()}
     found: list[Orphan] = []
+    for task_id, ids in sorted((await running_unknown(engine)).items()):
+        found.append(
+            Orphan(
+                "running-task",
+                task_id,
+                f"running in containerd namespace {cfg.namespace} but not in the state "
+                f"store ({len(ids)} container(s))",
+            )
+        )
+        if not stop_unknown:
+            live.add(task_id)
     # CNI attachments (result cache) and IPAM allocations of the task network.
     attached: set[str] = set()
     for entry in engine.network.runtime.cache.entries(engine.network.name):
@@ -117,11 +151,21 @@ def _is_task_id(text: str) -> bool:
 
 
 async def collect(
-    engine: Engine, *, dry_run: bool = False, cni_only: bool = False
+    engine: Engine,
+    *,
+    dry_run: bool = False,
+    cni_only: bool = False,
+    stop_unknown: bool = False,
 ) -> list[dict[str, Any]]:
-    """Find orphans and (unless dry_run) remove each; returns what was found and done."""
+    """Find orphans and (unless dry_run) remove each; returns what was found and done.
+    A task still running that the store does not know is kept unless `stop_unknown`."""
     report = []
-    for o in await find(engine, cni_only=cni_only):
+    for o in await find(engine, cni_only=cni_only, stop_unknown=stop_unknown):
+        if o.kind == "running-task" and not stop_unknown:
+            status = "kept (still running; `nstask gc --stop-unknown` stops it)"
+            log.warning("gc_unknown_running_task", task=o.name, detail=o.detail, status=status)
+            report.append({**o.to_dict(), "status": status})
+            continue
         status = "would remove" if dry_run else "removed"
         if not dry_run:
             try:
@@ -135,6 +179,8 @@ async def collect(
 
 async def _remove(engine: Engine, o: Orphan) -> None:
     client, cfg = engine.client, engine.config
+    if o.kind == "running-task":
+        return  # its containers, network and files are orphans of their own, removed below
     if o.kind == "cni":
         await engine.network.detach(o.name, None)
     elif o.kind == "netns":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import stat
 from pathlib import Path
 
 from agent.errors import InvalidInput, NotFound
@@ -92,13 +93,54 @@ class SecretStore:
             raise SecretNotFound(f"secret {name!r} is not in the local secret store") from None
 
 
+# An environment file is read whole into memory: bound it. ECS documents no size limit for
+# the S3 files; this bound is far above any real one (a container's whole environment must
+# also fit the kernel's argument limit) and keeps /dev/zero or a huge file out.
+MAX_ENV_FILE_BYTES = 5 * 1024 * 1024
+
+
 def read_env_file(path: str) -> list[tuple[str, str]]:
-    """An ECS environment file: VARIABLE=VALUE lines; blank lines and # comments skipped."""
+    """An ECS environment file: VARIABLE=VALUE lines; blank lines and # comments skipped.
+
+    Blocking file work: callers on the event loop run it in a thread. Only a regular file is
+    read (a FIFO would block the reader forever, a device never end), and at most
+    MAX_ENV_FILE_BYTES of it."""
     local = path.removeprefix("file://")
     try:
-        text = Path(local).read_text()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+        fd = os.open(local, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
         raise InvalidInput(f"environment file {path}: {e.strerror}", path=path) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInput(
+                f"environment file {path}: not a regular file ({_file_kind(st.st_mode)})",
+                path=path,
+            )
+        if st.st_size > MAX_ENV_FILE_BYTES:
+            raise InvalidInput(
+                f"environment file {path}: {st.st_size} bytes, larger than the limit of "
+                f"{MAX_ENV_FILE_BYTES} bytes",
+                path=path,
+            )
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_ENV_FILE_BYTES + 1)
+    except OSError as e:
+        raise InvalidInput(f"environment file {path}: {e.strerror}", path=path) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_ENV_FILE_BYTES:  # it grew while being read
+        raise InvalidInput(
+            f"environment file {path}: larger than the limit of {MAX_ENV_FILE_BYTES} bytes",
+            path=path,
+        )
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        raise InvalidInput(
+            f"environment file {path}: not UTF-8 text ({e.reason} at byte {e.start})", path=path
+        ) from None
     out: list[tuple[str, str]] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -106,5 +148,20 @@ def read_env_file(path: str) -> list[tuple[str, str]]:
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
             raise InvalidInput(f"environment file {path}, line {n}: expected VARIABLE=VALUE")
+        if "\0" in key or "\0" in value:
+            raise InvalidInput(f"environment file {path}, line {n}: holds a NUL character")
         out.append((key.strip(), value))
     return out
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
