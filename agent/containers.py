@@ -106,11 +106,17 @@ def resolve_environment(
 
 
 def missing_secrets(td: TaskDefinition, store: secrets.SecretStore) -> list[str]:
+    """Local names of the task's secrets and log secretOptions not in the store."""
+    wanted = [s for c in td.containers for s in c.secrets] + [
+        s
+        for c in td.containers
+        if c.log_configuration is not None
+        for s in c.log_configuration.secret_options
+    ]
     return sorted(
         {
             local_secret_name(s.value_from)
-            for c in td.containers
-            for s in c.secrets
+            for s in wanted
             if not store.has(local_secret_name(s.value_from))
         }
     )
@@ -237,14 +243,22 @@ def log_uri(
     task_dir: Path,
     cdef: ContainerDefinition,
     log_path: str,
-) -> str | None:
+    options_file: Path,
+    secret_options: dict[str, str] | None = None,
+) -> tuple[str | None, dict[str, str]]:
     """containerd's binary:// URI for the container's output: nstask's shim with the
-    driver and options of the definition's logConfiguration; None for logDriver none."""
+    driver of the definition's logConfiguration; None for logDriver none.
+
+    The driver's options (and the resolved secretOptions) are not in the URI: containerd
+    puts the URI's pairs in the shim's argv, which any local user reads in /proc/PID/cmdline.
+    They are returned instead, for `write_log_options` to put in `options_file` (mode 0600),
+    which the URI names and the shim reads before it signals readiness."""
     from urllib.parse import urlencode
 
     lc = cdef.log_configuration
     driver = lc.driver if lc is not None else "json-file"
     options = dict(lc.options) if lc is not None else {}
+    options.update(secret_options or {})
     query: dict[str, str] = {
         "path": log_path,
         "task": task_id,
@@ -261,11 +275,44 @@ def log_uri(
         # FireLens: the app's shim forwards to the task's router over its unix socket; the
         # logConfiguration options become record fields (the router's output settings).
         query["driver"] = "fluentd"
-        query["fluentd-address"] = f"unix://{firelens_socket(task_dir)}"
-        query["tag"] = f"{cdef.name}-firelens-{task_id}"
-        query["fluentd-async"] = "true"
         options = {f"label.{k}": v for k, v in options.items()}
+        options["fluentd-address"] = f"unix://{firelens_socket(task_dir)}"
+        options["tag"] = f"{cdef.name}-firelens-{task_id}"
+        options["fluentd-async"] = "true"
     elif driver == "none":
-        return None
-    query.update(options)
-    return f"binary://{shim}?{urlencode(query)}"
+        return None, {}
+    if options:
+        query["options-file"] = str(options_file)
+    return f"binary://{shim}?{urlencode(query)}", options
+
+
+def log_options_file(task_dir: Path, index: int) -> Path:
+    """Where a container's log options wait for its shim: in the task directory, which no
+    container sees (they get only their own files and volumes from it)."""
+    return task_dir / "shim" / f"c{index}.options"
+
+
+def write_log_options(path: Path, options: dict[str, str]) -> None:
+    """NUL-separated key/value pairs (the shim parses them without importing anything),
+    created 0600 in a 0700 directory, owned by root: only root and the shim read them."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    for k, v in options.items():
+        if "\0" in k or "\0" in v:
+            raise InvalidInput(f"log option {k!r}: holds a NUL character")
+    data = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in options.items())
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def resolve_log_secrets(cdef: ContainerDefinition, store: secrets.SecretStore) -> dict[str, str]:
+    """logConfiguration.secretOptions, resolved from the local secret store."""
+    lc = cdef.log_configuration
+    if lc is None:
+        return {}
+    return {s.name: store.get(local_secret_name(s.value_from)) for s in lc.secret_options}

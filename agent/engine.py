@@ -443,6 +443,10 @@ class Engine:
                         c.name: containers.resolve_environment(c, self.secrets, env_files)
                         for c in td.containers
                     }
+                    log_secrets = {
+                        c.name: containers.resolve_log_secrets(c, self.secrets)
+                        for c in td.containers
+                    }
                 task.last_status = PENDING
                 self._save(task)
                 configs = await self._pull(task, td)
@@ -457,7 +461,13 @@ class Engine:
                     if task.desired_status != RUNNING:
                         break
                     await self._start_container(
-                        task, by_name[name], cdef, configs[cdef.image], td, envs[name]
+                        task,
+                        by_name[name],
+                        cdef,
+                        configs[cdef.image],
+                        td,
+                        envs[name],
+                        log_secrets[name],
                     )
                     started += 1
                 if started == len(td.containers):
@@ -591,6 +601,7 @@ class Engine:
         image: images.ImageConfig,
         td: TaskDefinition,
         env: list[str],
+        log_secrets: dict[str, str],
     ) -> None:
         cid = c.containerd_id
         lease = f"nstask-{task.id}"
@@ -630,18 +641,30 @@ class Engine:
             faults.point("container")
         with self._phase(task, f"container.{c.name}.start"):
             Path(c.log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            uri = containers.log_uri(
+            options_file = containers.log_options_file(ctx.task_dir, c.position)
+            uri, log_options = containers.log_uri(
                 self.shim_path,
                 task_id=task.id,
                 family=td.family,
                 task_dir=ctx.task_dir,
                 cdef=cdef,
                 log_path=c.log_path,
+                options_file=options_file,
+                secret_options=log_secrets,
             )
+            if log_options:
+                containers.write_log_options(options_file, log_options)
             stats = Path(stats_path(c.log_path))
             stats.unlink(missing_ok=True)
             self.store.intend("task", cid, task.id)
-            await self.client.create_task(cid, rootfs=mounts, stdout=uri or "", stderr=uri or "")
+            try:
+                await self.client.create_task(
+                    cid, rootfs=mounts, stdout=uri or "", stderr=uri or ""
+                )
+            finally:
+                # The shim read its options before it signalled readiness, which
+                # Tasks.Create waits for: the secrets need not stay on disk.
+                options_file.unlink(missing_ok=True)
             self.store.created("task", cid)
             faults.point("task")
             if uri is not None:

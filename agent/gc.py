@@ -135,7 +135,7 @@ async def find(
         if d.name not in live:
             found.append(Orphan("taskdir", str(d)))
     for d in sorted(cfg.log_dir.iterdir()) if cfg.log_dir.is_dir() else []:
-        if d.name not in known:
+        if d.name not in known and d.name not in live:
             found.append(Orphan("logs", str(d), "logs of a removed task"))
     # /sys/fs/cgroup/*/nstask is shared by every agent on the host: only tasks this agent
     # knows (or left a task directory for) are its to remove.

@@ -15,6 +15,9 @@ Options (query pairs) for every driver:
   (``<path>.stats.json``, format in shim.stats).
 - ``mode``: ``blocking`` (default: a slow sink slows the container, nothing is dropped) or
   ``non-blocking`` with ``max-buffer-size`` (default 1m; see shim.ring).
+- ``options-file``: a file (mode 0600) of NUL-separated key/value pairs holding the driver's
+  options, which the agent keeps out of our argv because they may hold secrets
+  (logConfiguration.secretOptions); pairs in argv win over the file's.
 - ``container`` (name; default CONTAINER_ID), ``task`` and ``family``: used by fluentd tags and
   record fields. ``label.<name>=<value>``: an extra fluentd record field.
 - json-file: ``max-size`` (Docker's decimal units: 10k, 20m, 1g; unset = no rotation),
@@ -143,6 +146,10 @@ def parse_args(args: Sequence[str], environ: dict[str, str] | None = None) -> Co
     options: dict[str, str] = {}
     for index in range(0, len(args), 2):
         options[args[index]] = args[index + 1]
+    options_file = options.pop("options-file", "")
+    if options_file:
+        for key, value in read_options_file(options_file).items():
+            options.setdefault(key, value)
     driver = options.pop("driver", "json-file")
     path = options.pop("path", "")
     if driver not in DRIVERS:
@@ -182,6 +189,34 @@ def parse_args(args: Sequence[str], environ: dict[str, str] | None = None) -> Co
         else:
             config.unknown[key] = value
     return config
+
+
+def read_options_file(path: str) -> dict[str, str]:
+    """Driver options the agent kept out of our argv (they may hold secrets): NUL-separated
+    key/value pairs in a file only its owner may read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"options-file {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o077:
+            raise UsageError(
+                f"options-file {path}: mode {st.st_mode & 0o777:o} lets others read it; "
+                "expected 0600"
+            )
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    fields = b"".join(chunks).split(b"\0")
+    if fields[-1] != b"" or len(fields) % 2 == 0:
+        raise UsageError(f"options-file {path}: not NUL-separated key/value pairs")
+    return {fields[i].decode(): fields[i + 1].decode() for i in range(0, len(fields) - 1, 2)}
 
 
 class LineSplitter:

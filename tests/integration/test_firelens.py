@@ -3,6 +3,7 @@ the unix socket the agent gives it, in Fluentd Forward messages tagged as FireLe
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -88,3 +89,80 @@ def test_app_lines_arrive_at_the_router_container(
     assert all(isinstance(m[1], tuple) and m[1][0] == 0 and len(m[1][1]) == 8 for m in messages)
     assert "router listening" in agent.cli("logs", task_id, "log_router", check=True).stdout
     agent.cli("rm", task_id, check=True)
+
+
+def _shim_cmdlines(task_id: str) -> list[str]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "nstask-shim-logger" in cmd and task_id in cmd:
+            out.append(cmd)
+    return out
+
+
+def test_secret_options_reach_the_router_and_never_the_shims_argv(
+    agent: Agent, tmp_path: Path, router_image: str
+) -> None:
+    """Issue 9, finding 17: secretOptions were checked but never used, and log options were
+    in the shim's argv, which every local user can read in /proc/PID/cmdline."""
+    secret = "nstask-dd-key-7f3a9c"
+    agent.cli("secret", "put", "nstask-test/dd-key", input=secret, check=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    td: dict[str, Any] = {
+        "family": "firelens-secret",
+        "volumes": [{"name": "out", "host": {"sourcePath": str(out)}}],
+        "containerDefinitions": [
+            {
+                "name": "log_router",
+                "image": router_image,
+                "essential": True,
+                "command": ["/bin/router", "/var/run/fluent/fluent.sock", "/out/received"],
+                "firelensConfiguration": {"type": "fluentbit"},
+                "mountPoints": [{"sourceVolume": "out", "containerPath": "/out"}],
+            },
+            {
+                "name": "app",
+                "image": "nstask.local/busybox:latest",
+                "essential": True,
+                "command": ["sh", "-c", "sleep 0.5; echo hello; sleep 2"],
+                "logConfiguration": {
+                    "logDriver": "awsfirelens",
+                    "options": {"Name": "datadog"},
+                    "secretOptions": [
+                        {
+                            "name": "apikey",
+                            "valueFrom": "arn:aws:secretsmanager:us-east-1:123456789012:"
+                            "secret:nstask-test/dd-key-AbCdEf",
+                        }
+                    ],
+                },
+                "dependsOn": [{"containerName": "log_router", "condition": "START"}],
+            },
+        ],
+    }
+    try:
+        task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+        agent.wait_status(task_id, "RUNNING", timeout=30)
+        shims = _shim_cmdlines(task_id)
+        assert shims, "no logging shim of the task found"
+        assert all(secret not in c and "datadog" not in c for c in shims), shims
+        # The options file is gone once the shims have read it.
+        assert not list((agent.state_dir / "tasks" / task_id).glob("shim/*.options"))
+        t = agent.wait_status(task_id, "STOPPED", timeout=40)
+        assert t["stopReason"] == "Essential container in task exited"
+        unpacker = msgpack.Unpacker(raw=False, ext_hook=lambda code, data: (code, data))
+        unpacker.feed((out / "received").read_bytes())
+        records = [m[2] for m in unpacker]
+        assert [r["log"] for r in records] == ["hello"]
+        assert records[0]["apikey"] == secret and records[0]["Name"] == "datadog"
+        assert secret not in agent.log_path.read_text()
+        assert secret not in json.dumps(agent.inspect(task_id))
+        agent.cli("rm", task_id, check=True)
+    finally:
+        agent.cli("secret", "rm", "nstask-test/dd-key")

@@ -123,3 +123,28 @@ def test_shim_start_imports_stay_small() -> None:
     heavy_modules = ("json", "typing", "structlog", "click", "agent", "asyncio", "selectors")
     for heavy in (*heavy_modules, "socket", "threading", "gzip", "shim.fluentd", "shim.ring"):
         assert heavy not in out
+
+
+def _options_file(tmp_path: Path, data: bytes, mode: int = 0o600) -> str:
+    path = tmp_path / "c0.options"
+    path.write_bytes(data)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_options_file_supplies_the_driver_options_kept_out_of_argv(tmp_path: Path) -> None:
+    f = _options_file(tmp_path, b"label.apikey\0s3cr3t\0fluentd-address\0unix:///s\0tag\0t\0")
+    config = parse_args(["driver", "fluentd", "path", "/x.log", "options-file", f])
+    assert config.labels == {"apikey": "s3cr3t"}
+    assert config.options == {"fluentd-address": "unix:///s", "tag": "t"}
+
+
+def test_options_file_readable_by_others_or_malformed_is_refused(tmp_path: Path) -> None:
+    f = _options_file(tmp_path, b"tag\0t\0", mode=0o644)
+    with pytest.raises(UsageError, match="lets others read it"):
+        parse_args(["path", "/x.log", "options-file", f])
+    f = _options_file(tmp_path, b"tag\0t")
+    with pytest.raises(UsageError, match="NUL-separated"):
+        parse_args(["path", "/x.log", "options-file", f])
+    with pytest.raises(UsageError, match="options-file"):
+        parse_args(["path", "/x.log", "options-file", str(tmp_path / "missing")])
