@@ -149,6 +149,11 @@ def main(ctx: click.Context, socket_path: str) -> None:
     default=None,
     help="Stop every task when the agent gets SIGTERM (default: leave them running).",
 )
+@click.option(
+    "--pids-limit",
+    type=click.IntRange(min=0),
+    help="Processes and threads per task, all its containers together (4096; 0: no limit).",
+)
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
 @click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
 @click.pass_context
@@ -159,13 +164,17 @@ def agent(
     from pathlib import Path
 
     from agent.config import load_config
+    from agent.errors import InvalidInput
 
     socket_path = ctx.obj["socket"]
     values = {
         k: (Path(v) if k in ("state_dir", "run_dir", "conflist_file") and v else v)
         for k, v in flags.items()
     }
-    config = load_config(socket=Path(socket_path), **values)
+    try:
+        config = load_config(socket=Path(socket_path), **values)
+    except InvalidInput as e:
+        fail(e.message, 2)
     if os.geteuid() != 0:
         fail("the agent must run as root (it creates network namespaces and containers)")
     if detach:
@@ -216,6 +225,7 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     if config.stop_tasks_on_exit:
         argv.append("--stop-tasks-on-exit")
     argv += ["--pull-policy", config.pull_policy]
+    argv += ["--pids-limit", str(config.pids_limit)]
     if log_json:
         argv.append("--log-json")
     with open(log_path, "ab") as out:
