@@ -156,6 +156,11 @@ def main(ctx: click.Context, socket_path: str) -> None:
     help="Let host volumes bind this path although it holds the agent's or containerd's "
     "state (repeatable; refused by default).",
 )
+@click.option(
+    "--pids-limit",
+    type=click.IntRange(min=0),
+    help="Processes and threads per task, all its containers together (4096; 0: no limit).",
+)
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
 @click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
 @click.pass_context
@@ -166,6 +171,7 @@ def agent(
     from pathlib import Path
 
     from agent.config import load_config
+    from agent.errors import InvalidInput
 
     socket_path = ctx.obj["socket"]
     values = {
@@ -173,7 +179,10 @@ def agent(
         for k, v in flags.items()
     }
     values["allow_host_paths"] = tuple(flags.get("allow_host_paths") or ()) or None
-    config = load_config(socket=Path(socket_path), **values)
+    try:
+        config = load_config(socket=Path(socket_path), **values)
+    except InvalidInput as e:
+        fail(e.message, 2)
     if os.geteuid() != 0:
         fail("the agent must run as root (it creates network namespaces and containers)")
     if detach:
@@ -226,6 +235,7 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     argv += ["--pull-policy", config.pull_policy]
     for path in config.allow_host_paths:
         argv += ["--allow-host-path", path]
+    argv += ["--pids-limit", str(config.pids_limit)]
     if log_json:
         argv.append("--log-json")
     with open(log_path, "ab") as out:

@@ -1,5 +1,6 @@
 """The task's own cgroup: ECS task-level cpu and memory as limits on a parent of every
-container's cgroup, as the ECS agent does with its per-task cgroup.
+container's cgroup, as the ECS agent does with its per-task cgroup, and the agent's pids limit
+(a fork bomb in one task cannot exhaust the host's process table).
 
 Containers get `cgroupsPath` `/nstask/<task id>/<container id>`; runc creates and removes
 the leaves, nstask creates the task level (with its limits) before the first container and
@@ -39,9 +40,16 @@ def _hierarchies(root: Path) -> list[Path]:
 
 
 def create(
-    task_id: str, *, memory_mib: int | None, cpu_units: int | None, root: Path = ROOT
+    task_id: str,
+    *,
+    memory_mib: int | None,
+    cpu_units: int | None,
+    pids_limit: int | None = None,
+    root: Path = ROOT,
 ) -> None:
-    """Create the task cgroup in the memory and cpu hierarchies and set its limits."""
+    """Create the task cgroup in the memory and cpu hierarchies (and pids, with a limit) and
+    set its limits. The pids limit counts every process and thread of the task's containers:
+    runc puts their cgroups under this one."""
     rel = task_path(task_id).lstrip("/")
     try:
         if is_v2(root):
@@ -52,6 +60,8 @@ def create(
                 (d / "memory.max").write_text(str(memory_mib * 1024 * 1024))
             if cpu_units:
                 (d / "cpu.max").write_text(f"{cpu_units * CFS_PERIOD_US // 1024} {CFS_PERIOD_US}")
+            if pids_limit:
+                (d / "pids.max").write_text(str(pids_limit))
             return
         mem = _v1_dir(root, "memory") / rel
         cpu = _v1_dir(root, "cpu") / rel
@@ -62,6 +72,10 @@ def create(
         if cpu_units:
             (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
             (cpu / "cpu.cfs_quota_us").write_text(str(cpu_units * CFS_PERIOD_US // 1024))
+        if pids_limit:
+            pids = _v1_dir(root, "pids") / rel
+            pids.mkdir(parents=True, exist_ok=True)
+            (pids / "pids.max").write_text(str(pids_limit))
     except OSError as e:
         raise NstaskError(f"task cgroup {task_path(task_id)}: {e.strerror} ({e.filename})") from e
 

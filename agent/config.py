@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from agent.errors import InvalidInput
+
 DEFAULT_SOCKET = "/run/nstask/nstask.sock"
 
 
@@ -48,6 +50,9 @@ class AgentConfig:
     allow_host_paths: tuple[str, ...] = ()
     shim_path: Path | None = None
     dns_servers: tuple[str, ...] = field(default_factory=tuple)
+    # Processes (and threads) per task, all its containers together: pids.max of the task
+    # cgroup, against fork bombs. 0: no limit of nstask's own.
+    pids_limit: int = 4096
 
     @property
     def db_path(self) -> Path:
@@ -94,6 +99,10 @@ def _env_overrides() -> dict[str, Any]:
             out[f.name] = tuple(p.strip() for p in seps.split(",") if p.strip())
         elif isinstance(default, float):
             out[f.name] = float(raw)
+        elif isinstance(default, int):
+            if not raw.strip().isdigit():
+                raise InvalidInput(f"NSTASK_{f.name.upper()}={raw!r}: must be a whole number >= 0")
+            out[f.name] = int(raw)
         else:
             out[f.name] = raw
     return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import secrets, spec
+from agent import seccomp, secrets, spec
 from agent.errors import InvalidInput
 from agent.images import ImageConfig
 from agent.taskdef import ContainerDefinition, TaskDefinition, local_secret_name
@@ -152,6 +152,16 @@ def write_files(ctx: TaskContext, cdef: ContainerDefinition, index: int) -> dict
     }
 
 
+def seccomp_profile(cdef: ContainerDefinition) -> seccomp.Profile | None:
+    """The default profile, unless the container is privileged (no filter, as Docker does) or
+    asks otherwise in dockerSecurityOptions (seccomp=unconfined, or a profile file)."""
+    if cdef.privileged or cdef.seccomp == "unconfined":
+        return None
+    if cdef.seccomp is None:
+        return seccomp.default_profile()
+    return seccomp.load(Path(cdef.seccomp))
+
+
 def build_spec(
     ctx: TaskContext,
     td: TaskDefinition,
@@ -217,6 +227,7 @@ def build_spec(
             privileged=cdef.privileged,
         ),
         spec.with_privileged(cdef.privileged),
+        spec.with_seccomp(seccomp_profile(cdef)),
         spec.with_rlimits([(u.name, u.soft, u.hard) for u in cdef.ulimits]),
         spec.with_labels(dict(cdef.labels)),
         spec.with_init(init),

@@ -505,7 +505,13 @@ class Engine:
         self.store.created("taskdir", str(task_dir))
         containers.prepare_volumes(td, task_dir)
         self.store.intend("cgroup", cgroups.task_path(task.id), task.id)
-        await asyncio.to_thread(cgroups.create, task.id, memory_mib=td.memory, cpu_units=td.cpu)
+        await asyncio.to_thread(
+            cgroups.create,
+            task.id,
+            memory_mib=td.memory,
+            cpu_units=td.cpu,
+            pids_limit=self.config.pids_limit,
+        )
         self.store.created("cgroup", cgroups.task_path(task.id))
         mode = td.network_mode
         if mode in ("bridge", "host"):

@@ -2,8 +2,9 @@
 
 A spec is a plain dict; each setting is a small function `(spec) -> None` and `compose`
 applies them in order, as containerd's `oci.Compose` does. The defaults follow what Docker
-gives a container: its default capability set, no_new_privileges, the masked and read-only
-/proc and /sys paths, and the usual /dev, /proc, /sys mounts.
+gives a container: its default capability set, no_new_privileges, a seccomp profile (agent/
+seccomp.py), the masked and read-only /proc and /sys paths, and the usual /dev, /proc, /sys
+mounts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import resource
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from agent import seccomp
 from agent.errors import InvalidInput
 
 Spec = dict[str, Any]
@@ -357,6 +359,23 @@ def with_privileged(privileged: bool) -> SpecOpt:
         for m in spec["mounts"]:
             if m["destination"] in ("/sys", "/sys/fs/cgroup"):
                 m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
+
+    return opt
+
+
+def with_seccomp(profile: seccomp.Profile | None, *, host: seccomp.Host | None = None) -> SpecOpt:
+    """A seccomp profile resolved for this container: its rules that depend on capabilities
+    follow the capability set chosen before this option (so it composes after
+    with_capabilities). None: no filter (privileged, or seccomp=unconfined)."""
+
+    def opt(spec: Spec) -> None:
+        if profile is None:
+            spec["linux"].pop("seccomp", None)
+            return
+        caps = spec["process"]["capabilities"]["effective"]
+        spec["linux"]["seccomp"] = seccomp.resolve(
+            profile, caps=caps, host=host or seccomp.Host.current()
+        )
 
     return opt
 

@@ -121,6 +121,7 @@ _CONTAINER_KEYS_USED = {
     "mountPoints",
     "firelensConfiguration",
     "stopSignal",
+    "dockerSecurityOptions",
 }
 _CONTAINER_KEYS_IGNORED = {
     "repositoryCredentials",
@@ -129,7 +130,6 @@ _CONTAINER_KEYS_IGNORED = {
     "disableNetworking",
     "interactive",
     "pseudoTerminal",
-    "dockerSecurityOptions",
     "systemControls",
     "resourceRequirements",
     "credentialSpecs",
@@ -255,6 +255,8 @@ class ContainerDefinition:
     mount_points: tuple[MountPoint, ...] = ()
     volumes_from: tuple[VolumeFrom, ...] = ()
     firelens: FirelensConfiguration | None = None
+    # dockerSecurityOptions seccomp: None = the default profile, "unconfined", or a file path.
+    seccomp: str | None = None
 
 
 @dataclass(frozen=True)
@@ -432,6 +434,7 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     mount_points = _mount_points(p, c.get("mountPoints"), f"{at}.mountPoints")
     volumes_from = _volumes_from(p, c.get("volumesFrom"), f"{at}.volumesFrom")
     firelens = _firelens(p, c.get("firelensConfiguration"), f"{at}.firelensConfiguration")
+    seccomp = _security_options(p, c.get("dockerSecurityOptions"), f"{at}.dockerSecurityOptions")
     if len(p.items) > before or name is None or image is None:
         return None
     if essential and (linux is None or not linux.init_process_enabled):
@@ -468,6 +471,7 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         mount_points=mount_points,
         volumes_from=volumes_from,
         firelens=firelens,
+        seccomp=seccomp,
     )
 
 
@@ -1031,6 +1035,39 @@ def _stop_signal(p: _Problems, v: Any, at: str) -> str | None:
         return "SIG" + v.upper().removeprefix("SIG")
     p.add(at, f"is not a signal name or number: {v!r}")
     return None
+
+
+def _security_options(p: _Problems, v: Any, at: str) -> str | None:
+    """dockerSecurityOptions, in Docker's `key=value` (or older `key:value`) form: the seccomp
+    profile ("unconfined" or an absolute path to a profile file) and no-new-privileges (always
+    on in nstask). AppArmor, SELinux labels and credential specs have no effect here: a warning
+    names each value."""
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        p.add(at, f"must be a list of strings, not {_kind(v)}")
+        return None
+    seccomp: str | None = None
+    for i, item in enumerate(v):
+        here = f"{at}[{i}]"
+        if not isinstance(item, str):
+            p.add(here, f"must be a string, not {_kind(item)}")
+            continue
+        key, value = re.split(r"[=:]", item, maxsplit=1) if re.search(r"[=:]", item) else (item, "")
+        if key == "seccomp":
+            if value == "unconfined" or value.startswith("/"):
+                seccomp = value
+            else:
+                p.add(here, "seccomp must be unconfined or an absolute path to a profile file")
+        elif key == "no-new-privileges":
+            if value not in ("", "true"):
+                p.warnings.append(
+                    f"{here}: {item!r}: nstask always sets no-new-privileges "
+                    "(except for privileged containers); ignored"
+                )
+        else:
+            p.warnings.append(f"{here}: {item!r} is not supported by nstask; ignored")
+    return seccomp
 
 
 def _mount_points(p: _Problems, v: Any, at: str) -> tuple[MountPoint, ...]:

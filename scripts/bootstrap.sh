@@ -24,7 +24,9 @@ fi
 
 # 1. Debian packages, only when something is missing.
 need=()
-packages=(containerd runc containernetworking-plugins iptables busybox-static tini iproute2)
+# golang-github-containers-common: podman's default seccomp profile (/usr/share/containers).
+packages=(containerd runc containernetworking-plugins iptables busybox-static tini iproute2
+    golang-github-containers-common)
 test_packages=(gcc libc6-dev docker-registry skopeo apache2-utils)
 [ "${1:-}" = "--test" ] && packages+=("${test_packages[@]}")
 for pkg in "${packages[@]}"; do
