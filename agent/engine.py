@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from agent import cgroups, containers, faults, health, images, network, pull
+from agent import cgroups, containers, faults, health, images, network, pull, seccomp
 from agent.config import AgentConfig, default_shim_path
 from agent.containerd import Containerd, TaskExit, TaskOOM
 from agent.errors import (
@@ -197,6 +197,10 @@ class Engine:
     # -- agent start / stop --------------------------------------------------------------
     async def start(self) -> None:
         await self.client.ensure_namespace()
+        try:  # read once here, off the event loop; containers then use the cached profile
+            await asyncio.to_thread(seccomp.default_profile)
+        except NstaskError as e:
+            log.warning("seccomp_profile_unavailable", error=e.message)
         for d in (self.config.log_dir, self.config.task_dir):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         subscribed = asyncio.Event()
