@@ -58,10 +58,33 @@ def run(a: Agent, tmp_path: Path, td: dict[str, Any], name: str) -> str:
     return a.cli("run", "-d", write_taskdef(tmp_path, td, name), check=True).stdout.strip()
 
 
+def user_conflist(a: Agent) -> dict[str, object]:
+    """A user's --conflist naming the bridge itself (the guard follows the list's bridge)."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": a.network,
+        "plugins": [
+            {
+                "type": "nstask-bridge",
+                "bridge": a.bridge,
+                "isGateway": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": a.subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(a.ipam_dir),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+@pytest.mark.parametrize("network", ["default", "conflist"])
 def test_a_task_gets_no_answer_from_a_loopback_only_host_service(
-    tmp_path: Path, probe: Path
+    tmp_path: Path, probe: Path, network: str
 ) -> None:
-    a, proc, base = start_agent()
+    a, proc, base = start_agent(conflist_for=user_conflist if network == "conflist" else None)
     server = socket.socket()
     try:
         server.bind(("127.0.0.1", 0))
