@@ -100,6 +100,9 @@ async def find(
             if owner and owner not in live and owner not in attached:
                 attached.add(owner)
                 found.append(Orphan("cni", owner, f"IP allocation {f.name}"))
+    # The loopback guard of a bridge that is gone (agent.hostguard).
+    for chain in await asyncio.to_thread(engine.network.stale_guards):
+        found.append(Orphan("guard", chain, "iptables loopback guard of a bridge that is gone"))
     if cni_only:
         return found
     for name in await asyncio.to_thread(netns.list_netns, cfg.netns_prefix):
@@ -174,6 +177,10 @@ async def collect(
                 status = f"failed: {e}"
         log.info("gc", kind=o.kind, name=o.name, detail=o.detail, status=status)
         report.append({**o.to_dict(), "status": status})
+    if not dry_run:
+        # route_localnet of the bridge, from what the CNI cache now holds (portmap's leftover).
+        with contextlib.suppress(NstaskError, OSError):
+            await asyncio.to_thread(engine.network.settle_route_localnet)
     return report
 
 
@@ -185,6 +192,8 @@ async def _remove(engine: Engine, o: Orphan) -> None:
         await engine.network.detach(o.name, None)
     elif o.kind == "netns":
         await engine.network.remove_netns(o.name)
+    elif o.kind == "guard":
+        await asyncio.to_thread(engine.network.remove_stale_guard, o.name)
     elif o.kind == "veth":
         await asyncio.to_thread(netns.NetlinkLinks().delete_link, o.name)
     elif o.kind == "container":

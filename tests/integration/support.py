@@ -152,6 +152,18 @@ def leaks(a: Agent) -> list[str]:
             for line in rules.stdout.splitlines()
             if line.startswith("-A") and (net_prefix in line or a.network in line)
         ]
+    # The loopback guard of the agent's bridge (agent.hostguard): it lives while the agent
+    # runs (also before its bridge exists), so it counts only once the agent has stopped.
+    if not _alive(a.pid):
+        from agent.hostguard import chain_name
+
+        chain = chain_name(a.bridge)
+        listed = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
+        found += [
+            f"iptables guard: {line}"
+            for line in listed.splitlines()
+            if line.split()[:2] in (["-N", chain], ["-A", chain]) or line.endswith(f"-j {chain}")
+        ]
     # Task cgroups of this agent's tasks that are not running (all hierarchies).
     running = set(a.cli("ps", "-q").stdout.split())
     for task_id in set(a.cli("ps", "-a", "-q").stdout.split()) - running:
@@ -171,6 +183,15 @@ def leaks(a: Agent) -> list[str]:
         f"containerd lease {lease}" for lease in ctr(a.namespace, "leases", "ls", "-q").split()
     ]
     return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return pid > 0 and stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 # A container command that runs until SIGTERM and then exits 0.
