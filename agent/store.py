@@ -202,16 +202,23 @@ class Store:
         wrong and, for a damaged file, the way forward."""
         try:
             yield
-        except sqlite3.OperationalError as e:  # locked, disk full, read-only, I/O error
+        except sqlite3.OperationalError as e:
+            # SQLite's own (locked, disk full, read-only, I/O error): the file may be fine.
+            # Without an SQLite error code it is Python's: text that is not UTF-8.
+            if getattr(e, "sqlite_errorcode", None) is None:
+                raise self._damaged(e) from e
             raise StateError(f"the state store {self.path} failed: {e}", path=str(self.path)) from e
-        except (sqlite3.DatabaseError, json.JSONDecodeError) as e:
-            raise StateError(
-                f"the state store {self.path} is damaged: {e}. Stop the agent, move {self.path}"
-                " (with its -wal and -shm files) aside and start the agent again: it starts"
-                " with an empty store. That store does not know the tasks this host may still"
-                " run; `nstask gc --dry-run` shows what the host holds, `nstask gc` removes it.",
-                path=str(self.path),
-            ) from e
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as e:  # CORRUPT, NOTADB, bad JSON
+            raise self._damaged(e) from e
+
+    def _damaged(self, e: Exception) -> StateError:
+        return StateError(
+            f"the state store {self.path} is damaged: {e}. Stop the agent, move {self.path}"
+            " (with its -wal and -shm files) aside and start the agent again: it starts"
+            " with an empty store. That store does not know the tasks this host may still"
+            " run; `nstask gc --dry-run` shows what the host holds, `nstask gc` removes it.",
+            path=str(self.path),
+        )
 
     def _migrate(self) -> None:
         for table, column, decl in MIGRATIONS:

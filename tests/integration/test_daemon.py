@@ -289,3 +289,36 @@ def test_a_client_that_goes_away_mid_body_is_a_normal_event(agent: Agent) -> Non
     assert "client_disconnected" in text, text
     assert "api_internal_error" not in text and "Traceback" not in text, text
     assert agent.cli("ps").returncode == 0
+
+
+def test_damage_found_while_running_is_a_json_error_with_the_way_forward(
+    agent: Agent, tmp_path: Path
+) -> None:
+    """Page damage is found at start (quick_check); what a running agent can still meet is a
+    record whose bytes went bad. Made here through SQLite, so the agent's page cache sees it."""
+    import sqlite3
+
+    path = write_taskdef(tmp_path, busybox_task("damaged", ["true"]))
+    broken = []
+    for _ in range(2):
+        broken.append(agent.cli("run", "-d", path, check=True).stdout.strip())
+        agent.wait_status(broken[-1], "STOPPED")
+    db = agent.state_dir / "state.db"
+    offset = agent.log_path.stat().st_size
+    for column, value in (("definition", "'{not json'"), ("overrides", "CAST(x'a5a5' AS TEXT)")):
+        task_id = broken.pop()
+        with contextlib.closing(sqlite3.connect(db, timeout=10)) as c:
+            c.execute(f"UPDATE tasks SET {column}={value} WHERE id=?", (task_id,))
+            c.commit()
+        status, body = _raw(agent, "GET", f"/v1/tasks/{task_id}", b"")
+        assert status == 500 and body["error"] == "state_error", body
+        assert str(db) in str(body["message"]) and "aside" in str(body["message"]), body
+        out = agent.cli("ps", "-a")
+        assert out.returncode == 1 and "nstask gc --dry-run" in out.stderr, out.stderr
+        with contextlib.closing(sqlite3.connect(db, timeout=10)) as c:
+            c.execute("DELETE FROM containers WHERE task_id=?", (task_id,))
+            c.execute("DELETE FROM tasks WHERE id=?", (task_id,))
+            c.commit()
+    text = agent.log_path.read_bytes()[offset:].decode()
+    assert "Traceback" not in text, text
+    assert agent.cli("ps", "-a").returncode == 0
