@@ -16,6 +16,8 @@ from typing import Any, NoReturn
 
 import click
 
+from agent.errors import MAX_REQUEST_BYTES, RequestTooLarge
+
 DEFAULT_SOCKET = "/run/nstask/nstask.sock"
 START_HINT = "start it with `nstask agent --detach` (or `make demo`)"
 
@@ -48,7 +50,12 @@ class Client:
         self, method: str, path: str, body: Any = None, *, timeout: float | None = 60
     ) -> http.client.HTTPResponse:
         conn = _UnixConnection(self.socket_path, timeout)
-        data = json.dumps(body).encode() if body is not None else None
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+        except RecursionError:
+            fail("the request is nested too deeply to send", 2)
+        if data is not None and len(data) > MAX_REQUEST_BYTES:
+            fail(RequestTooLarge("the request").message, 2)
         headers = {"Content-Type": "application/json"} if data is not None else {}
         try:
             conn.request(method, path, body=data, headers=headers)
@@ -84,7 +91,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _api_fail(e: ApiError) -> NoReturn:
-    fail(e.body.get("message", str(e)), 2 if e.status == 400 else 1)
+    fail(e.body.get("message", str(e)), 2 if e.status in (400, 413) else 1)
 
 
 def _client(ctx: click.Context) -> Client:
@@ -94,15 +101,27 @@ def _client(ctx: click.Context) -> Client:
 def _read_definition(path: str) -> Any:
     """Read the file; JSON errors are the agent's to report (one validator), unless the file
     is not even readable."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read()
-    except OSError as e:
-        fail(f"{path}: cannot read task definition: {e.strerror}", 2)
+    text = _read_file(path)
     try:
         return json.loads(text)
+    except RecursionError:
+        fail(f"{path}: is nested too deeply to be a task definition", 2)
     except (ValueError, UnicodeDecodeError) as e:
         fail(f"{path}: is not valid JSON: {e}", 2)
+
+
+def _read_file(path: str) -> bytes:
+    """A task definition file, refused unread when it is over the API's limit."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_REQUEST_BYTES:
+                fail(RequestTooLarge(path).message, 2)
+            text = f.read(MAX_REQUEST_BYTES + 1)
+    except OSError as e:
+        fail(f"{path}: cannot read task definition: {e.strerror}", 2)
+    if len(text) > MAX_REQUEST_BYTES:  # a pipe or a file that grew
+        fail(RequestTooLarge(path).message, 2)
+    return text
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -203,7 +222,11 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     if _answers(client):
         fail(f"an agent already answers on {config.socket}")
     log_path = log_file or str(config.state_dir / "agent.log")
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    if not log_file:
+        from agent.daemon import private_dir
+
+        private_dir(config.state_dir)  # 0700, as the agent makes it
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     argv = [
         sys.executable,
         "-c",
@@ -238,7 +261,9 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     argv += ["--pids-limit", str(config.pids_limit)]
     if log_json:
         argv.append("--log-json")
-    with open(log_path, "ab") as out:
+    # 0600: the log names tasks, images and errors; the agent fixes an older file's mode.
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with open(fd, "ab") as out:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -593,15 +618,13 @@ def validate(file: str) -> None:
     from agent.errors import TaskDefinitionError
     from agent.taskdef import parse_task_definition_text
 
-    try:
-        with open(file, "rb") as f:
-            text = f.read()
-    except OSError as e:
-        fail(f"{file}: cannot read task definition: {e.strerror}", 2)
+    text = _read_file(file)
     try:
         td = parse_task_definition_text(text, source=file)
     except TaskDefinitionError as e:
         fail(e.message.replace("\n", "\nnstask: "), 2)
+    except RecursionError:
+        fail(f"{file}: is nested too deeply to be a task definition", 2)
     for w in td.warnings:
         click.echo(f"warning: {file}: {w}", err=True)
     click.echo(

@@ -23,6 +23,11 @@
     POST   /v1/images/prune             -> [names removed]
 
 Errors are JSON `{error, message, details?}` with the status of the NstaskError raised.
+
+Limits: a request body is at most MAX_REQUEST_BYTES (1 MiB: ECS takes task definitions of up
+to 64 KiB, and overrides come on top), else 413 `request_too_large`; JSON nested deeper than
+MAX_JSON_DEPTH (64) levels is refused with 400 (a task definition nests about 6). A client that
+goes away before its body is in or before the answer is out is logged as `client_disconnected`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -43,13 +49,21 @@ from aiohttp import web
 
 from agent import execute, gc, images, pull
 from agent.engine import Engine, logging_stats
-from agent.errors import Conflict, InvalidInput, NstaskError
+from agent.errors import (
+    MAX_REQUEST_BYTES,
+    AgentRunning,
+    Conflict,
+    InvalidInput,
+    NstaskError,
+    RequestTooLarge,
+)
 from shim import jsonfile
 
 log = structlog.get_logger("nstask.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 VERSION = "0.1.0"
 EXIT_GRACE_S = 0.5
+MAX_JSON_DEPTH = 64
 LOG_READERS = concurrent.futures.ThreadPoolExecutor(
     max_workers=256, thread_name_prefix="nstask-logs"
 )
@@ -64,22 +78,59 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException:
         raise
     except Exception as e:
+        if isinstance(e, ConnectionError) and _client_gone(request):
+            # Gone mid-body or mid-answer (Ctrl-C, a timeout): a normal event, nobody to answer.
+            log.info("client_disconnected", method=request.method, path=request.path)
+            return web.Response(status=400)
         log.exception("api_internal_error", path=request.path)
         return web.json_response({"error": "internal", "message": str(e)}, status=500)
 
 
+def _client_gone(request: web.Request) -> bool:
+    """Whether the client's connection is closed (aiohttp raises ConnectionResetError on a
+    read, ConnectionError on a write), as opposed to a ConnectionError of our own calls."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
-        data = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestTooLarge("the request body") from None
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise InvalidInput(_too_deep("the request body")) from None
+    except (ValueError, UnicodeDecodeError) as e:
         raise InvalidInput(f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise InvalidInput("request body must be a JSON object")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise InvalidInput(_too_deep("the request body"))
     return data
 
 
+def _too_deep(what: str) -> str:
+    return f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)"
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest, without recursion (so any depth is safe)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((c, depth + 1) for c in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def build_app(engine: Engine) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=8 * 1024 * 1024)
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST_BYTES)
     routes = web.RouteTableDef()
 
     @routes.get("/v1/version")
@@ -106,9 +157,12 @@ def build_app(engine: Engine) -> web.Application:
         env = body.get("environment") or {}
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise InvalidInput("environment must be an object of strings")
-        task = await engine.submit(
-            body.get("definition"), source=str(body.get("source", "")), env=env
-        )
+        try:
+            task = await engine.submit(
+                body.get("definition"), source=str(body.get("source", "")), env=env
+            )
+        except RecursionError:  # validation walks the definition; _body bounds its depth
+            raise InvalidInput(_too_deep("the task definition")) from None
         return web.json_response(task.to_dict(), status=201)
 
     @routes.get("/v1/tasks")
@@ -479,8 +533,10 @@ async def serve(engine: Engine, socket_path: Path) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if socket_in_use(socket_path):
+        raise AgentRunning(f"another agent answers on {socket_path}", socket=str(socket_path))
     with contextlib.suppress(FileNotFoundError):
-        socket_path.unlink()
+        socket_path.unlink()  # a dead agent's
     old = os.umask(0o177)
     try:
         site = web.UnixSite(runner, str(socket_path))
@@ -489,3 +545,19 @@ async def serve(engine: Engine, socket_path: Path) -> web.AppRunner:
         os.umask(old)
     os.chmod(socket_path, 0o600)
     return runner
+
+
+def socket_in_use(path: Path) -> bool:
+    """Whether a live process accepts connections on the unix socket at `path` (a socket file
+    left by an agent that died refuses them)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
+        return False
+    except OSError:
+        return True  # there, but not ours to judge (a timeout, a full backlog): leave it
+    finally:
+        s.close()
+    return True

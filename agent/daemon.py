@@ -2,21 +2,31 @@
 
 On SIGTERM the agent stops serving and leaves its tasks running (containerd's shims hold
 them), as the ECS agent does on an update; the next agent re-attaches to them.
+
+One agent per state dir: the first thing an agent does is take an exclusive flock on
+`<state dir>/agent.lock` (which holds its pid), for as long as it runs; and it never takes a
+socket another agent answers on. The state and run dirs are 0700 and the store, its WAL and
+agent.log 0600 from their creation on (the WAL holds task definitions and `-e` values); modes
+found looser at start are fixed, with a warning. No process-wide umask: task dirs and the files
+bind-mounted into containers get explicit modes of their own, readable by non-root users.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
+import stat
 import sys
+from pathlib import Path
 
 import structlog
 
 from agent.config import AgentConfig
-from agent.errors import NstaskError, Unavailable
+from agent.errors import AgentRunning, NstaskError, StateError, Unavailable
 
 log = structlog.get_logger("nstask.agent")
 
@@ -61,22 +71,86 @@ async def _connect(config: AgentConfig) -> object:
             delay = min(delay * 2, 1.0)
 
 
+def private_dir(path: Path) -> None:
+    """Create `path` 0700 (its missing parents get the usual mode: they are not ours)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+
+
+def _fix_mode(path: Path) -> None:
+    """Take away any group or world access an older nstask or a user gave `path`."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077 and mode & stat.S_ISVTX:  # /tmp or the like: not ours to close
+        log.warning("dir_shared", path=str(path), mode=oct(mode), note="give nstask its own")
+    elif mode & 0o077:
+        os.chmod(path, mode & 0o700)
+        log.warning("mode_fixed", path=str(path), old_mode=oct(mode), new_mode=oct(mode & 0o700))
+
+
+def _lock_state_dir(config: AgentConfig) -> int:
+    """Hold an exclusive flock on the state dir's lock file for the agent's life (the fd
+    stays open until the process ends), or fail naming the agent that holds it."""
+    path = config.state_dir / "agent.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise AgentRunning(
+            f"another nstask agent (pid {holder}) runs on the state dir {config.state_dir};"
+            " stop it first, or give this agent a --state-dir of its own",
+            pid=holder,
+            state_dir=str(config.state_dir),
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _private_file(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 async def run_agent(config: AgentConfig) -> None:
-    from agent.api import serve
+    from agent.api import serve, socket_in_use
     from agent.engine import Engine
     from agent.network import TaskNetwork
     from agent.store import Store
 
-    for d in (config.state_dir, config.run_dir):
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = Store(config.db_path)
+    try:
+        private_dir(config.state_dir)
+        lock = _lock_state_dir(config)  # before anything else in the state dir is touched
+        private_dir(config.run_dir)
+    except OSError as e:
+        raise StateError(f"cannot prepare {e.filename}: {e.strerror}") from None
+    db = config.db_path
+    for path in (config.state_dir, config.run_dir, db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        _fix_mode(path)
+    _fix_mode(config.state_dir / "agent.log")
+    if socket_in_use(config.socket):
+        raise AgentRunning(
+            f"another agent answers on {config.socket}; stop it first, or give this agent a"
+            " --socket of its own",
+            socket=str(config.socket),
+        )
+    store = Store(db)
     client = await _connect(config)
     network = TaskNetwork(config)
     engine = Engine(config, store, client, network)  # type: ignore[arg-type]
     await engine.start()
     runner = await serve(engine, config.socket)
+    ours = os.stat(config.socket).st_ino
     pidfile = config.run_dir / "agent.pid"
-    pidfile.write_text(f"{os.getpid()}\n")
+    _private_file(pidfile, f"{os.getpid()}\n")
     log.info(
         "agent_ready",
         socket=str(config.socket),
@@ -112,8 +186,11 @@ async def run_agent(config: AgentConfig) -> None:
         store.close()
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
+        # Only our own socket: another agent may have bound a new one at this path since.
         with contextlib.suppress(FileNotFoundError):
-            config.socket.unlink()
+            if os.stat(config.socket).st_ino == ours:
+                config.socket.unlink()
+        os.close(lock)
 
 
 def main(config: AgentConfig) -> int:

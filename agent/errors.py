@@ -5,6 +5,7 @@ exit code, the API to an HTTP status and a JSON body.
     NstaskError                       exit 1, HTTP 500
     +-- InvalidInput                  exit 2, HTTP 400  (bad task definition, bad argument)
     |   +-- TaskDefinitionError       carries the field path, e.g. containerDefinitions[0].image
+    |   +-- RequestTooLarge           exit 2, HTTP 413  (over MAX_REQUEST_BYTES)
     +-- NotFound                      exit 1, HTTP 404
     |   +-- ImageNotFound
     |   +-- TaskNotFound
@@ -15,11 +16,18 @@ exit code, the API to an HTTP status and a JSON body.
     +-- NetworkError                  exit 1, HTTP 500  (netns / links)
     +-- CNIError (in cni.errors)      exit 1, HTTP 500  (a plugin failed: code, msg, details)
     +-- StateError                    exit 1, HTTP 500  (the state store is unusable)
+        +-- AgentRunning              exit 1  (another agent holds the state dir or socket)
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+# The largest request body the agent's API takes, and so the largest task definition file
+# `nstask run` and `nstask validate` accept: ECS's own limit on a registered task definition is
+# 64 KiB and RunTask's overrides add up to 8 KiB; this leaves room for `-e` values and for the
+# escaping JSON encoding adds.
+MAX_REQUEST_BYTES = 1024 * 1024
 
 
 class NstaskError(Exception):
@@ -65,6 +73,21 @@ class TaskDefinitionError(InvalidInput):
         )
 
 
+class RequestTooLarge(InvalidInput):
+    """A body (or a task definition file) over MAX_REQUEST_BYTES; one message for the API and
+    the CLI, so both name the same limit."""
+
+    http_status = 413
+    kind = "request_too_large"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} is larger than {MAX_REQUEST_BYTES} bytes (1 MiB), the limit of the"
+            " agent's API (ECS itself takes task definitions of up to 64 KiB)",
+            limit=MAX_REQUEST_BYTES,
+        )
+
+
 class NotFound(NstaskError):
     http_status = 404
     kind = "not_found"
@@ -104,3 +127,9 @@ class NetworkError(NstaskError):
 
 class StateError(NstaskError):
     kind = "state_error"
+
+
+class AgentRunning(StateError):
+    """Another agent holds this state dir (its lock) or serves this socket."""
+
+    kind = "agent_running"

@@ -9,6 +9,7 @@ point finds on its next start exactly what it may have left behind.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -178,21 +179,46 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._guard():
+            # Created 0600 before SQLite opens it: SQLite gives the -wal and -shm files the
+            # database file's mode, and the WAL holds task definitions and `-e` values.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            # Damage in the middle of the file shows only when that page is read: look at
+            # every page now, so a damaged store stops the agent at start, not mid-task.
+            problems = [r[0] for r in self.db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems))
             self.db.executescript(SCHEMA)
             self._migrate()
-            path.chmod(0o600)
-        except sqlite3.DatabaseError as e:
-            raise StateError(
-                f"the state store {path} cannot be opened ({e}); move it aside to start afresh",
-                path=str(path),
-            ) from e
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Every SQLite error of the store becomes a StateError here, naming the file, what is
+        wrong and, for a damaged file, the way forward."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            # SQLite's own (locked, disk full, read-only, I/O error): the file may be fine.
+            # Without an SQLite error code it is Python's: text that is not UTF-8.
+            if getattr(e, "sqlite_errorcode", None) is None:
+                raise self._damaged(e) from e
+            raise StateError(f"the state store {self.path} failed: {e}", path=str(self.path)) from e
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as e:  # CORRUPT, NOTADB, bad JSON
+            raise self._damaged(e) from e
+
+    def _damaged(self, e: Exception) -> StateError:
+        return StateError(
+            f"the state store {self.path} is damaged: {e}. Stop the agent, move {self.path}"
+            " (with its -wal and -shm files) aside and start the agent again: it starts"
+            " with an empty store. That store does not know the tasks this host may still"
+            " run; `nstask gc --dry-run` shows what the host holds, `nstask gc` removes it.",
+            path=str(self.path),
+        )
 
     def _migrate(self) -> None:
         for table, column, decl in MIGRATIONS:
@@ -205,7 +231,7 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
+        with self._guard():
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
@@ -213,8 +239,6 @@ class Store:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
-        except sqlite3.DatabaseError as e:
-            raise StateError(f"state store {self.path}: {e}") from e
 
     # -- tasks ---------------------------------------------------------------------------
     def insert_task(self, t: TaskRecord) -> None:
@@ -299,12 +323,14 @@ class Store:
             db.execute("DELETE FROM tasks WHERE id=?", (task_id,))
 
     def get_task(self, task_id: str) -> TaskRecord | None:
-        row = self.db.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
-        return self._task(row) if row else None
+        with self._guard():
+            row = self.db.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
+            return self._task(row) if row else None
 
     def list_tasks(self) -> list[TaskRecord]:
-        rows = self.db.execute("SELECT * FROM tasks ORDER BY created_at").fetchall()
-        return [self._task(r) for r in rows]
+        with self._guard():
+            rows = self.db.execute("SELECT * FROM tasks ORDER BY created_at").fetchall()
+            return [self._task(r) for r in rows]
 
     def _task(self, row: sqlite3.Row) -> TaskRecord:
         crows = self.db.execute(
@@ -377,13 +403,14 @@ class Store:
             db.execute("DELETE FROM resources WHERE kind=? AND key=?", (kind, key))
 
     def resources(self, task_id: str | None = None) -> list[Resource]:
-        if task_id is None:
-            rows = self.db.execute("SELECT * FROM resources ORDER BY created_at").fetchall()
-        else:
-            rows = self.db.execute(
-                "SELECT * FROM resources WHERE task_id=? ORDER BY created_at", (task_id,)
-            ).fetchall()
-        return [
-            Resource(r["kind"], r["key"], r["task_id"], r["state"], json.loads(r["data"]))
-            for r in rows
-        ]
+        with self._guard():
+            if task_id is None:
+                rows = self.db.execute("SELECT * FROM resources ORDER BY created_at").fetchall()
+            else:
+                rows = self.db.execute(
+                    "SELECT * FROM resources WHERE task_id=? ORDER BY created_at", (task_id,)
+                ).fetchall()
+            return [
+                Resource(r["kind"], r["key"], r["task_id"], r["state"], json.loads(r["data"]))
+                for r in rows
+            ]

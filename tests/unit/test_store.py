@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -64,8 +65,57 @@ def test_intent_then_created_then_removed(tmp_path: Path) -> None:
 
 def test_corrupt_store_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state.db").write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StateError, match="cannot be opened"):
+    with pytest.raises(StateError, match=r"is damaged.*move .* aside"):
         Store(tmp_path / "state.db")
+
+
+def test_damage_in_the_middle_of_the_file_is_found_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    s = Store(path)
+    for i in range(40):
+        t = _task()
+        t.id, t.overrides = f"t{i}", {"PAD": "v" * 3000}
+        for c in t.containers:
+            c.task_id, c.containerd_id = t.id, f"{t.id}-0-a"
+        s.insert_task(t)
+    s.close()
+    size = path.stat().st_size
+    assert size >= 20 * 4096
+    with open(path, "r+b") as f:
+        f.seek(size // 4096 // 2 * 4096)
+        f.write(b"\xa5" * 8192)
+    with pytest.raises(StateError) as info:
+        Store(path)
+    message = info.value.message
+    assert str(path) in message and "aside" in message and "nstask gc --dry-run" in message
+
+
+def test_an_error_while_running_is_a_state_error(tmp_path: Path) -> None:
+    s = Store(tmp_path / "state.db")
+    s.insert_task(_task())
+
+    class Broken:
+        def execute(self, *_: object) -> object:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+    s.db = Broken()  # type: ignore[assignment]
+    for call in (s.list_tasks, lambda: s.get_task("t1"), s.resources, lambda: s.removed("a", "b")):
+        with pytest.raises(StateError, match="is damaged"):
+            call()
+
+
+def test_the_wal_and_shm_files_are_private_from_the_start(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        s = Store(tmp_path / "state.db")
+        s.insert_task(_task())
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir() if p.is_file()}
+    finally:
+        os.umask(old)
+        s.close()
+    assert modes == {"state.db": 0o600, "state.db-wal": 0o600, "state.db-shm": 0o600}, modes
 
 
 def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
