@@ -214,6 +214,27 @@ def agent(
     sys.exit(agent_main(config))
 
 
+def _start_error(log_path: str) -> str:
+    """The error a detached agent that failed at start logged last (agent_failed)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - 65536))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if "agent_failed" not in line:
+            continue
+        if line.startswith("{"):
+            try:
+                return str(json.loads(line).get("error", ""))
+            except ValueError:
+                return ""
+        _, sep, rest = line.partition("error=")
+        return rest.strip().strip("'\"") if sep else ""
+    return ""
+
+
 def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     import subprocess
     import time
@@ -275,7 +296,12 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            fail(f"the agent exited with code {proc.returncode} at start; see {log_path}")
+            why = _start_error(log_path)
+            fail(
+                f"the agent exited with code {proc.returncode} at start"
+                + (f": {why}" if why else "")
+                + f"; see {log_path}"
+            )
         if _answers(client):
             click.echo(proc.pid)
             return
