@@ -641,6 +641,9 @@ def _int(
     v = d.get(key)
     if v is None:
         return None
+    if isinstance(v, float):  # 1e32, 1.5: JSON has no integer type, Python tells them apart
+        p.add(f"{at}.{key}", f"must be an integer, got {v!r}")
+        return None
     if isinstance(v, bool) or not isinstance(v, int):
         p.add(f"{at}.{key}", f"must be an integer, not {_kind(v)}")
         return None
