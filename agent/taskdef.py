@@ -494,7 +494,9 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     if name is not None and not _NAME_RE.fullmatch(name):
         p.add(f"{at}.name", "must be 1-255 letters, digits, hyphens or underscores")
     image = _str(p, c, "image", at)
-    if image is not None and (not image.strip() or any(ch.isspace() for ch in image)):
+    if image is not None and len(image) > 255:  # ECS: "Up to 255 letters ..."
+        p.add(f"{at}.image", f"must be at most 255 characters (as in ECS), got {len(image)}")
+    elif image is not None and (not image.strip() or any(ch.isspace() for ch in image)):
         p.add(f"{at}.image", f"is not a valid image reference: {image!r}")
     command = _str_list(p, c, "command", at)
     entry_point = _str_list(p, c, "entryPoint", at)
@@ -1069,7 +1071,8 @@ _HOST_CAPABILITIES = {
 }
 
 
-def _capabilities(p: _Problems, v: Any, at: str, *, allow_all: bool) -> tuple[str, ...]:
+def _capabilities(p: _Problems, v: Any, at: str, *, adding: bool) -> tuple[str, ...]:
+    """Capability names as CAP_X, or "ALL" (ECS accepts it in add and in drop)."""
     if v is None or _too_many(p, at, v, len(CAPABILITIES) + 1, "capabilities"):
         return ()
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
@@ -1079,15 +1082,17 @@ def _capabilities(p: _Problems, v: Any, at: str, *, allow_all: bool) -> tuple[st
     for i, cap in enumerate(v):
         bare = cap.upper().removeprefix("CAP_")
         if bare == "ALL":
-            if not allow_all:
-                p.add(f"{at}[{i}]", '"ALL" is only allowed in drop')
-                continue
             out.append("ALL")
+            if adding:
+                p.warnings.append(
+                    f"{at}[{i}]: ALL gives the container every capability (it can take over "
+                    "the host); accepted as in ECS"
+                )
         elif bare not in CAPABILITIES:
             p.add(f"{at}[{i}]", f"unknown Linux capability {cap!r}")
         else:
             out.append("CAP_" + bare)
-            if not allow_all and bare in _HOST_CAPABILITIES:
+            if adding and bare in _HOST_CAPABILITIES:
                 p.warnings.append(
                     f"{at}[{i}]: {bare} gives the container {_HOST_CAPABILITIES[bare]}; "
                     "accepted as in ECS"
@@ -1124,11 +1129,9 @@ def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
             tmpfs.append(Tmpfs(path, size, opts))
     return LinuxParameters(
         init_process_enabled=_bool(p, v, "initProcessEnabled", at, default=False),
-        capabilities_add=_capabilities(
-            p, caps.get("add"), f"{at}.capabilities.add", allow_all=False
-        ),
+        capabilities_add=_capabilities(p, caps.get("add"), f"{at}.capabilities.add", adding=True),
         capabilities_drop=_capabilities(
-            p, caps.get("drop"), f"{at}.capabilities.drop", allow_all=True
+            p, caps.get("drop"), f"{at}.capabilities.drop", adding=False
         ),
         shared_memory_size=_int(p, v, "sharedMemorySize", at, lo=1, hi=_MAX_TMPFS_MIB),
         tmpfs=tuple(tmpfs),

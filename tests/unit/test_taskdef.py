@@ -1005,3 +1005,21 @@ def test_start_order_and_cycle_search_match_the_earlier_algorithms_on_random_tas
         td = TaskDefinition(family="f", network_mode="awsvpc", containers=tuple(containers))
         assert start_order(td) == _naive_start_order(td), containers
         assert _find_cycle(containers) == _recursive_find_cycle(containers), containers
+
+
+def test_adding_all_capabilities_is_accepted_as_in_ecs_with_a_warning() -> None:
+    td = parse_task_definition(one(linuxParameters={"capabilities": {"add": ["ALL"]}}))
+    lp = td.containers[0].linux_parameters
+    assert lp is not None and lp.capabilities_add == ("ALL",)
+    assert [w.split(":")[0] for w in td.warnings] == [
+        "containerDefinitions[0].linuxParameters.capabilities.add[0]"
+    ]
+    assert "every capability" in td.warnings[0]
+
+
+def test_an_image_reference_is_at_most_255_characters_as_in_ecs() -> None:
+    long = "nstask.local/" + "a" * 230 + ":latest"
+    assert len(long) == 250 and parse_task_definition(one(image=long)).containers
+    assert problems(one(image="nstask.local/" + "a" * 300)) == [
+        ("containerDefinitions[0].image", "must be at most 255 characters (as in ECS), got 313")
+    ]
