@@ -637,6 +637,15 @@ def _bool(p: _Problems, d: dict[str, Any], key: str, at: str, *, default: bool) 
     return v
 
 
+def _short(v: Any) -> str:
+    """A value for a message: 10**400 is not echoed in full."""
+    try:
+        text = repr(v)
+    except ValueError:  # an int beyond Python's 4,300-digit conversion limit
+        return "a number of more than 4300 digits"
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
 def _int(
     p: _Problems, d: dict[str, Any], key: str, at: str, *, lo: int, hi: int | None
 ) -> int | None:
@@ -651,7 +660,7 @@ def _int(
         return None
     if v < lo or (hi is not None and v > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        p.add(f"{at}.{key}", f"must be {bound}, got {v}")
+        p.add(f"{at}.{key}", f"must be {bound}, got {_short(v)}")
         return None
     return v
 
@@ -752,7 +761,7 @@ def _units(p: _Problems, v: Any, key: str, parse: Any) -> int | None:
 def _parse_cpu(v: Any) -> int:
     """CPU units: 256, "256", "1 vCPU", "0.5 vcpu"."""
     if isinstance(v, int) and not isinstance(v, bool):
-        n = float(min(v, 2 * _MAX_TASK_CPU))  # a 4,000-digit integer does not fit a float
+        n = float(max(min(v, 2 * _MAX_TASK_CPU), -1))  # 10**400 does not fit a float
     elif isinstance(v, str) and len(v) <= 64:
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(vcpu)?\s*", v, re.IGNORECASE)
         if not m:
@@ -769,14 +778,14 @@ def _parse_cpu(v: Any) -> int:
     else:
         raise ValueError(f"must be a number or a string, not {_kind(v)}")
     if n < 128 or n > _MAX_TASK_CPU:
-        raise ValueError(f"must be between 128 CPU units (.125 vCPU) and 16 vCPU, got {v!r}")
+        raise ValueError(f"must be between 128 CPU units (.125 vCPU) and 16 vCPU, got {_short(v)}")
     return int(n)
 
 
 def _parse_memory(v: Any) -> int:
     """Memory in MiB: 512, "512", "0.5 GB", "2GB"."""
     if isinstance(v, int) and not isinstance(v, bool):
-        n = float(min(v, 2 * _MAX_MEMORY_MIB))  # a 4,000-digit integer does not fit a float
+        n = float(max(min(v, 2 * _MAX_MEMORY_MIB), -1))  # 10**400 does not fit a float
     elif isinstance(v, str) and len(v) <= 64:
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(gb|mb|mib|gib)?\s*", v, re.IGNORECASE)
         if not m:
@@ -789,10 +798,10 @@ def _parse_memory(v: Any) -> int:
     else:
         raise ValueError(f"must be a number or a string, not {_kind(v)}")
     if n < 6:
-        raise ValueError(f"must be at least 6 MiB, got {v!r}")
+        raise ValueError(f"must be at least 6 MiB, got {_short(v)}")
     if n > _MAX_MEMORY_MIB:
         raise ValueError(
-            f"must be at most {_MAX_MEMORY_MIB} MiB (120 GB, as in Fargate), got {v!r}"
+            f"must be at most {_MAX_MEMORY_MIB} MiB (120 GB, as in Fargate), got {_short(v)}"
         )
     return int(n)
 

@@ -904,6 +904,8 @@ def test_privileged_and_dangerous_capabilities_warn_naming_the_field() -> None:
         ({**one(), "memory": True}, "memory"),
         ({**one(), "cpu": 10**32}, "cpu"),
         ({**one(), "cpu": 1e32}, "cpu"),
+        ({**one(), "cpu": -(10**400)}, "cpu"),
+        ({**one(), "memory": -(10**400)}, "memory"),
         (one(memory=10**32), "containerDefinitions[0].memory"),
         (one(memory=1e32), "containerDefinitions[0].memory"),
         (one(memory=True), "containerDefinitions[0].memory"),
