@@ -433,10 +433,10 @@ def ps(ctx: click.Context, all_tasks: bool, as_json: bool, quiet: bool) -> None:
     for t in tasks:
         rows.append(
             (
-                t["id"][:12],
-                t["family"],
-                t["lastStatus"] + _task_health(t),
-                t["ip"] or "-",
+                str(t["id"])[:12],
+                str(t["family"]),
+                str(t["lastStatus"]) + _task_health(t),
+                str(t["ip"] or "-"),
                 ",".join(
                     f"{p['hostPort']}->{p['containerPort']}/{p['protocol']}"
                     for p in t.get("ports", [])
@@ -447,9 +447,19 @@ def ps(ctx: click.Context, all_tasks: bool, as_json: bool, quiet: bool) -> None:
                 _age(time.time() - t["createdAt"]),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
+    cells = [tuple(_cell(v) for v in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    for r in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _cell(value: object) -> str:
+    """A table cell that cannot break the table: newlines, terminal escapes and other
+    non-printable characters (a family from an old store, issue 9) are shown escaped."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def _since(text: str) -> float:

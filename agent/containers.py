@@ -35,7 +35,14 @@ class TaskContext:
 
 
 def volume_dir(task_dir: Path, name: str) -> Path:
-    """A task-scoped (empty) volume: a directory of the task, removed with it."""
+    """A task-scoped (empty) volume: a directory of the task, removed with it.
+
+    The name is checked again here (validation refuses it first): `task_dir / "/tmp/x"` is
+    /tmp/x and `../..` climbs out of the task directory (issue 9)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", name):
+        raise InvalidInput(f"volume name {name!r}: must be 1-255 letters, digits, - or _")
     return task_dir / "volumes" / name
 
 

@@ -131,7 +131,7 @@ def parse_reference(text: str) -> Reference:
     latest. Raises InvalidInput naming what is wrong."""
     if not text or text != text.strip():
         raise InvalidInput(f"image reference {text!r} is empty or has spaces")
-    if _HEX64_RE.match(text):
+    if _HEX64_RE.fullmatch(text):
         raise InvalidInput(
             f"image reference {text!r} looks like an image id, not a name; "
             "use name@sha256:<digest> to pull by digest"
@@ -150,14 +150,14 @@ def parse_reference(text: str) -> Reference:
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and "/" not in repository:
         repository = f"library/{repository}"
-    if not _REPO_RE.match(repository):
+    if not _REPO_RE.fullmatch(repository):
         raise InvalidInput(
             f"image reference {text!r}: invalid repository name {repository!r} "
             "(lower-case letters, digits and . _ - separators)"
         )
-    if tag is not None and not _TAG_RE.match(tag):
+    if tag is not None and not _TAG_RE.fullmatch(tag):
         raise InvalidInput(f"image reference {text!r}: invalid tag {tag!r}")
-    if digest is not None and not _DIGEST_RE.match(digest):
+    if digest is not None and not _DIGEST_RE.fullmatch(digest):
         raise InvalidInput(
             f"image reference {text!r}: invalid digest {digest!r} (sha256:<64 hex digits>)"
         )

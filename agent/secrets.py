@@ -28,7 +28,7 @@ class SecretNotFound(NotFound):
 
 
 def _check_name(name: str) -> None:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidInput(
             f"secret name {name!r} is not valid: use 1-512 letters, digits and /_+=.@:-"
         )

@@ -22,6 +22,9 @@ __all__ = [
     "DEPENDENCY_CONDITIONS",
     "LOG_DRIVERS",
     "LOG_DRIVERS_AS_JSON_FILE",
+    "MAX_CONTAINERS",
+    "MAX_DEFINITION_BYTES",
+    "MAX_NESTING",
     "NETWORK_MODES",
     "ULIMIT_NAMES",
     "ContainerDefinition",
@@ -49,8 +52,27 @@ __all__ = [
 ]
 
 NETWORK_MODES = ("awsvpc", "bridge", "host", "none")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-_ENV_NAME_RE = re.compile(r"^[^=\0]+$")
+# Every check of a name or value uses fullmatch: `^...$` with re.match also matches before a
+# final newline, so "web\n" passed as a name (issue 9).
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
+_ENV_NAME_RE = re.compile(r"[^=\0]+")
+
+# -- limits (issue 9: one task definition must not be able to freeze the agent) --------------
+# ECS's documented limits where it has them; elsewhere a generous bound that no real task
+# definition reaches, so that work stays small. Counts are checked before the items are parsed.
+MAX_DEFINITION_BYTES = 64 * 1024  # ECS service quota "Task definition size": 64 KiB
+MAX_CONTAINERS = 10  # ECS service quota "Containers per task definition": 10 (not adjustable)
+MAX_NESTING = 32  # not ECS's: a real task definition nests about 7 levels
+_MAX_VALUES = 1_000_000  # not ECS's: values in one decoded document (64 KiB holds ~32,000)
+_MAX_ITEMS = 1000  # not ECS's: any list or map ECS sets no count for (env, ports, labels...)
+_MAX_FIELDS = 200  # not ECS's: keys of one object (a container definition has ~50)
+_MAX_ENV_FILES = 10  # ECS: "You can specify up to ten environment files"
+_MAX_DNS_SERVERS = 32  # not ECS's (glibc reads 3 nameservers)
+_MAX_INT32 = 2**31 - 1  # ECS's API types its integer fields (ulimits, ...) as 32-bit
+_MAX_TASK_CPU = 16 * 1024  # Fargate: 16 vCPU
+_MAX_CONTAINER_CPU = 10 * 1024  # ECS: 10 vCPU for one container
+_MAX_MEMORY_MIB = 120 * 1024  # Fargate's largest task: 120 GB; bounds container memory too
+_MAX_TMPFS_MIB = 1024 * 1024  # not ECS's: 1 TiB (tmpfs and /dev/shm sizes)
 
 # Task-level and container-level keys ECS accepts. Those nstask acts on are parsed below;
 # the rest are accepted with a warning (one per field, naming it).
@@ -287,10 +309,33 @@ class _Problems:
         self.items.append((path, message))
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def load_json(text: str | bytes, *, source: str = "") -> Any:
-    """Parse JSON, turning a syntax error into a located TaskDefinitionError."""
+    """Parse JSON, turning a syntax error into a located TaskDefinitionError.
+
+    Refused before parsing: a document above ECS's task definition size
+    (MAX_DEFINITION_BYTES). Refused while parsing: nesting deeper than MAX_NESTING (the
+    parser would otherwise raise RecursionError), NaN/Infinity, numbers too long to convert.
+    """
+    size = len(text)
+    if size <= MAX_DEFINITION_BYTES and isinstance(text, str):
+        size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_DEFINITION_BYTES:
+        raise TaskDefinitionError(
+            [
+                (
+                    "",
+                    f"is {size} bytes; a task definition is at most {MAX_DEFINITION_BYTES} bytes "
+                    "(64 KiB, as in ECS)",
+                )
+            ],
+            source=source,
+        )
     try:
-        return json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except UnicodeDecodeError as e:
         raise TaskDefinitionError(
             [("", f"is not UTF-8 text ({e.reason})")], source=source
@@ -300,17 +345,65 @@ def load_json(text: str | bytes, *, source: str = "") -> Any:
             [("", f"is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")],
             source=source,
         ) from None
+    except RecursionError:
+        raise TaskDefinitionError(
+            [("", f"is nested too deeply (more than {MAX_NESTING} levels)")], source=source
+        ) from None
+    except ValueError as e:  # NaN/Infinity, or an integer literal of thousands of digits
+        raise TaskDefinitionError([("", f"is not valid JSON: {e}")], source=source) from None
+    shape = _shape_problem(data, data)
+    if shape is not None:
+        raise TaskDefinitionError([shape], source=source)
+    return data
+
+
+def _shape_problem(data: Any, td: Any) -> tuple[str, str] | None:
+    """The first place where decoded JSON nests deeper than MAX_NESTING or holds more than
+    _MAX_VALUES values, located by its top-level field of `td`; walked with an explicit stack
+    (no recursion on user input) and stopped at the limit."""
+    stack: list[tuple[Any, int, str]] = [(data, 1, "")]
+    values = 0
+    while stack:
+        v, depth, where = stack.pop()
+        if depth > MAX_NESTING:
+            return (where, f"is nested too deeply (more than {MAX_NESTING} levels)")
+        values += len(v) if isinstance(v, (dict, list)) else 0
+        if values > _MAX_VALUES:
+            return (where, f"is too large (more than {_MAX_VALUES} values)")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if isinstance(x, (dict, list)):
+                    stack.append((x, depth + 1, str(k) if v is td else where))
+        elif isinstance(v, list):
+            for x in v:
+                if isinstance(x, (dict, list)):
+                    stack.append((x, depth + 1, where))
+    return None
+
+
+def _too_many(p: _Problems, at: str, v: Any, limit: int, what: str) -> bool:
+    """Refuse a list or map longer than `limit` with one error, before its items are read."""
+    if isinstance(v, (list, dict)) and len(v) > limit:
+        p.add(at, f"at most {limit} {what}, got {len(v)}")
+        return True
+    return False
 
 
 def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
     """Validate ECS task definition JSON (already decoded) into a TaskDefinition."""
     p = _Problems()
+    original = data
     if isinstance(data, dict) and isinstance(data.get("taskDefinition"), dict):
         data = data["taskDefinition"]
     if not isinstance(data, dict):
         raise TaskDefinitionError(
             [("", f"must be a JSON object (a task definition), not {_kind(data)}")], source=source
         )
+    shape = _shape_problem(original, data)
+    if shape is None and _too_many(p, "", data, _MAX_FIELDS, "fields in a task definition"):
+        shape = p.items[0]
+    if shape is not None:
+        raise TaskDefinitionError([shape], source=source)
     for key in data:
         if key in _TASK_KEYS_USED:
             continue
@@ -323,7 +416,7 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
             p.warnings.append(f"{key}: unknown task definition field; ignored")
 
     family = _str(p, data, "family", "", required=False) or "nstask"
-    if family and not _NAME_RE.match(family):
+    if family and not _NAME_RE.fullmatch(family):
         p.add("family", "must be 1-255 letters, digits, hyphens or underscores")
     network_mode = _str(p, data, "networkMode", "", required=False) or "awsvpc"
     if network_mode not in NETWORK_MODES:
@@ -345,6 +438,10 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         p.add("containerDefinitions", f"must be a list, not {_kind(defs)}")
     elif not defs:
         p.add("containerDefinitions", "must hold at least one container definition")
+    elif _too_many(
+        p, "containerDefinitions", defs, MAX_CONTAINERS, "container definitions per task definition"
+    ):
+        pass
     else:
         for i, cdef in enumerate(defs):
             c = _container(p, cdef, f"containerDefinitions[{i}]", network_mode)
@@ -386,6 +483,8 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     if not isinstance(c, dict):
         p.add(at, f"must be an object, not {_kind(c)}")
         return None
+    if _too_many(p, at, c, _MAX_FIELDS, "fields in a container definition"):
+        return None
     before = len(p.items)
     for key in c:
         if key in _CONTAINER_KEYS_IGNORED:
@@ -394,19 +493,21 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         elif key not in _CONTAINER_KEYS_USED:
             p.warnings.append(f"{at}.{key}: unknown container definition field; ignored")
     name = _str(p, c, "name", at)
-    if name is not None and not _NAME_RE.match(name):
+    if name is not None and not _NAME_RE.fullmatch(name):
         p.add(f"{at}.name", "must be 1-255 letters, digits, hyphens or underscores")
     image = _str(p, c, "image", at)
-    if image is not None and (not image.strip() or any(ch.isspace() for ch in image)):
+    if image is not None and len(image) > 255:  # ECS: "Up to 255 letters ..."
+        p.add(f"{at}.image", f"must be at most 255 characters (as in ECS), got {len(image)}")
+    elif image is not None and (not image.strip() or any(ch.isspace() for ch in image)):
         p.add(f"{at}.image", f"is not a valid image reference: {image!r}")
     command = _str_list(p, c, "command", at)
     entry_point = _str_list(p, c, "entryPoint", at)
     env = _environment(p, c.get("environment"), f"{at}.environment")
     essential = _bool(p, c, "essential", at, default=True)
     ports = _ports(p, c.get("portMappings"), f"{at}.portMappings", network_mode)
-    cpu = _int(p, c, "cpu", at, lo=0, hi=10 * 1024)
-    memory = _int(p, c, "memory", at, lo=6, hi=None)
-    reservation = _int(p, c, "memoryReservation", at, lo=6, hi=None)
+    cpu = _int(p, c, "cpu", at, lo=0, hi=_MAX_CONTAINER_CPU)
+    memory = _int(p, c, "memory", at, lo=6, hi=_MAX_MEMORY_MIB)
+    reservation = _int(p, c, "memoryReservation", at, lo=6, hi=_MAX_MEMORY_MIB)
     if memory is not None and reservation is not None and reservation > memory:
         p.add(f"{at}.memoryReservation", f"({reservation}) must not exceed memory ({memory})")
     stop_timeout = _int(p, c, "stopTimeout", at, lo=0, hi=120)
@@ -428,6 +529,11 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     linux = _linux_parameters(p, c.get("linuxParameters"), f"{at}.linuxParameters")
     ulimits = _ulimits(p, c.get("ulimits"), f"{at}.ulimits")
     privileged = _bool(p, c, "privileged", at, default=False)
+    if privileged:
+        p.warnings.append(
+            f"{at}.privileged: the container gets every capability and the host's devices "
+            "(it can take over the host); accepted as in ECS"
+        )
     dns = _ip_list(p, c.get("dnsServers"), f"{at}.dnsServers")
     extra_hosts = _extra_hosts(p, c.get("extraHosts"), f"{at}.extraHosts")
     stop_signal = _stop_signal(p, c.get("stopSignal"), f"{at}.stopSignal")
@@ -517,6 +623,8 @@ def _str_list(p: _Problems, d: dict[str, Any], key: str, at: str) -> tuple[str, 
     v = d.get(key)
     if v is None:
         return None
+    if _too_many(p, f"{at}.{key}", v, _MAX_ITEMS, "items"):
+        return None
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         p.add(f"{at}.{key}", "must be a list of strings")
         return None
@@ -533,18 +641,30 @@ def _bool(p: _Problems, d: dict[str, Any], key: str, at: str, *, default: bool) 
     return v
 
 
+def _short(v: Any) -> str:
+    """A value for a message: 10**400 is not echoed in full."""
+    try:
+        text = repr(v)
+    except ValueError:  # an int beyond Python's 4,300-digit conversion limit
+        return "a number of more than 4300 digits"
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
 def _int(
     p: _Problems, d: dict[str, Any], key: str, at: str, *, lo: int, hi: int | None
 ) -> int | None:
     v = d.get(key)
     if v is None:
         return None
+    if isinstance(v, float):  # 1e32, 1.5: JSON has no integer type, Python tells them apart
+        p.add(f"{at}.{key}", f"must be an integer, got {v!r}")
+        return None
     if isinstance(v, bool) or not isinstance(v, int):
         p.add(f"{at}.{key}", f"must be an integer, not {_kind(v)}")
         return None
     if v < lo or (hi is not None and v > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-        p.add(f"{at}.{key}", f"must be {bound}, got {v}")
+        p.add(f"{at}.{key}", f"must be {bound}, got {_short(v)}")
         return None
     return v
 
@@ -555,13 +675,15 @@ def _environment(p: _Problems, v: Any, at: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(v, list):
         p.add(at, f"must be a list of {{name, value}} objects, not {_kind(v)}")
         return ()
+    if _too_many(p, at, v, _MAX_ITEMS, "environment variables"):
+        return ()
     out: list[tuple[str, str]] = []
     for i, item in enumerate(v):
         if not isinstance(item, dict):
             p.add(f"{at}[{i}]", "must be an object with name and value")
             continue
         name, value = item.get("name"), item.get("value", "")
-        if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+        if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
             p.add(f"{at}[{i}].name", "must be a non-empty string without '='")
             continue
         if not isinstance(value, str):
@@ -572,7 +694,7 @@ def _environment(p: _Problems, v: Any, at: str) -> tuple[tuple[str, str], ...]:
 
 
 def _labels(p: _Problems, v: Any, at: str) -> tuple[tuple[str, str], ...]:
-    if v is None:
+    if v is None or _too_many(p, at, v, _MAX_ITEMS, "labels"):
         return ()
     if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
         p.add(at, "must be an object of string values")
@@ -586,11 +708,15 @@ def _ports(p: _Problems, v: Any, at: str, network_mode: str) -> tuple[PortMappin
     if not isinstance(v, list):
         p.add(at, f"must be a list, not {_kind(v)}")
         return ()
+    if _too_many(p, at, v, _MAX_ITEMS, "port mappings"):
+        return ()
     out: list[PortMapping] = []
     for i, item in enumerate(v):
         here = f"{at}[{i}]"
         if not isinstance(item, dict):
             p.add(here, "must be an object")
+            continue
+        if _too_many(p, here, item, _MAX_FIELDS, "fields in a port mapping"):
             continue
         _warn_port_keys(p, item, here)
         cport = _int(p, item, "containerPort", here, lo=1, hi=65535)
@@ -639,32 +765,48 @@ def _units(p: _Problems, v: Any, key: str, parse: Any) -> int | None:
 def _parse_cpu(v: Any) -> int:
     """CPU units: 256, "256", "1 vCPU", "0.5 vcpu"."""
     if isinstance(v, int) and not isinstance(v, bool):
-        n = float(v)
-    elif isinstance(v, str):
+        n = float(max(min(v, 2 * _MAX_TASK_CPU), -1))  # 10**400 does not fit a float
+    elif isinstance(v, str) and len(v) <= 64:
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(vcpu)?\s*", v, re.IGNORECASE)
         if not m:
             raise ValueError(f"must be CPU units (e.g. 256) or vCPUs (e.g. '1 vCPU'), got {v!r}")
         n = float(m.group(1)) * (1024 if m.group(2) else 1)
+    elif isinstance(v, str):
+        raise ValueError(
+            f"must be CPU units (e.g. 256) or vCPUs (e.g. '1 vCPU'), got {v[:64]!r}..."
+        )
+    elif isinstance(v, float):
+        raise ValueError(
+            f"must be a whole number of CPU units or a string like '1 vCPU', got {v!r}"
+        )
     else:
         raise ValueError(f"must be a number or a string, not {_kind(v)}")
-    if n < 128 or n > 16 * 1024:
-        raise ValueError(f"must be between 128 CPU units (.125 vCPU) and 16 vCPU, got {v!r}")
+    if n < 128 or n > _MAX_TASK_CPU:
+        raise ValueError(f"must be between 128 CPU units (.125 vCPU) and 16 vCPU, got {_short(v)}")
     return int(n)
 
 
 def _parse_memory(v: Any) -> int:
     """Memory in MiB: 512, "512", "0.5 GB", "2GB"."""
     if isinstance(v, int) and not isinstance(v, bool):
-        n = float(v)
-    elif isinstance(v, str):
+        n = float(max(min(v, 2 * _MAX_MEMORY_MIB), -1))  # 10**400 does not fit a float
+    elif isinstance(v, str) and len(v) <= 64:
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(gb|mb|mib|gib)?\s*", v, re.IGNORECASE)
         if not m:
             raise ValueError(f"must be MiB (e.g. 512) or a size like '0.5 GB', got {v!r}")
         n = float(m.group(1)) * (1024 if (m.group(2) or "").lower() in ("gb", "gib") else 1)
+    elif isinstance(v, str):
+        raise ValueError(f"must be MiB (e.g. 512) or a size like '0.5 GB', got {v[:64]!r}...")
+    elif isinstance(v, float):
+        raise ValueError(f"must be a whole number of MiB or a string like '0.5 GB', got {v!r}")
     else:
         raise ValueError(f"must be a number or a string, not {_kind(v)}")
     if n < 6:
-        raise ValueError(f"must be at least 6 MiB, got {v!r}")
+        raise ValueError(f"must be at least 6 MiB, got {_short(v)}")
+    if n > _MAX_MEMORY_MIB:
+        raise ValueError(
+            f"must be at most {_MAX_MEMORY_MIB} MiB (120 GB, as in Fargate), got {_short(v)}"
+        )
     return int(n)
 
 
@@ -705,11 +847,11 @@ _SIGNAL_NAMES = (
     "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
 )  # fmt: skip
 _SECRETS_ARN = re.compile(
-    r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]*:[0-9]*:secret:(?P<name>[A-Za-z0-9/_+=.@-]+?)"
-    r"(?:-[A-Za-z0-9]{6})?(?::(?P<key>[^:]*)(?::[^:]*(?::[^:]*)?)?)?$"
+    r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]*:[0-9]*:secret:(?P<name>[A-Za-z0-9/_+=.@-]+?)"
+    r"(?:-[A-Za-z0-9]{6})?(?::(?P<key>[^:]*)(?::[^:]*(?::[^:]*)?)?)?"
 )
-_SSM_ARN = re.compile(r"^arn:aws[a-z-]*:ssm:[a-z0-9-]*:[0-9]*:parameter(?P<name>/.+)$")
-_LOCAL_NAME = re.compile(r"^[A-Za-z0-9/_+=.@:-]{1,512}$")
+_SSM_ARN = re.compile(r"arn:aws[a-z-]*:ssm:[a-z0-9-]*:[0-9]*:parameter(?P<name>/.+)")
+_LOCAL_NAME = re.compile(r"[A-Za-z0-9/_+=.@:-]{1,512}")
 
 
 def local_secret_name(value_from: str) -> str:
@@ -722,11 +864,11 @@ def local_secret_name(value_from: str) -> str:
       (without the leading slash).
     - Anything else (a plain name such as `prod/db-password`) is used as it is.
     """
-    m = _SECRETS_ARN.match(value_from)
+    m = _SECRETS_ARN.fullmatch(value_from)
     if m:
         name = m.group("name")
         return f"{name}:{m.group('key')}" if m.group("key") else name
-    m = _SSM_ARN.match(value_from)
+    m = _SSM_ARN.fullmatch(value_from)
     if m:
         return m.group("name").lstrip("/")
     return value_from
@@ -734,7 +876,13 @@ def local_secret_name(value_from: str) -> str:
 
 def start_order(td: TaskDefinition) -> list[str]:
     """Container names in an order that honours dependsOn (ties in definition order); the
-    task's FireLens log router goes first, as ECS starts it before the containers it serves."""
+    task's FireLens log router goes first, as ECS starts it before the containers it serves.
+
+    Kahn's algorithm with a heap of definition indexes, so among the containers whose
+    dependencies have all started the first defined goes next: O(n log n) (issue 9: the
+    earlier rescan of every container per step was cubic)."""
+    import heapq
+
     names = [c.name for c in td.containers]
     deps = {c.name: {d.container_name for d in c.depends_on} for c in td.containers}
     routers = [c.name for c in td.containers if c.firelens is not None]
@@ -742,12 +890,32 @@ def start_order(td: TaskDefinition) -> list[str]:
         lc = c.log_configuration
         if lc is not None and lc.driver == "awsfirelens":
             deps[c.name] |= set(routers) - {c.name}
+    index = {n: i for i, n in enumerate(names)}
+    waiting = [len(deps[n]) for n in names]  # unknown names and self count and never clear
+    dependents: list[list[int]] = [[] for _ in names]
+    for i, n in enumerate(names):
+        for d in deps[n]:
+            if d in index:
+                dependents[index[d]].append(i)
+    ready = [i for i in range(len(names)) if waiting[i] == 0]
+    placed = [False] * len(names)
     order: list[str] = []
+    first_unplaced = 0
     while len(order) < len(names):
-        ready = [n for n in names if n not in order and deps[n] <= set(order)]
-        if not ready:  # a cycle: validation refuses these, so this is only a guard
-            ready = [n for n in names if n not in order]
-        order.append(ready[0])
+        if ready:
+            i = heapq.heappop(ready)
+        else:  # a cycle: validation refuses these, so this is only a guard
+            while placed[first_unplaced]:
+                first_unplaced += 1
+            i = first_unplaced
+        if placed[i]:
+            continue
+        placed[i] = True
+        order.append(names[i])
+        for j in dependents[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0 and not placed[j]:
+                heapq.heappush(ready, j)
     return order
 
 
@@ -757,11 +925,15 @@ def stop_order(td: TaskDefinition) -> list[str]:
     return start_order(td)[::-1]
 
 
-def _list_of_objects(p: _Problems, v: Any, at: str) -> list[tuple[str, dict[str, Any]]]:
+def _list_of_objects(
+    p: _Problems, v: Any, at: str, *, limit: int = _MAX_ITEMS, what: str = "items"
+) -> list[tuple[str, dict[str, Any]]]:
     if v is None:
         return []
     if not isinstance(v, list):
         p.add(at, f"must be a list, not {_kind(v)}")
+        return []
+    if _too_many(p, at, v, limit, what):
         return []
     out = []
     for i, item in enumerate(v):
@@ -774,7 +946,9 @@ def _list_of_objects(p: _Problems, v: Any, at: str) -> list[tuple[str, dict[str,
 
 def _env_files(p: _Problems, v: Any, at: str) -> tuple[str, ...]:
     out = []
-    for here, item in _list_of_objects(p, v, at):
+    for here, item in _list_of_objects(
+        p, v, at, limit=_MAX_ENV_FILES, what="environment files per container (as in ECS)"
+    ):
         value = _str(p, item, "value", here)
         kind = item.get("type", "s3")
         if kind != "s3":
@@ -798,10 +972,10 @@ def _env_files(p: _Problems, v: Any, at: str) -> tuple[str, ...]:
 def _secrets(p: _Problems, v: Any, at: str) -> tuple[Secret, ...]:
     out = []
     seen: set[str] = set()
-    for here, item in _list_of_objects(p, v, at):
+    for here, item in _list_of_objects(p, v, at, what="secrets"):
         name = _str(p, item, "name", here)
         value_from = _str(p, item, "valueFrom", here)
-        if name is not None and not _ENV_NAME_RE.match(name):
+        if name is not None and not _ENV_NAME_RE.fullmatch(name):
             p.add(f"{here}.name", "must be an environment variable name without '='")
         if name is not None and name in seen:
             p.add(f"{here}.name", f"duplicate secret {name!r}")
@@ -811,7 +985,7 @@ def _secrets(p: _Problems, v: Any, at: str) -> tuple[Secret, ...]:
                     f"{here}.valueFrom",
                     f"is neither a Secrets Manager nor an SSM parameter ARN: {value_from!r}",
                 )
-            elif not _LOCAL_NAME.match(local_secret_name(value_from)):
+            elif not _LOCAL_NAME.fullmatch(local_secret_name(value_from)):
                 p.add(f"{here}.valueFrom", f"is not a valid secret name: {value_from!r}")
         if name is not None and value_from is not None:
             seen.add(name)
@@ -821,7 +995,7 @@ def _secrets(p: _Problems, v: Any, at: str) -> tuple[Secret, ...]:
 
 def _depends_on(p: _Problems, v: Any, at: str) -> tuple[Dependency, ...]:
     out = []
-    for here, item in _list_of_objects(p, v, at):
+    for here, item in _list_of_objects(p, v, at, what="dependencies"):
         target = _str(p, item, "containerName", here)
         condition = _str(p, item, "condition", here)
         if condition is not None and condition not in DEPENDENCY_CONDITIONS:
@@ -868,7 +1042,7 @@ def _health_check(p: _Problems, v: Any, at: str) -> HealthCheck | None:
 
 
 def _string_map(p: _Problems, v: Any, at: str) -> tuple[tuple[str, str], ...]:
-    if v is None:
+    if v is None or _too_many(p, at, v, _MAX_ITEMS, "options"):
         return ()
     if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
         p.add(at, "must be an object of string values")
@@ -902,8 +1076,17 @@ def _log_configuration(p: _Problems, v: Any, at: str) -> LogConfiguration | None
     return LogConfiguration(driver, options, secret_options)
 
 
-def _capabilities(p: _Problems, v: Any, at: str, *, allow_all: bool) -> tuple[str, ...]:
-    if v is None:
+# Capabilities that hand a container the host: a warning names them (issue 9), as ECS accepts them.
+_HOST_CAPABILITIES = {
+    "SYS_ADMIN": "mounts, namespaces and most of the kernel's administration",
+    "SYS_MODULE": "loading kernel modules into the host's kernel",
+    "NET_ADMIN": "administration of the task's network (interfaces, routes, firewall)",
+}
+
+
+def _capabilities(p: _Problems, v: Any, at: str, *, adding: bool) -> tuple[str, ...]:
+    """Capability names as CAP_X, or "ALL" (ECS accepts it in add and in drop)."""
+    if v is None or _too_many(p, at, v, len(CAPABILITIES) + 1, "capabilities"):
         return ()
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         p.add(at, "must be a list of capability names")
@@ -912,14 +1095,21 @@ def _capabilities(p: _Problems, v: Any, at: str, *, allow_all: bool) -> tuple[st
     for i, cap in enumerate(v):
         bare = cap.upper().removeprefix("CAP_")
         if bare == "ALL":
-            if not allow_all:
-                p.add(f"{at}[{i}]", '"ALL" is only allowed in drop')
-                continue
             out.append("ALL")
+            if adding:
+                p.warnings.append(
+                    f"{at}[{i}]: ALL gives the container every capability (it can take over "
+                    "the host); accepted as in ECS"
+                )
         elif bare not in CAPABILITIES:
             p.add(f"{at}[{i}]", f"unknown Linux capability {cap!r}")
         else:
             out.append("CAP_" + bare)
+            if adding and bare in _HOST_CAPABILITIES:
+                p.warnings.append(
+                    f"{at}[{i}]: {bare} gives the container {_HOST_CAPABILITIES[bare]}; "
+                    "accepted as in ECS"
+                )
     return tuple(out)
 
 
@@ -928,6 +1118,8 @@ def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
         return None
     if not isinstance(v, dict):
         p.add(at, f"must be an object, not {_kind(v)}")
+        return None
+    if _too_many(p, at, v, _MAX_FIELDS, "fields"):
         return None
     for key in v:
         known = ("initProcessEnabled", "capabilities", "sharedMemorySize", "tmpfs")
@@ -938,25 +1130,23 @@ def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
         p.add(f"{at}.capabilities", "must be an object with add and drop lists")
         caps = {}
     tmpfs = []
-    for here, item in _list_of_objects(p, v.get("tmpfs"), f"{at}.tmpfs"):
+    for here, item in _list_of_objects(p, v.get("tmpfs"), f"{at}.tmpfs", what="tmpfs mounts"):
         path = _str(p, item, "containerPath", here)
-        size = _int(p, item, "size", here, lo=1, hi=None)
+        size = _int(p, item, "size", here, lo=1, hi=_MAX_TMPFS_MIB)
         if "size" not in item:
             p.add(f"{here}.size", "is required")
         opts = _str_list(p, item, "mountOptions", here) or ()
-        if path is not None and not path.startswith("/"):
-            p.add(f"{here}.containerPath", "must be an absolute path")
+        if path is not None and not _container_path_ok(p, path, f"{here}.containerPath"):
+            pass
         elif path is not None and size is not None:
             tmpfs.append(Tmpfs(path, size, opts))
     return LinuxParameters(
         init_process_enabled=_bool(p, v, "initProcessEnabled", at, default=False),
-        capabilities_add=_capabilities(
-            p, caps.get("add"), f"{at}.capabilities.add", allow_all=False
-        ),
+        capabilities_add=_capabilities(p, caps.get("add"), f"{at}.capabilities.add", adding=True),
         capabilities_drop=_capabilities(
-            p, caps.get("drop"), f"{at}.capabilities.drop", allow_all=True
+            p, caps.get("drop"), f"{at}.capabilities.drop", adding=False
         ),
-        shared_memory_size=_int(p, v, "sharedMemorySize", at, lo=1, hi=None),
+        shared_memory_size=_int(p, v, "sharedMemorySize", at, lo=1, hi=_MAX_TMPFS_MIB),
         tmpfs=tuple(tmpfs),
     )
 
@@ -964,10 +1154,12 @@ def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
 def _ulimits(p: _Problems, v: Any, at: str) -> tuple[Ulimit, ...]:
     out = []
     seen: set[str] = set()
-    for here, item in _list_of_objects(p, v, at):
+    for here, item in _list_of_objects(
+        p, v, at, limit=len(ULIMIT_NAMES), what="ulimits (one per name)"
+    ):
         name = _str(p, item, "name", here)
-        soft = _int(p, item, "softLimit", here, lo=0, hi=None)
-        hard = _int(p, item, "hardLimit", here, lo=0, hi=None)
+        soft = _int(p, item, "softLimit", here, lo=0, hi=_MAX_INT32)
+        hard = _int(p, item, "hardLimit", here, lo=0, hi=_MAX_INT32)
         for key in ("softLimit", "hardLimit"):
             if key not in item:
                 p.add(f"{here}.{key}", "is required")
@@ -999,7 +1191,7 @@ def _is_ip(text: str) -> bool:
 
 
 def _ip_list(p: _Problems, v: Any, at: str) -> tuple[str, ...]:
-    if v is None:
+    if v is None or _too_many(p, at, v, _MAX_DNS_SERVERS, "DNS servers"):
         return ()
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         p.add(at, "must be a list of IP addresses")
@@ -1012,7 +1204,7 @@ def _ip_list(p: _Problems, v: Any, at: str) -> tuple[str, ...]:
 
 def _extra_hosts(p: _Problems, v: Any, at: str) -> tuple[tuple[str, str], ...]:
     out = []
-    for here, item in _list_of_objects(p, v, at):
+    for here, item in _list_of_objects(p, v, at, what="host entries"):
         host = _str(p, item, "hostname", here)
         ip = _str(p, item, "ipAddress", here)
         if ip is not None and not _is_ip(ip):
@@ -1072,23 +1264,67 @@ def _security_options(p: _Problems, v: Any, at: str) -> str | None:
 
 def _mount_points(p: _Problems, v: Any, at: str) -> tuple[MountPoint, ...]:
     out = []
-    for here, item in _list_of_objects(p, v, at):
+    for here, item in _list_of_objects(p, v, at, what="mount points"):
         volume = _str(p, item, "sourceVolume", here)
         path = _str(p, item, "containerPath", here)
         ro = _bool(p, item, "readOnly", here, default=False)
-        if path is not None and not path.startswith("/"):
-            p.add(f"{here}.containerPath", "must be an absolute path")
+        if volume is not None and not _NAME_RE.fullmatch(volume):
+            p.add(f"{here}.sourceVolume", _VOLUME_NAME_RULE)
+        elif path is not None and not _container_path_ok(p, path, f"{here}.containerPath"):
+            pass
         elif volume is not None and path is not None:
             out.append(MountPoint(volume, path, ro))
     return tuple(out)
 
 
+_VOLUME_NAME_RULE = "must be 1-255 letters, digits, hyphens or underscores"
+
+
+def _container_path_ok(p: _Problems, path: str, at: str) -> bool:
+    """A mount target: absolute, no `..` component (it could climb out of the rootfs), no NUL."""
+    if not path.startswith("/"):
+        p.add(at, "must be an absolute path")
+    elif "\0" in path:
+        p.add(at, "must not contain a NUL character")
+    elif ".." in path.split("/"):
+        p.add(at, "must not contain '..' components")
+    else:
+        return True
+    return False
+
+
+# Host directories a bind mount hands the task control of (a warning, as ECS accepts them).
+_SENSITIVE_HOST_PATHS = {
+    "/": "whole filesystem",
+    "/etc": "configuration (/etc)",
+    "/proc": "processes and kernel settings (/proc)",
+    "/sys": "kernel and device settings (/sys)",
+    "/dev": "devices (/dev)",
+}
+
+
+def _sensitive_host_path(path: str) -> str | None:
+    import posixpath
+
+    norm = "/" + posixpath.normpath(path).lstrip("/")
+    if norm in _SENSITIVE_HOST_PATHS:
+        return _SENSITIVE_HOST_PATHS[norm]
+    for top in ("/proc", "/sys", "/dev"):
+        if norm.startswith(top + "/"):
+            return _SENSITIVE_HOST_PATHS[top]
+    return None
+
+
 def _volumes_from(p: _Problems, v: Any, at: str) -> tuple[VolumeFrom, ...]:
     out = []
-    for here, item in _list_of_objects(p, v, at):
+    for here, item in _list_of_objects(p, v, at, what="volumesFrom entries"):
         source = _str(p, item, "sourceContainer", here)
         ro = _bool(p, item, "readOnly", here, default=False)
-        if source is not None:
+        if source is not None and not _NAME_RE.fullmatch(source):
+            p.add(
+                f"{here}.sourceContainer", "must be 1-255 letters, digits, hyphens or underscores"
+            )
+        elif source is not None:
             out.append(VolumeFrom(source, ro))
     return tuple(out)
 
@@ -1110,8 +1346,13 @@ def _firelens(p: _Problems, v: Any, at: str) -> FirelensConfiguration | None:
 def _volumes(p: _Problems, v: Any) -> tuple[Volume, ...]:
     out = []
     seen: set[str] = set()
-    for here, item in _list_of_objects(p, v, "volumes"):
+    for here, item in _list_of_objects(p, v, "volumes", what="volumes"):
         name = _str(p, item, "name", here)
+        if name is not None and not _NAME_RE.fullmatch(name):
+            # A task-scoped volume is a directory named after the volume (issue 9: "/tmp/x"
+            # became a bind of the host's /tmp/x, "../../.." a directory outside the state dir).
+            p.add(f"{here}.name", _VOLUME_NAME_RULE)
+            continue
         host = item.get("host")
         host_path = None
         if host is not None:
@@ -1122,6 +1363,15 @@ def _volumes(p: _Problems, v: Any) -> tuple[Volume, ...]:
             if host_path is not None and not host_path.startswith("/"):
                 p.add(f"{here}.host.sourcePath", "must be an absolute path")
                 continue
+            if host_path is not None and "\0" in host_path:
+                p.add(f"{here}.host.sourcePath", "must not contain a NUL character")
+                continue
+            what = None if host_path is None else _sensitive_host_path(host_path)
+            if what is not None:
+                p.warnings.append(
+                    f"{here}.host.sourcePath: {host_path} gives the task access to the host's "
+                    f"{what}; accepted as in ECS"
+                )
         for other in (
             "efsVolumeConfiguration",
             "fsxWindowsFileServerVolumeConfiguration",
@@ -1298,29 +1548,37 @@ def _cross_check(
 
 
 def _find_cycle(containers: list[ContainerDefinition]) -> list[str]:
+    """The first dependsOn cycle a depth-first search in definition order meets, as
+    `[a, b, a]`; [] if none. Iterative (issue 9: recursion on the length of a dependsOn
+    chain raised RecursionError)."""
     deps = {c.name: [d.container_name for d in c.depends_on] for c in containers}
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> list[str]:
-        state[n] = 1
-        stack.append(n)
-        for m in deps.get(n, []):
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for c in containers:
+        if c.name in state:
+            continue
+        path: list[str] = [c.name]
+        at: dict[str, int] = {c.name: 0}  # position of each name on the path
+        todo: list[int] = [0]  # per path entry: the next dependency to look at
+        state[c.name] = 1
+        while path:
+            n = path[-1]
+            targets = deps[n]
+            k = todo[-1]
+            if k == len(targets):
+                state[n] = 2
+                del at[n]
+                path.pop()
+                todo.pop()
+                continue
+            todo[-1] = k + 1
+            m = targets[k]
             if m not in deps or m == n:  # unknown targets and self-dependency: own errors
                 continue
             if state.get(m) == 1:
-                return [*stack[stack.index(m) :], m]
-            if state.get(m) is None:
-                found = visit(m)
-                if found:
-                    return found
-        stack.pop()
-        state[n] = 2
-        return []
-
-    for c in containers:
-        if state.get(c.name) is None:
-            found = visit(c.name)
-            if found:
-                return found
+                return [*path[at[m] :], m]
+            if m not in state:
+                state[m] = 1
+                at[m] = len(path)
+                path.append(m)
+                todo.append(0)
     return []

@@ -132,7 +132,7 @@ def _check_name(doc: Mapping[str, Any], problems: list[str]) -> str:
     if not isinstance(name, str) or not name:
         problems.append("name: is required (a non-empty string)")
         return ""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         problems.append(f"name: {name!r} must match {_NAME_RE.pattern}")
     return name
 

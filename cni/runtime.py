@@ -380,7 +380,7 @@ def _as_conflist(value: NetworkConfigList | Mapping[str, Any] | str | Path) -> N
 
 def _check_attachment(container_id: str, ifname: str) -> None:
     """Refuse what the spec forbids before any plugin sees it (code 4)."""
-    if not _CONTAINER_ID_RE.match(container_id):
+    if not _CONTAINER_ID_RE.fullmatch(container_id):
         raise invalid_environment(
             f"container id {container_id!r} must match {_CONTAINER_ID_RE.pattern}"
         )

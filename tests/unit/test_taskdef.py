@@ -9,6 +9,7 @@ import pytest
 
 from agent.errors import TaskDefinitionError
 from agent.taskdef import (
+    ContainerDefinition,
     Dependency,
     HealthCheck,
     LinuxParameters,
@@ -275,7 +276,11 @@ def test_every_supported_container_field_becomes_a_typed_value() -> None:
     assert c.stop_signal == "SIGQUIT"
     assert c.mount_points == (MountPoint("data", "/data", True),)
     assert c.volumes_from == (VolumeFrom("db", False),)
-    assert td.warnings == ()
+    # only the security warnings of issue 9 (privileged, NET_ADMIN): nothing else is ignored
+    assert [w.split(":")[0] for w in td.warnings] == [
+        "containerDefinitions[1].linuxParameters.capabilities.add[0]",
+        "containerDefinitions[1].privileged",
+    ]
 
 
 def test_health_check_gets_ecs_defaults() -> None:
@@ -653,4 +658,370 @@ def test_describe_output_and_full_definition_warn_only_about_what_is_ignored() -
     assert [local_secret_name(s.value_from) for s in app.secrets] == [
         "checkout/db:password",
         "checkout/api-token",
+    ]
+
+
+# -- hardening (issue 9): limits, nesting, names, warnings ------------------------------------
+
+
+def test_more_than_ten_containers_is_refused_at_once_with_one_located_error() -> None:
+    import time
+
+    defs = [{"name": f"c{i}", "image": IMAGE} for i in range(10_000)]
+    t = time.perf_counter()
+    found = problems({"containerDefinitions": defs})
+    assert time.perf_counter() - t < 0.05
+    assert found == [
+        (
+            "containerDefinitions",
+            "at most 10 container definitions per task definition, got 10000",
+        )
+    ]
+    assert parse_task_definition({"containerDefinitions": defs[:10]}).containers
+
+
+@pytest.mark.parametrize(
+    ("container", "path"),
+    [
+        ({"environment": [1] * 100_000}, "containerDefinitions[0].environment"),
+        ({"environmentFiles": [{"value": "/e"}] * 11}, "containerDefinitions[0].environmentFiles"),
+        ({"command": ["x"] * 100_000}, "containerDefinitions[0].command"),
+        ({"entryPoint": ["x"] * 100_000}, "containerDefinitions[0].entryPoint"),
+        ({"portMappings": [1] * 100_000}, "containerDefinitions[0].portMappings"),
+        ({"secrets": [1] * 100_000}, "containerDefinitions[0].secrets"),
+        ({"dependsOn": [1] * 100_000}, "containerDefinitions[0].dependsOn"),
+        ({"mountPoints": [1] * 100_000}, "containerDefinitions[0].mountPoints"),
+        ({"volumesFrom": [1] * 100_000}, "containerDefinitions[0].volumesFrom"),
+        ({"ulimits": [1] * 100_000}, "containerDefinitions[0].ulimits"),
+        ({"extraHosts": [1] * 100_000}, "containerDefinitions[0].extraHosts"),
+        ({"dnsServers": ["x"] * 100_000}, "containerDefinitions[0].dnsServers"),
+        (
+            {"dockerLabels": {str(i): "v" for i in range(100_000)}},
+            "containerDefinitions[0].dockerLabels",
+        ),
+        (
+            {"linuxParameters": {"tmpfs": [1] * 100_000}},
+            "containerDefinitions[0].linuxParameters.tmpfs",
+        ),
+        (
+            {"linuxParameters": {"capabilities": {"add": ["X"] * 100_000}}},
+            "containerDefinitions[0].linuxParameters.capabilities.add",
+        ),
+        (
+            {"healthCheck": {"command": ["CMD"] + ["x"] * 100_000}},
+            "containerDefinitions[0].healthCheck.command",
+        ),
+        (
+            {
+                "logConfiguration": {
+                    "logDriver": "json-file",
+                    "options": {str(i): "v" for i in range(100_000)},
+                }
+            },
+            "containerDefinitions[0].logConfiguration.options",
+        ),
+    ],
+)
+def test_long_lists_are_refused_before_their_items_are_parsed(
+    container: dict[str, object], path: str
+) -> None:
+    found = problems(one(**container))
+    assert len(found) == 1, found[:3]
+    assert found[0][0] == path and found[0][1].startswith("at most "), found
+
+
+def test_too_many_volumes_is_one_error() -> None:
+    found = problems({**one(), "volumes": [{"name": "v"}] * 100_000})
+    assert len(found) == 1 and found[0][0] == "volumes" and "at most" in found[0][1]
+
+
+def test_start_order_is_linear_and_keeps_ties_in_definition_order() -> None:
+    import time
+
+    from agent.taskdef import ContainerDefinition
+
+    n = 5000
+    chain = tuple(
+        ContainerDefinition(
+            name=f"c{i}",
+            image=IMAGE,
+            depends_on=(Dependency(f"c{i + 1}", "START"),) if i + 1 < n else (),
+        )
+        for i in range(n)
+    )
+    td = TaskDefinition(family="f", network_mode="awsvpc", containers=chain)
+    t = time.perf_counter()
+    order = start_order(td)
+    assert time.perf_counter() - t < 0.5
+    assert order == [f"c{i}" for i in reversed(range(n))]
+
+
+def test_cycle_search_does_not_recurse_on_the_chain_length() -> None:
+    from agent.taskdef import ContainerDefinition, _find_cycle
+
+    n = 50_000
+    chain = [
+        ContainerDefinition(
+            name=f"c{i}", image=IMAGE, depends_on=(Dependency(f"c{(i + 1) % n}", "START"),)
+        )
+        for i in range(n)
+    ]
+    cycle = _find_cycle(chain)
+    assert cycle[0] == "c0" and cycle[-1] == "c0" and len(cycle) == n + 1
+    assert _find_cycle(chain[:-1]) == []
+
+
+def test_deeply_nested_json_is_a_located_error() -> None:
+    from agent.taskdef import load_json
+
+    for text in ("[" * 5000 + "]" * 5000, '{"a":' * 5000 + "1" + "}" * 5000, "[" * 100_000):
+        with pytest.raises(TaskDefinitionError) as e:
+            load_json(text, source="deep.json")
+        assert "nested too deeply" in str(e.value) or "is at most 65536 bytes" in str(e.value)
+    with pytest.raises(TaskDefinitionError) as e:
+        load_json("[" * 5000 + "]" * 5000, source="deep.json")
+    assert str(e.value).startswith("deep.json: is nested too deeply")
+
+
+def test_deeply_nested_decoded_data_is_a_located_error() -> None:
+    deep: object = 1
+    for _ in range(500):
+        deep = [deep]
+    found = problems({**one(), "tags": deep})
+    assert found == [("tags", "is nested too deeply (more than 32 levels)")]
+
+
+def test_a_document_above_the_ecs_maximum_size_is_refused_with_the_limit() -> None:
+    from agent.taskdef import MAX_DEFINITION_BYTES, load_json
+
+    assert MAX_DEFINITION_BYTES == 64 * 1024
+    text = json.dumps({**one(), "x": "y" * MAX_DEFINITION_BYTES})
+    with pytest.raises(TaskDefinitionError) as e:
+        load_json(text, source="big.json")
+    assert f"at most {MAX_DEFINITION_BYTES} bytes" in str(e.value)
+    assert load_json(json.dumps(one()))["family"] == "f"
+
+
+@pytest.mark.parametrize(
+    "text", ['{"memory": NaN}', '{"memory": Infinity}', '{"memory": ' + "9" * 5000 + "}"]
+)
+def test_json_that_is_not_strict_json_is_a_located_error(text: str) -> None:
+    from agent.taskdef import load_json
+
+    with pytest.raises(TaskDefinitionError):
+        load_json(text, source="x.json")
+
+
+@pytest.mark.parametrize("name", ["/tmp/x", "../../..", "a/b", "..", "v\n", "", "a" * 256, "v v"])
+def test_volume_names_are_ecs_names(name: str) -> None:
+    found = problems({**one(), "volumes": [{"name": name}]})
+    assert found[0][0] == "volumes[0].name", found
+
+
+@pytest.mark.parametrize(
+    ("container", "path"),
+    [
+        (
+            {"mountPoints": [{"sourceVolume": "../x", "containerPath": "/d"}]},
+            "containerDefinitions[0].mountPoints[0].sourceVolume",
+        ),
+        (
+            {"mountPoints": [{"sourceVolume": "v", "containerPath": "/d/../../etc"}]},
+            "containerDefinitions[0].mountPoints[0].containerPath",
+        ),
+        (
+            {"mountPoints": [{"sourceVolume": "v", "containerPath": "/d\0x"}]},
+            "containerDefinitions[0].mountPoints[0].containerPath",
+        ),
+        (
+            {"volumesFrom": [{"sourceContainer": "/x"}]},
+            "containerDefinitions[0].volumesFrom[0].sourceContainer",
+        ),
+    ],
+)
+def test_mount_names_and_paths_are_checked(container: dict[str, object], path: str) -> None:
+    found = problems({**one(**container), "volumes": [{"name": "v"}]})
+    assert [p for p, _ in found] == [path], found
+
+
+def test_volume_dir_refuses_a_name_that_is_not_a_volume_name(tmp_path: Path) -> None:
+    from agent.containers import volume_dir
+    from agent.errors import InvalidInput
+
+    assert volume_dir(tmp_path, "data") == tmp_path / "volumes" / "data"
+    for bad in ("/tmp/x", "../../..", "..", "a/b", "x\n"):
+        with pytest.raises(InvalidInput):
+            volume_dir(tmp_path, bad)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {**one(), "family": "web\n"},
+        {"containerDefinitions": [{"name": "web\n", "image": IMAGE}]},
+    ],
+)
+def test_a_trailing_newline_is_not_part_of_a_valid_name(data: dict[str, object]) -> None:
+    assert problems(data)
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        ("/", False), ("/etc", False), ("/proc", False), ("/proc/1", False), ("/sys/fs", False),
+        ("/dev", False), ("/dev/shm", False), ("/etc/", False), ("/srv/data", True),
+        ("/devices", True), ("/etc/nginx", True),
+    ],
+)  # fmt: skip
+def test_a_host_path_to_a_sensitive_host_directory_warns(path: str, ok: bool) -> None:
+    td = parse_task_definition({**one(), "volumes": [{"name": "v", "host": {"sourcePath": path}}]})
+    warned = [w for w in td.warnings if w.startswith("volumes[0].host.sourcePath:")]
+    assert (not warned) == ok, td.warnings
+    if warned:
+        assert "gives the task access to the host's" in warned[0]
+
+
+def test_privileged_and_dangerous_capabilities_warn_naming_the_field() -> None:
+    td = parse_task_definition(
+        one(
+            privileged=True,
+            linuxParameters={"capabilities": {"add": ["SYS_ADMIN", "CAP_NET_ADMIN", "CHOWN"]}},
+        )
+    )
+    assert any(w.startswith("containerDefinitions[0].privileged:") for w in td.warnings)
+    caps = [w for w in td.warnings if w.startswith("containerDefinitions[0].linuxParameters")]
+    assert len(caps) == 2 and "SYS_ADMIN" in caps[0] and "NET_ADMIN" in caps[1], caps
+    assert not parse_task_definition(one(privileged=False)).warnings
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({**one(), "memory": 10**32}, "memory"),
+        ({**one(), "memory": 1e32}, "memory"),
+        ({**one(), "memory": "1e32"}, "memory"),
+        ({**one(), "memory": "99999999999 GB"}, "memory"),
+        ({**one(), "memory": True}, "memory"),
+        ({**one(), "cpu": 10**32}, "cpu"),
+        ({**one(), "cpu": 1e32}, "cpu"),
+        ({**one(), "cpu": -(10**400)}, "cpu"),
+        ({**one(), "memory": -(10**400)}, "memory"),
+        (one(memory=10**32), "containerDefinitions[0].memory"),
+        (one(memory=1e32), "containerDefinitions[0].memory"),
+        (one(memory=True), "containerDefinitions[0].memory"),
+        (one(memoryReservation=10**32), "containerDefinitions[0].memoryReservation"),
+        (one(cpu=10**32), "containerDefinitions[0].cpu"),
+        (
+            one(ulimits=[{"name": "nofile", "softLimit": 1, "hardLimit": 2**40}]),
+            "containerDefinitions[0].ulimits[0].hardLimit",
+        ),
+        (
+            one(linuxParameters={"sharedMemorySize": 10**32}),
+            "containerDefinitions[0].linuxParameters.sharedMemorySize",
+        ),
+        (
+            one(linuxParameters={"tmpfs": [{"containerPath": "/t", "size": 10**32}]}),
+            "containerDefinitions[0].linuxParameters.tmpfs[0].size",
+        ),
+    ],
+)
+def test_huge_numbers_floats_and_booleans_are_refused_at_their_field(
+    data: dict[str, object], path: str
+) -> None:
+    found = problems(data)
+    assert [p for p, _ in found] == [path], found
+
+
+def _naive_start_order(td: TaskDefinition) -> list[str]:
+    """The earlier (cubic) start_order, kept as the reference its replacement must match."""
+    names = [c.name for c in td.containers]
+    deps = {c.name: {d.container_name for d in c.depends_on} for c in td.containers}
+    routers = [c.name for c in td.containers if c.firelens is not None]
+    for c in td.containers:
+        lc = c.log_configuration
+        if lc is not None and lc.driver == "awsfirelens":
+            deps[c.name] |= set(routers) - {c.name}
+    order: list[str] = []
+    while len(order) < len(names):
+        ready = [n for n in names if n not in order and deps[n] <= set(order)]
+        if not ready:
+            ready = [n for n in names if n not in order]
+        order.append(ready[0])
+    return order
+
+
+def _recursive_find_cycle(containers: list[ContainerDefinition]) -> list[str]:
+    """The earlier (recursive) cycle search, kept as the reference."""
+    deps = {c.name: [d.container_name for d in c.depends_on] for c in containers}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str]:
+        state[n] = 1
+        stack.append(n)
+        for m in deps.get(n, []):
+            if m not in deps or m == n:
+                continue
+            if state.get(m) == 1:
+                return [*stack[stack.index(m) :], m]
+            if state.get(m) is None:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return []
+
+    for name in deps:
+        if state.get(name) is None:
+            found = visit(name)
+            if found:
+                return found
+    return []
+
+
+def test_start_order_and_cycle_search_match_the_earlier_algorithms_on_random_tasks() -> None:
+    import random
+
+    from agent.taskdef import ContainerDefinition, FirelensConfiguration, _find_cycle
+
+    rng = random.Random(9)
+    for _ in range(2000):
+        n = rng.randint(1, 10)
+        names = [f"c{i}" for i in range(n)]
+        router = rng.choice([None, *names])
+        containers = []
+        for name in names:
+            targets = rng.sample([*names, "ghost"], rng.randint(0, min(3, n)))
+            containers.append(
+                ContainerDefinition(
+                    name=name,
+                    image=IMAGE,
+                    depends_on=tuple(Dependency(t, "START") for t in targets),
+                    firelens=FirelensConfiguration("fluentbit") if name == router else None,
+                    log_configuration=LogConfiguration("awsfirelens")
+                    if router and rng.random() < 0.5
+                    else None,
+                )
+            )
+        td = TaskDefinition(family="f", network_mode="awsvpc", containers=tuple(containers))
+        assert start_order(td) == _naive_start_order(td), containers
+        assert _find_cycle(containers) == _recursive_find_cycle(containers), containers
+
+
+def test_adding_all_capabilities_is_accepted_as_in_ecs_with_a_warning() -> None:
+    td = parse_task_definition(one(linuxParameters={"capabilities": {"add": ["ALL"]}}))
+    lp = td.containers[0].linux_parameters
+    assert lp is not None and lp.capabilities_add == ("ALL",)
+    assert [w.split(":")[0] for w in td.warnings] == [
+        "containerDefinitions[0].linuxParameters.capabilities.add[0]"
+    ]
+    assert "every capability" in td.warnings[0]
+
+
+def test_an_image_reference_is_at_most_255_characters_as_in_ecs() -> None:
+    long = "nstask.local/" + "a" * 230 + ":latest"
+    assert len(long) == 250 and parse_task_definition(one(image=long)).containers
+    assert problems(one(image="nstask.local/" + "a" * 300)) == [
+        ("containerDefinitions[0].image", "must be at most 255 characters (as in ECS), got 313")
     ]
