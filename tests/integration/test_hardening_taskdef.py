@@ -117,11 +117,6 @@ def test_a_deeply_nested_document_is_refused_with_a_located_message(
     assert not leaks(agent)
 
 
-@pytest.mark.xfail(
-    reason="cli.py reads the file with json.loads (RecursionError); the helper that owns "
-    "cli.py's error paths switches it to taskdef.load_json",
-    strict=False,
-)
 def test_a_document_nested_beyond_the_parsers_limit_is_refused(
     agent: Agent, tmp_path: Path
 ) -> None:
