@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from agent import cgroups, containers, faults, health, images, network, pull, seccomp
+from agent import cgroups, containers, faults, health, images, network, pull, seccomp, spec
 from agent.config import AgentConfig, default_shim_path
 from agent.containerd import Containerd, TaskExit, TaskOOM
 from agent.errors import (
@@ -343,6 +343,12 @@ class Engine:
         env_files = await asyncio.to_thread(containers.read_environment_files, td)
         self._check_host_volumes(td)
         self._check_host_limits(td)
+        for i, c in enumerate(td.containers):
+            if c.user:
+                try:
+                    spec.parse_user(c.user)
+                except InvalidInput as e:
+                    raise InvalidInput(f"containerDefinitions[{i}].user: {e.message}") from None
         if td.network_mode in ("bridge", "host"):
             self._ports_for(td, check_only=True)
         return env_files

@@ -181,22 +181,28 @@ def with_cwd(cwd: str | None) -> SpecOpt:
     return opt
 
 
-def with_user(user: str | None) -> SpecOpt:
+def parse_user(user: str) -> tuple[int, int]:
     """Numeric `uid` or `uid:gid`, or root. Names would need the image's /etc/passwd, which
     nstask does not read yet: they are refused with a clear error instead of guessed."""
+    uid, _, gid = user.partition(":")
+    uid = "0" if uid == "root" else uid
+    gid = "0" if gid == "root" else gid
+    if not (uid.isascii() and uid.isdigit()) or (gid and not (gid.isascii() and gid.isdigit())):
+        raise InvalidInput(
+            f"user {user!r}: only numeric uid[:gid] (or root) is supported; "
+            "user names are not resolved from the image yet"
+        )
+    return int(uid), int(gid or uid)
+
+
+def with_user(user: str | None) -> SpecOpt:
+    """The process's user (see parse_user); unset: root, or the image's numeric USER."""
 
     def opt(spec: Spec) -> None:
         if not user:
             return
-        uid, _, gid = user.partition(":")
-        uid = "0" if uid == "root" else uid
-        gid = "0" if gid == "root" else gid
-        if not uid.isdigit() or (gid and not gid.isdigit()):
-            raise InvalidInput(
-                f"user {user!r}: only numeric uid[:gid] (or root) is supported; "
-                "user names are not resolved from the image yet"
-            )
-        spec["process"]["user"] = {"uid": int(uid), "gid": int(gid or uid)}
+        uid, gid = parse_user(user)
+        spec["process"]["user"] = {"uid": uid, "gid": gid}
 
     return opt
 
