@@ -212,3 +212,34 @@ def fetch(url: str, timeout: float = 10) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def static_fixture_image(
+    agent: Agent,
+    workdir: Path,
+    ref: str,
+    source: Path,
+    binary: str,
+    *,
+    applets: tuple[str, ...] = ("sh",),
+    dirs: tuple[str, ...] = (),
+) -> str:
+    """An image of busybox plus one static test program built from `source` with gcc (the
+    test log router, the syscall probe): packed and imported into the agent's namespace."""
+    import shutil
+
+    if shutil.which("gcc") is None:
+        raise AssertionError(f"gcc is needed to build {source.name} (Debian package gcc)")
+    rootfs = workdir / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    for sub in ("proc", "sys", "dev", "etc", "tmp", *dirs):
+        (rootfs / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in applets:
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    out = rootfs / "bin" / binary
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(source)], check=True)
+    archive = workdir / f"{binary}.tar"
+    agent.cli("image", "pack", str(rootfs), ref, "-o", str(archive), check=True)
+    agent.cli("image", "import", str(archive), check=True)
+    return ref

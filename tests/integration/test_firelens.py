@@ -4,14 +4,12 @@ the unix socket the agent gives it, in Fluentd Forward messages tagged as FireLe
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from support import Agent, write_taskdef
+from support import Agent, static_fixture_image, write_taskdef
 
 ROUTER_IMAGE = "nstask.local/test-router:1"
 SOURCE = Path(__file__).parent / "fixtures" / "unix_sink.c"
@@ -20,31 +18,23 @@ SOURCE = Path(__file__).parent / "fixtures" / "unix_sink.c"
 @pytest.fixture(scope="module")
 def router_image(agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> str:
     """busybox plus a static unix-socket sink standing in for fluent-bit."""
-    if shutil.which("gcc") is None:
-        pytest.fail("gcc is needed to build the test log router (Debian package gcc)")
-    d = tmp_path_factory.mktemp("router")
-    rootfs = d / "rootfs"
-    (rootfs / "bin").mkdir(parents=True)
-    for sub in ("var/run/fluent", "out", "proc", "sys", "dev", "etc", "tmp"):
-        (rootfs / sub).mkdir(parents=True)
-    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
-    (rootfs / "bin" / "sh").symlink_to("busybox")
-    subprocess.run(
-        ["gcc", "-static", "-O2", "-o", str(rootfs / "bin" / "router"), str(SOURCE)], check=True
+    return static_fixture_image(
+        agent,
+        tmp_path_factory.mktemp("router"),
+        ROUTER_IMAGE,
+        SOURCE,
+        "router",
+        dirs=("var/run/fluent", "out"),
     )
-    archive = d / "router.tar"
-    agent.cli("image", "pack", str(rootfs), ROUTER_IMAGE, "-o", str(archive), check=True)
-    agent.cli("image", "import", str(archive), check=True)
-    return ROUTER_IMAGE
 
 
-def test_app_lines_arrive_at_the_router_container(
-    agent: Agent, tmp_path: Path, router_image: str
-) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    td: dict[str, Any] = {
-        "family": "firelens",
+def _firelens_task(
+    family: str, router_image: str, out: Path, script: str, log_configuration: dict[str, Any]
+) -> dict[str, Any]:
+    """The test router (writing what it receives to `out`/received) and an app whose output
+    goes to it through awsfirelens."""
+    return {
+        "family": family,
         "volumes": [{"name": "out", "host": {"sourcePath": str(out)}}],
         "containerDefinitions": [
             {
@@ -59,19 +49,26 @@ def test_app_lines_arrive_at_the_router_container(
                 "name": "app",
                 "image": "nstask.local/busybox:latest",
                 "essential": True,
-                "command": [
-                    "sh",
-                    "-c",
-                    "sleep 0.5; for i in 1 2 3; do echo line-$i; done; echo oops >&2; sleep 1",
-                ],
-                "logConfiguration": {
-                    "logDriver": "awsfirelens",
-                    "options": {"Name": "cloudwatch", "region": "local"},
-                },
+                "command": ["sh", "-c", script],
+                "logConfiguration": log_configuration,
                 "dependsOn": [{"containerName": "log_router", "condition": "START"}],
             },
         ],
     }
+
+
+def test_app_lines_arrive_at_the_router_container(
+    agent: Agent, tmp_path: Path, router_image: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    td = _firelens_task(
+        "firelens",
+        router_image,
+        out,
+        "sleep 0.5; for i in 1 2 3; do echo line-$i; done; echo oops >&2; sleep 1",
+        {"logDriver": "awsfirelens", "options": {"Name": "cloudwatch", "region": "local"}},
+    )
     task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
     t = agent.wait_status(task_id, "STOPPED", timeout=40)
     assert t["stopReason"] == "Essential container in task exited"
@@ -114,38 +111,23 @@ def test_secret_options_reach_the_router_and_never_the_shims_argv(
     agent.cli("secret", "put", "nstask-test/dd-key", input=secret, check=True)
     out = tmp_path / "out"
     out.mkdir()
-    td: dict[str, Any] = {
-        "family": "firelens-secret",
-        "volumes": [{"name": "out", "host": {"sourcePath": str(out)}}],
-        "containerDefinitions": [
-            {
-                "name": "log_router",
-                "image": router_image,
-                "essential": True,
-                "command": ["/bin/router", "/var/run/fluent/fluent.sock", "/out/received"],
-                "firelensConfiguration": {"type": "fluentbit"},
-                "mountPoints": [{"sourceVolume": "out", "containerPath": "/out"}],
-            },
-            {
-                "name": "app",
-                "image": "nstask.local/busybox:latest",
-                "essential": True,
-                "command": ["sh", "-c", "sleep 0.5; echo hello; sleep 2"],
-                "logConfiguration": {
-                    "logDriver": "awsfirelens",
-                    "options": {"Name": "datadog"},
-                    "secretOptions": [
-                        {
-                            "name": "apikey",
-                            "valueFrom": "arn:aws:secretsmanager:us-east-1:123456789012:"
-                            "secret:nstask-test/dd-key-AbCdEf",
-                        }
-                    ],
-                },
-                "dependsOn": [{"containerName": "log_router", "condition": "START"}],
-            },
-        ],
-    }
+    td = _firelens_task(
+        "firelens-secret",
+        router_image,
+        out,
+        "sleep 0.5; echo hello; sleep 2",
+        {
+            "logDriver": "awsfirelens",
+            "options": {"Name": "datadog"},
+            "secretOptions": [
+                {
+                    "name": "apikey",
+                    "valueFrom": "arn:aws:secretsmanager:us-east-1:123456789012:"
+                    "secret:nstask-test/dd-key-AbCdEf",
+                }
+            ],
+        },
+    )
     try:
         task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
         agent.wait_status(task_id, "RUNNING", timeout=30)

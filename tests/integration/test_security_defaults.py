@@ -5,8 +5,6 @@ task that contains a fork bomb."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import start_agent, stop_agent
-from support import TEST_IMAGE, Agent, leaks, write_taskdef
+from support import TEST_IMAGE, Agent, leaks, static_fixture_image, write_taskdef
 
 PROBE_IMAGE = "nstask.local/test-sysprobe:1"
 SOURCE = Path(__file__).parent / "fixtures" / "sysprobe.c"
@@ -24,23 +22,14 @@ PROBE = "grep -E '^Seccomp(_filters)?:' /proc/self/status; /bin/sysprobe vmsplic
 @pytest.fixture(scope="module")
 def probe_image(agent: Agent, tmp_path_factory: pytest.TempPathFactory) -> str:
     """busybox plus a static helper that tries system calls the default profile filters."""
-    if shutil.which("gcc") is None:
-        pytest.fail("gcc is needed to build the test helper (Debian package gcc)")
-    d = tmp_path_factory.mktemp("sysprobe")
-    rootfs = d / "rootfs"
-    (rootfs / "bin").mkdir(parents=True)
-    for sub in ("proc", "sys", "dev", "etc", "tmp"):
-        (rootfs / sub).mkdir(parents=True)
-    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
-    for applet in ("sh", "grep"):
-        (rootfs / "bin" / applet).symlink_to("busybox")
-    subprocess.run(
-        ["gcc", "-static", "-O2", "-o", str(rootfs / "bin" / "sysprobe"), str(SOURCE)], check=True
+    return static_fixture_image(
+        agent,
+        tmp_path_factory.mktemp("sysprobe"),
+        PROBE_IMAGE,
+        SOURCE,
+        "sysprobe",
+        applets=("sh", "grep"),
     )
-    archive = d / "sysprobe.tar"
-    agent.cli("image", "pack", str(rootfs), PROBE_IMAGE, "-o", str(archive), check=True)
-    agent.cli("image", "import", str(archive), check=True)
-    return PROBE_IMAGE
 
 
 def probe(agent: Agent, tmp_path: Path, image: str, **container: Any) -> dict[str, str]:
