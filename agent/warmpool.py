@@ -93,7 +93,7 @@ class WarmPool:
                 self._ready.append(entry)
                 log.info("warm_pool_adopted", pool_id=pool_id, ip=entry.ip)
             else:
-                await self._remove_rows(pool_id, rows)
+                await self._remove_quietly(pool_id, rows)
         if self.size:
             self._refill = asyncio.create_task(self._fill_forever())
 
@@ -115,10 +115,10 @@ class WarmPool:
         self._closed = True
         if self._refill is not None:
             self._refill.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._refill
         for pool_id, rows in sorted(self._recorded().items()):
-            await self._remove_rows(pool_id, rows)
+            await self._remove_quietly(pool_id, rows)
         self._ready.clear()
 
     @property
@@ -134,8 +134,13 @@ class WarmPool:
                 try:
                     self._ready.append(await self._make())
                     delay = _RETRY_FIRST
-                except NstaskError as e:
-                    log.warning("warm_pool_fill_failed", error=e.message, retry_in=delay)
+                except Exception as e:  # the pool is an optimisation: never stop the agent
+                    log.warning(
+                        "warm_pool_fill_failed",
+                        error=str(e) or type(e).__name__,
+                        retry_in=delay,
+                        exc_info=not isinstance(e, NstaskError),
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _RETRY_MOST)
             await self._wake.wait()
@@ -154,10 +159,9 @@ class WarmPool:
             self.store.created("cni", key, netns=path, ip=ip)
         except BaseException:
             # Cancelled (agent exit) or failed half-way: remove what was recorded and made.
-            with contextlib.suppress(NstaskError):
-                await asyncio.shield(
-                    self._remove_rows(pool_id, {r.kind: r for r in self.store.resources(pool_id)})
-                )
+            await asyncio.shield(
+                self._remove_quietly(pool_id, {r.kind: r for r in self.store.resources(pool_id)})
+            )
             raise
         finally:
             self._making -= 1
@@ -188,6 +192,14 @@ class WarmPool:
             return None
         ip = cni.data.get("ip")
         return _Entry(pool_id, ns.key, path, str(ip) if ip else None, cni.key)
+
+    async def _remove_quietly(self, pool_id: str, rows: dict[str, Resource]) -> None:
+        """Remove an entry; a failure is logged and its rows stay for the next agent start
+        (the engine's recovery, or this pool's start) to retry."""
+        try:
+            await self._remove_rows(pool_id, rows)
+        except Exception as e:
+            log.error("warm_pool_remove_failed", pool_id=pool_id, error=str(e))
 
     async def _remove_rows(self, pool_id: str, rows: dict[str, Resource]) -> None:
         """CNI DEL, then the netns; each row deleted once its resource is gone."""

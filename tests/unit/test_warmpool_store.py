@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent import netns
+from agent import netns, warmpool
 from agent.config import AgentConfig
+from agent.errors import NstaskError
 from agent.store import Store
 from agent.warmpool import Taken, WarmPool
 
@@ -211,3 +212,37 @@ def test_gc_counts_a_taken_entry_as_live_under_its_pool_id(store: Store) -> None
 
     live = gc._live_ids(_Engine())  # type: ignore[arg-type]
     assert "a" * 32 in live and t.attachment_id in live
+
+
+def test_a_failing_removal_or_fill_never_stops_the_agent(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() runs at agent exit before the bridge, the store and the socket are dealt with:
+    an entry it cannot remove stays recorded for the next start, and close() returns."""
+    net = FakeNetwork()
+    calls = {"attach": 0}
+    real_attach = net.attach
+
+    async def flaky_attach(task_id: str, netns_path: str, **kw: Any) -> str:
+        calls["attach"] += 1
+        if calls["attach"] == 1:
+            raise RuntimeError("an unexpected failure")
+        return await real_attach(task_id, netns_path, **kw)
+
+    async def failing_detach(task_id: str, netns_path: str | None, *, ifname: str = "eth0") -> None:
+        raise NstaskError("CNI DEL failed")
+
+    net.attach = flaky_attach  # type: ignore[method-assign]
+    monkeypatch.setattr(warmpool, "_RETRY_FIRST", 0.01)
+
+    async def scenario() -> None:
+        pool = _pool(store, net, size=1)
+        await pool.start()
+        await _filled(pool, 1)  # the first fill failed, the pool went on
+        net.detach = failing_detach  # type: ignore[method-assign]
+        await pool.close()
+
+    asyncio.run(scenario())
+    assert calls["attach"] == 2
+    # The entry it could not remove is still recorded (the failed fill's rows were removed).
+    assert sorted(r.kind for r in store.resources()) == ["cni", "netns"]
