@@ -180,6 +180,11 @@ def main(ctx: click.Context, socket_path: str) -> None:
     type=click.IntRange(min=0),
     help="Processes and threads per task, all its containers together (4096; 0: no limit).",
 )
+@click.option(
+    "--warm-pool-size",
+    type=click.IntRange(min=0),
+    help="Network namespaces kept attached ahead of tasks (2; 0: none).",
+)
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
 @click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
 @click.pass_context
@@ -280,6 +285,7 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     for path in config.allow_host_paths:
         argv += ["--allow-host-path", path]
     argv += ["--pids-limit", str(config.pids_limit)]
+    argv += ["--warm-pool-size", str(config.warm_pool_size)]
     if log_json:
         argv.append("--log-json")
     # 0600: the log names tasks, images and errors; the agent fixes an older file's mode.

@@ -53,6 +53,9 @@ class AgentConfig:
     # Processes (and threads) per task, all its containers together: pids.max of the task
     # cgroup, against fork bombs. 0: no limit of nstask's own.
     pids_limit: int = 4096
+    # Network namespaces kept attached to the built-in network ahead of tasks (agent.warmpool);
+    # 0: none. Never with a user's --conflist.
+    warm_pool_size: int = 2
 
     @property
     def db_path(self) -> Path:

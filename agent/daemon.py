@@ -147,6 +147,11 @@ async def run_agent(config: AgentConfig) -> None:
     network = TaskNetwork(config)
     engine = Engine(config, store, client, network)  # type: ignore[arg-type]
     await engine.start()
+    from agent.warmpool import WarmPool
+
+    warm_pool = WarmPool(config, store, network)  # attached netns ready ahead of tasks
+    engine.warm_pool = warm_pool  # type: ignore[attr-defined]  # the engine takes from it
+    await warm_pool.start()
     runner = await serve(engine, config.socket)
     ours = os.stat(config.socket).st_ino
     pidfile = config.run_dir / "agent.pid"
@@ -180,6 +185,7 @@ async def run_agent(config: AgentConfig) -> None:
         else:
             log.info("agent_stopping", note="tasks keep running; the next agent re-attaches")
         await engine.close()
+        await warm_pool.close()
         if await network.remove_bridge_if_unused():
             log.info("bridge_removed", bridge=config.bridge, note="no task was attached")
         await client.close()  # type: ignore[attr-defined]

@@ -40,9 +40,17 @@ class Orphan:
 
 def _live_ids(engine: Engine) -> set[str]:
     """Tasks that may hold host resources: every task not STOPPED, and any task with a
-    resource record left (its teardown is still owed)."""
+    resource record left (its teardown is still owed). Also the ids the recorded netns and
+    CNI attachments are named by, where they differ from their task's: a warm pool entry
+    (agent.warmpool) is made under an id of its own (`pool-<hex>`) and keeps it when a task
+    takes it, so its netns, veth, IPAM file and cache entry carry the pool id."""
     ids = {t.id for t in engine.list_tasks()}
-    ids |= {r.task_id for r in engine.store.resources()}
+    for r in engine.store.resources():
+        ids.add(r.task_id)
+        if r.kind == "cni" and r.key.count("/") >= 2:
+            ids.add(r.key.rsplit("/", 2)[1])
+        elif r.kind == "netns" and r.key.startswith(engine.config.netns_prefix):
+            ids.add(r.key.removeprefix(engine.config.netns_prefix))
     return ids
 
 

@@ -3,7 +3,8 @@
 The default list is awsvpc-like: nstask's built-in in-process bridge plugin (veth into the
 task's netns as eth0, on bridge `nstask0`, addresses from the `host-local` IPAM binary), then
 Debian's `portmap` and `firewall` plugins. A user can name any other conflist instead.
-Blocking work (netlink, plugin processes, the host-wide CNI lock) runs in worker threads.
+Blocking work (netlink, plugin processes, the CNI locks) runs in worker threads; attaches of
+different tasks run in parallel (cni.lock). Cancelling an `attach` kills the plugin running.
 
 Where the list publishes ports (portmap), the bridge gets the loopback guard of
 agent.hostguard before the first ADD, and route_localnet (which portmap turns on) is put back
@@ -14,6 +15,7 @@ with the bridge: at agent exit with the bridge, or by `nstask gc` when the bridg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -118,7 +120,11 @@ class TaskNetwork:
             builtins={BUILTIN_TYPE: BridgePlugin(netns.NetlinkLinks(), exec=plugin_exec)},
         )
 
-        self.runtime.after_plugin = lambda plugin: faults.point(f"cni.{plugin}")
+        # Fault points (crash tests) are a task's: an attach for the warm pool passes them by.
+        self._quiet = threading.local()
+        self.runtime.after_plugin = lambda plugin: (
+            None if getattr(self._quiet, "on", False) else faults.point(f"cni.{plugin}")
+        )
         self.bridges = guarded_bridges(conflist if isinstance(conflist, Mapping) else {})
         # Guards this agent installed (a set, so an attach runs iptables only the first time),
         # and attaches under way: a DEL must not put route_localnet back to 0 while an ADD with
@@ -140,18 +146,51 @@ class TaskNetwork:
         await asyncio.to_thread(netns.remove_netns, name)
 
     async def attach(
-        self, task_id: str, netns_path: str, *, port_mappings: Sequence[dict[str, Any]] = ()
+        self,
+        task_id: str,
+        netns_path: str,
+        *,
+        port_mappings: Sequence[dict[str, Any]] = (),
+        fault_points: bool = True,
     ) -> str | None:
-        """CNI ADD for the task; returns its IPv4 address (without prefix length)."""
+        """CNI ADD for the task; returns its IPv4 address (without prefix length).
+
+        Cancelling the awaiting task kills the plugin process that runs (its process group),
+        stops the chain and re-raises CancelledError once the worker thread has let go
+        (within about 0.1 s). What was added stays in the result cache: the caller's DEL
+        (the task's teardown) removes it.
+        """
         caps = {"portMappings": list(port_mappings)} if port_mappings else {}
-        result = await asyncio.to_thread(self._add, task_id, netns_path, caps)
+        cancel = threading.Event()
+        work = asyncio.ensure_future(
+            asyncio.to_thread(self._add, task_id, netns_path, caps, cancel, fault_points)
+        )
+        try:
+            result = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            # Wait for the thread, so no plugin of this ADD runs once we have returned; a
+            # builtin plugin or a netlink call in progress finishes first (milliseconds).
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({work}, timeout=10)
+            if work.done() and not work.cancelled():
+                work.exception()  # retrieved: PluginCancelled is the expected outcome
+            raise
         for ip in result.get("ips", []):
             addr = str(ip.get("address", ""))
             if "." in addr:
                 return addr.split("/", 1)[0]
         return None
 
-    def _add(self, task_id: str, netns_path: str, caps: dict[str, Any]) -> dict[str, Any]:
+    def _add(
+        self,
+        task_id: str,
+        netns_path: str,
+        caps: dict[str, Any],
+        cancel: threading.Event | None = None,
+        fault_points: bool = True,
+    ) -> dict[str, Any]:
+        self._quiet.on = not fault_points
         with self._lock:
             self._attaching += 1
             self._attaching_ports += bool(caps)
@@ -168,6 +207,7 @@ class TaskNetwork:
                 "eth0",
                 args={"IgnoreUnknown": "1"},
                 capability_args=caps,
+                cancel=cancel,
             )
         finally:
             with self._lock:

@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,6 +401,29 @@ class Store:
     def removed(self, kind: str, key: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM resources WHERE kind=? AND key=?", (kind, key))
+
+    def reassign(
+        self, kinds_keys: Sequence[tuple[str, str]], from_task_id: str, new_task_id: str
+    ) -> bool:
+        """Give the resource rows `kinds_keys` of `from_task_id` to `new_task_id`, all or none,
+        in one transaction (a warm pool entry taken by a task). False when any row is gone or
+        no longer `from_task_id`'s (taken already): then nothing changed."""
+
+        class _Lost(Exception):
+            pass
+
+        try:
+            with self._tx() as db:
+                for kind, key in kinds_keys:
+                    cur = db.execute(
+                        "UPDATE resources SET task_id=? WHERE kind=? AND key=? AND task_id=?",
+                        (new_task_id, kind, key, from_task_id),
+                    )
+                    if cur.rowcount != 1:
+                        raise _Lost
+        except _Lost:
+            return False
+        return True
 
     def resources(self, task_id: str | None = None) -> list[Resource]:
         with self._guard():

@@ -8,6 +8,7 @@ without matching on text.
     NstaskError
     +-- CNIError                      any plugin or CNI runtime failure (code, msg, details)
         +-- InvalidNetworkConfig      code 7, also an InvalidInput (exit 2, HTTP 400)
+        +-- PluginCancelled           the caller cancelled the operation (plugin killed)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "CODE_UNSUPPORTED_FIELD",
     "CNIError",
     "InvalidNetworkConfig",
+    "PluginCancelled",
     "decoding_failure",
     "error_from_dict",
     "incompatible_version",
@@ -155,6 +157,17 @@ class InvalidNetworkConfig(CNIError, InvalidInput):
 
     def __init__(self, msg: str, details: str = "", **where: str) -> None:
         super().__init__(CODE_INVALID_NETWORK_CONFIG, msg, details, **where)
+
+
+class PluginCancelled(CNIError):
+    """The caller cancelled the operation: the plugin process was killed (or never started).
+
+    Not a plugin failure, so no rollback follows it: the caller owes the DEL."""
+
+    kind = "cni_cancelled"
+
+    def __init__(self, msg: str, **where: str) -> None:
+        super().__init__(CODE_RUNTIME_FAILURE, msg, **where)
 
 
 def error_from_dict(body: Any, *, plugin: str = "", command: str = "") -> CNIError | None:

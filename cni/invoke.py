@@ -3,13 +3,21 @@
 `PluginExec` is the seam tests replace with a recorder; `SubprocessExec` runs the binary.
 Everything about reading a plugin's answer (result JSON, error JSON, a crash with only
 stderr) is decided here, in one place.
+
+A run can be cancelled from another thread through a `threading.Event`: the plugin runs in
+a process group of its own (it may have started iptables or an IPAM binary), and the whole
+group is killed when the event is set or the timeout passes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -17,6 +25,7 @@ from cni.errors import (
     CODE_RUNTIME_FAILURE,
     CNIError,
     InvalidNetworkConfig,
+    PluginCancelled,
     error_from_dict,
     invalid_environment,
 )
@@ -35,12 +44,22 @@ DEFAULT_CNI_PATH: tuple[str, ...] = ("/usr/lib/cni", "/opt/cni/bin")
 # portmap, firewall and friends exec iptables by name, so plugins need a PATH.
 _FALLBACK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_STDERR = 4096
+# How often a cancellable run looks at its event: a cancel takes effect within this.
+_POLL = 0.05
 
 
 class PluginExec(Protocol):
-    """Run one plugin process: returns (exit status, stdout, stderr)."""
+    """Run one plugin process: returns (exit status, stdout, stderr). When `cancel` is set
+    while it runs, the process is killed and PluginCancelled raised."""
 
-    def run(self, path: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes, bytes]: ...
+    def run(
+        self,
+        path: str,
+        env: dict[str, str],
+        stdin: bytes,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> tuple[int, bytes, bytes]: ...
 
 
 class SubprocessExec:
@@ -49,26 +68,65 @@ class SubprocessExec:
     def __init__(self, *, timeout: float = 60.0) -> None:
         self.timeout = timeout
 
-    def run(self, path: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes, bytes]:
+    def run(
+        self,
+        path: str,
+        env: dict[str, str],
+        stdin: bytes,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> tuple[int, bytes, bytes]:
+        if cancel is not None and cancel.is_set():
+            raise PluginCancelled(f"cancelled before {path} started")
         try:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 [path],
-                input=stdin,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=env,
-                capture_output=True,
-                timeout=self.timeout,
-                check=False,
                 close_fds=True,
+                start_new_session=True,  # its own process group, killed as one
             )
-        except subprocess.TimeoutExpired as exc:
-            raise CNIError(
-                CODE_RUNTIME_FAILURE,
-                f"plugin {path} did not finish within {self.timeout:g} s",
-                _text(exc.stderr or b""),
-            ) from exc
         except OSError as exc:
             raise CNIError(CODE_RUNTIME_FAILURE, f"cannot execute {path}: {exc.strerror}") from exc
-        return proc.returncode, proc.stdout, proc.stderr
+        deadline = time.monotonic() + self.timeout
+        data: bytes | None = stdin  # given once: a retried communicate() goes on with it
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                step = left if cancel is None else min(left, _POLL)
+                try:
+                    out, err = proc.communicate(data, timeout=max(step, 0))
+                    return proc.returncode, out, err
+                except subprocess.TimeoutExpired:
+                    data = None
+                if cancel is not None and cancel.is_set():
+                    _kill(proc)
+                    raise PluginCancelled(f"cancelled while {path} ran; it was killed")
+                if time.monotonic() >= deadline:
+                    err = _kill(proc)
+                    raise CNIError(
+                        CODE_RUNTIME_FAILURE,
+                        f"plugin {path} did not finish within {self.timeout:g} s",
+                        _text(err or b""),
+                    )
+        except BaseException:
+            if proc.returncode is None:
+                _kill(proc)
+            raise
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> bytes:
+    """SIGKILL the plugin's process group, reap the plugin; returns what it wrote to stderr."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError, ValueError):
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError, ValueError):
+        _, err = proc.communicate(timeout=5)
+        return err or b""
+    return b""
 
 
 def find_plugin(plugin_type: str, cni_path: Sequence[str] = DEFAULT_CNI_PATH) -> str:
@@ -127,6 +185,7 @@ def invoke(
     stdin: Mapping[str, Any],
     *,
     plugin: str,
+    cancel: threading.Event | None = None,
 ) -> dict[str, Any] | None:
     """Run a plugin and return its result (None when it printed nothing, as DEL may).
 
@@ -135,7 +194,15 @@ def invoke(
     code 999 with stderr in the details.
     """
     command = env.get("CNI_COMMAND", "")
-    status, out, err = runner.run(path, env, json.dumps(stdin).encode())
+    data = json.dumps(stdin).encode()
+    try:
+        if cancel is None:
+            status, out, err = runner.run(path, env, data)
+        else:
+            status, out, err = runner.run(path, env, data, cancel=cancel)
+    except PluginCancelled as exc:
+        exc.located(plugin=plugin, command=command)
+        raise
     if status != 0:
         raise _failure(status, out, err, plugin=plugin, command=command)
     if not out.strip():

@@ -2,8 +2,13 @@
 
 ADD runs the plugins in order, each given the previous result, and caches the final result;
 DEL runs them in reverse with that cached result; CHECK in order with it; GC removes cached
-attachments that are no longer wanted. One host-wide lock is held around each operation and
-code 11 ("try again later") is retried with backoff.
+attachments that are no longer wanted. Code 11 ("try again later") is retried with backoff.
+
+Locking (cni.lock): each ADD, DEL and CHECK holds the lock of its own attachment (network,
+container id, ifname), so operations on different attachments run in parallel and never two
+on one attachment; GC holds the host lock exclusively. An ADD can be cancelled from another
+thread (`cancel`, a threading.Event): the plugin process running is killed, no further
+plugin runs, and the result cache keeps what was added so far, for the caller's DEL.
 
 Unlike libcni, a failed ADD is rolled back here: DEL over the whole list in reverse (DEL must
 tolerate missing resources), then the cache entry is dropped, so a failed task start leaves
@@ -12,9 +17,11 @@ no IP allocation, veth or iptables chain behind (the leak FACTS.md lists for hos
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,12 +40,13 @@ from cni.config import (
 from cni.errors import (
     CODE_RUNTIME_FAILURE,
     CNIError,
+    PluginCancelled,
     incompatible_version,
     invalid_environment,
     unknown_container,
 )
 from cni.invoke import DEFAULT_CNI_PATH, PluginExec, SubprocessExec, build_env, find_plugin, invoke
-from cni.lock import DEFAULT_LOCK_PATH, HostLock
+from cni.lock import DEFAULT_LOCK_PATH, CNILocks, HostLock
 
 __all__ = ["BuiltinPlugin", "CNIRuntime"]
 
@@ -47,6 +55,15 @@ log = structlog.get_logger("nstask.cni")
 _CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _BAD_IFNAME_CHARS = re.compile(r"[/:\s]")
 Attachment = tuple[str, str]  # (container id, ifname)
+
+# Plugins whose first ADD on a host creates host-wide iptables chains with a check-then-insert
+# (go-iptables Exists, then Insert): concurrent first ADDs both find the jump missing and both
+# insert it. Seen with plugins 1.1.1 in tests/integration/test_cni_stress.py (eight first ADDs
+# at once in a fresh netns): `-A PREROUTING/OUTPUT ... -j CNI-HOSTPORT-DNAT` (portmap) and
+# `-A FORWARD ... -j CNI-FORWARD`, `-A CNI-FORWARD ... -j CNI-ADMIN` (firewall) twice, in six
+# trials out of six. So a runtime's first ADD of each of them runs alone (an flock of its own);
+# once one has succeeded the chains exist, and later ADDs run in parallel.
+_FIRST_ADD_ALONE = frozenset({"portmap", "firewall"})
 
 
 class BuiltinPlugin(Protocol):
@@ -58,7 +75,7 @@ class BuiltinPlugin(Protocol):
 
 
 class CNIRuntime:
-    """One network list, its result cache and the host lock."""
+    """One network list, its result cache and its locks."""
 
     def __init__(
         self,
@@ -76,7 +93,8 @@ class CNIRuntime:
         self.netconf = _as_conflist(conflist)
         self.cache = ResultCache(cache_dir)
         self.cni_path = tuple(cni_path)
-        self.lock = HostLock(lock_path, timeout=lock_timeout)
+        self.locks = CNILocks(lock_path, timeout=lock_timeout)
+        self._set_up: set[str] = set()  # _FIRST_ADD_ALONE plugins that have had an ADD
         self.exec: PluginExec = exec if exec is not None else SubprocessExec()
         self.builtins = dict(builtins or {})
         self.retries = retries
@@ -98,14 +116,20 @@ class CNIRuntime:
         *,
         args: Mapping[str, str] | None = None,
         capability_args: Mapping[str, Any] | None = None,
+        cancel: threading.Event | None = None,
     ) -> dict[str, Any]:
-        """Attach: every plugin in order; on success cache and return the final result."""
+        """Attach: every plugin in order; on success cache and return the final result.
+
+        When `cancel` is set meanwhile, the plugin running is killed and PluginCancelled is
+        raised without a rollback: the cache holds the result up to the last plugin that
+        finished, and the caller owes the DEL (as after a crash mid-chain).
+        """
         _check_attachment(container_id, ifname)
         if not netns_path:
             raise invalid_environment("ADD needs a network namespace path")
         cargs, caps = dict(args or {}), dict(capability_args or {})
-        with self.lock.hold():
-            result = self._add_chain(container_id, netns_path, ifname, cargs, caps)
+        with self.locks.attachment(self.network, container_id, ifname):
+            result = self._add_chain(container_id, netns_path, ifname, cargs, caps, cancel)
         log.debug("cni.add", network=self.network, container_id=container_id, ifname=ifname)
         return result
 
@@ -125,7 +149,7 @@ class CNIRuntime:
         the chain and keeps the cache entry, so the DEL can be retried.
         """
         _check_attachment(container_id, ifname)
-        with self.lock.hold():
+        with self.locks.attachment(self.network, container_id, ifname):
             entry = self.cache.read(self.network, container_id, ifname)
             self._del_chain(
                 container_id,
@@ -159,7 +183,7 @@ class CNIRuntime:
             raise incompatible_version(
                 f"CHECK needs cniVersion 0.4.0 or later, network has {self.netconf.cni_version}"
             )
-        with self.lock.hold():
+        with self.locks.attachment(self.network, container_id, ifname):
             entry = self.cache.read(self.network, container_id, ifname)
             if entry is None or entry.result is None:
                 raise unknown_container(
@@ -182,7 +206,7 @@ class CNIRuntime:
         valid = {(cid, ifname) for cid, ifname in valid_attachments}
         removed: list[CacheEntry] = []
         errors: list[CNIError] = []
-        with self.lock.hold():
+        with self.locks.exclusive():
             for entry in self.cache.entries(self.network):
                 if (entry.container_id, entry.ifname) in valid:
                     continue
@@ -212,7 +236,7 @@ class CNIRuntime:
         """Raise the first plugin's STATUS error (code 50/51); a no-op before 1.1.0."""
         if not self._speaks_1_1():
             return
-        with self.lock.hold():
+        with self.locks.shared():
             for plugin in self.netconf.plugins:
                 conf = build_plugin_config(self.netconf, plugin)
                 self._call(plugin, "STATUS", conf, "", "", "", {})
@@ -234,16 +258,26 @@ class CNIRuntime:
         ifname: str,
         args: dict[str, str],
         caps: dict[str, Any],
+        cancel: threading.Event | None = None,
     ) -> dict[str, Any]:
         prev: dict[str, Any] | None = None
         for plugin in self.netconf.plugins:
+            if cancel is not None and cancel.is_set():
+                raise PluginCancelled(f"ADD cancelled before plugin {plugin.type}").located(
+                    plugin=plugin.type, command="ADD", network=self.network
+                )
             conf = build_plugin_config(self.netconf, plugin, prev_result=prev, capability_args=caps)
             try:
-                result = self._call(plugin, "ADD", conf, container_id, netns, ifname, args)
+                with self._first_add(plugin.type):
+                    result = self._call(
+                        plugin, "ADD", conf, container_id, netns, ifname, args, cancel=cancel
+                    )
                 if result is None:
                     raise CNIError(CODE_RUNTIME_FAILURE, "ADD printed no result").located(
                         plugin=plugin.type, command="ADD", network=self.network
                     )
+            except PluginCancelled:
+                raise  # no rollback: the cache keeps what was added, for the caller's DEL
             except CNIError as err:
                 self._rollback(container_id, netns, ifname, args, caps, prev, err)
                 raise
@@ -270,6 +304,16 @@ class CNIRuntime:
                 self.after_plugin(plugin.type)
         assert prev is not None  # a conflist has at least one plugin
         return prev
+
+    @contextlib.contextmanager
+    def _first_add(self, plugin_type: str) -> Iterator[None]:
+        """Run the first ADD of a plugin in _FIRST_ADD_ALONE alone (host-wide flock)."""
+        if plugin_type not in _FIRST_ADD_ALONE or plugin_type in self._set_up:
+            yield
+            return
+        with HostLock(f"{self.locks.path}.first-{plugin_type}", timeout=self.locks.timeout).hold():
+            yield
+        self._set_up.add(plugin_type)
 
     def _rollback(
         self,
@@ -332,6 +376,8 @@ class CNIRuntime:
         netns: str,
         ifname: str,
         args: Mapping[str, str],
+        *,
+        cancel: threading.Event | None = None,
     ) -> dict[str, Any] | None:
         """Run one plugin once, retrying code 11 with exponential backoff."""
         env = build_env(
@@ -345,23 +391,33 @@ class CNIRuntime:
         attempt = 0
         while True:
             try:
-                return self._run_plugin(plugin.type, env, conf)
+                return self._run_plugin(plugin.type, env, conf, cancel)
             except CNIError as err:
                 err.located(plugin=plugin.type, command=command, network=self.network)
                 if not err.retryable or attempt >= self.retries:
                     raise
                 delay = self.retry_delay * (2**attempt)
                 log.info("cni.retry", plugin=plugin.type, command=command, delay=delay)
-                time.sleep(delay)
+                if cancel is not None and cancel.wait(delay):
+                    raise PluginCancelled(f"{command} cancelled while retrying").located(
+                        plugin=plugin.type, command=command, network=self.network
+                    ) from err
+                if cancel is None:
+                    time.sleep(delay)
                 attempt += 1
 
     def _run_plugin(
-        self, plugin_type: str, env: dict[str, str], conf: dict[str, Any]
+        self,
+        plugin_type: str,
+        env: dict[str, str],
+        conf: dict[str, Any],
+        cancel: threading.Event | None = None,
     ) -> dict[str, Any] | None:
         builtin = self.builtins.get(plugin_type)
         if builtin is None:
             path = find_plugin(plugin_type, self.cni_path)
-            return invoke(self.exec, path, env, conf, plugin=plugin_type)
+            return invoke(self.exec, path, env, conf, plugin=plugin_type, cancel=cancel)
+        # An in-process plugin runs to its end (milliseconds); the chain stops after it.
         try:
             return builtin.run(env["CNI_COMMAND"], env, conf)
         except CNIError:

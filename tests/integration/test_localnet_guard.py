@@ -152,7 +152,8 @@ def test_a_task_gets_no_answer_from_a_loopback_only_host_service(
 
 
 def test_gc_removes_a_guard_whose_bridge_is_gone(tmp_path: Path) -> None:
-    a, proc, base = start_agent()
+    # No warm pool: its attachments would make the bridge this test needs gone.
+    a, proc, base = start_agent(extra_env={"NSTASK_WARM_POOL_SIZE": "0"})
     try:
         # What an agent killed after its bridge went would leave: a guard and no bridge.
         hostguard.install(a.bridge)

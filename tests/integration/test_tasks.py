@@ -203,7 +203,9 @@ def test_bad_task_definition_is_refused_with_a_located_error_and_nothing_created
 def _netns(agent: Agent) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], text=True, stdout=subprocess.PIPE).stdout
     return sorted(
-        line.split()[0] for line in out.splitlines() if line.startswith(agent.netns_prefix)
+        line.split()[0]
+        for line in out.splitlines()
+        if line.startswith(agent.netns_prefix) and "-pool-" not in line  # the warm pool refills
     )
 
 

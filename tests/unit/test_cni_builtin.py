@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,14 @@ class FakeIpam:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
 
-    def run(self, path: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes, bytes]:
+    def run(
+        self,
+        path: str,
+        env: dict[str, str],
+        stdin: bytes,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> tuple[int, bytes, bytes]:
         conf = json.loads(stdin)
         self.calls.append((os.path.basename(path), env["CNI_COMMAND"], conf))
         if env["CNI_COMMAND"] == "ADD":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from cni.errors import CNIError, InvalidNetworkConfig
+from cni.errors import CNIError, InvalidNetworkConfig, PluginCancelled
 from cni.invoke import SubprocessExec, build_env, find_plugin, format_cni_args, invoke
 
 
@@ -16,7 +18,14 @@ class Canned:
         self.answer = (status, out, err)
         self.stdin = b""
 
-    def run(self, path: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes, bytes]:
+    def run(
+        self,
+        path: str,
+        env: dict[str, str],
+        stdin: bytes,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> tuple[int, bytes, bytes]:
         self.stdin = stdin
         return self.answer
 
@@ -118,3 +127,50 @@ def test_subprocess_exec_times_out(tmp_path: Path) -> None:
     plugin.chmod(0o755)
     with pytest.raises(CNIError, match="did not finish"):
         SubprocessExec(timeout=0.2).run(str(plugin), {}, b"")
+
+
+def test_cancel_kills_the_plugin_and_its_children(tmp_path: Path) -> None:
+    """Issue 10: a cancelled attach left the plugin running. The event kills its group."""
+    pidfile = tmp_path / "child.pid"
+    plugin = tmp_path / "slow"
+    plugin.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {pidfile}\nwait\n")
+    plugin.chmod(0o755)
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(PluginCancelled, match="killed"):
+        SubprocessExec().run(str(plugin), {}, b"{}", cancel=cancel)
+    assert time.monotonic() - t0 < 1.0
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 2
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(child), "the plugin's child (sleep 30) survived the cancel"
+
+
+def test_cancel_before_start_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    plugin = tmp_path / "p"
+    plugin.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    plugin.chmod(0o755)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(PluginCancelled):
+        invoke(SubprocessExec(), str(plugin), ENV, {}, plugin="p", cancel=cancel)
+    assert not marker.exists()
+
+
+def test_an_uncancelled_run_with_an_event_returns_normally(tmp_path: Path) -> None:
+    plugin = tmp_path / "p"
+    plugin.write_text('#!/bin/sh\nsleep 0.2\necho \'{"cniVersion": "1.0.0"}\'\n')
+    plugin.chmod(0o755)
+    result = invoke(SubprocessExec(), str(plugin), ENV, {}, plugin="p", cancel=threading.Event())
+    assert result == {"cniVersion": "1.0.0"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

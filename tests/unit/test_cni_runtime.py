@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cni.errors import CNIError, InvalidNetworkConfig
+from cni.errors import CNIError, InvalidNetworkConfig, PluginCancelled
 from cni.runtime import CNIRuntime
 
 Handler = Callable[[dict[str, str], dict[str, Any]], tuple[int, bytes, bytes]]
@@ -33,7 +35,14 @@ class RecordingExec:
         self.calls: list[Call] = []
         self.handlers: dict[tuple[str, str], Handler] = {}
 
-    def run(self, path: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes, bytes]:
+    def run(
+        self,
+        path: str,
+        env: dict[str, str],
+        stdin: bytes,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> tuple[int, bytes, bytes]:
         conf = json.loads(stdin)
         plugin = os.path.basename(path)
         command = env["CNI_COMMAND"]
@@ -423,3 +432,54 @@ def test_a_crash_mid_chain_leaves_the_partial_result_for_del(
         for c in fake.calls
     )
     assert runtime.cache.read("testnet", "c1", "eth0") is None
+
+
+def test_cancel_during_a_plugin_stops_the_chain_and_keeps_the_cache(
+    runtime: CNIRuntime, fake: RecordingExec
+) -> None:
+    """Issue 10: a cancelled ADD stops at the running plugin (killed by the exec), runs no
+    further plugin and no rollback, and leaves the result so far cached for the caller's
+    DEL."""
+    cancel = threading.Event()
+
+    def beta_until_cancelled(env: dict[str, str], conf: dict[str, Any]) -> tuple[int, bytes, bytes]:
+        cancel.set()  # the caller cancels while beta runs; the exec kills it
+        raise PluginCancelled("cancelled while beta ran; it was killed")
+
+    fake.handlers[("beta", "ADD")] = beta_until_cancelled
+    with pytest.raises(PluginCancelled) as info:
+        runtime.add("c1", "/run/netns/x", "eth0", cancel=cancel)
+    assert (info.value.plugin, info.value.command) == ("beta", "ADD")
+    assert fake.commands() == [("alpha", "ADD"), ("beta", "ADD")]
+    entry = runtime.cache.read("testnet", "c1", "eth0")
+    assert entry is not None and entry.result is not None
+    assert [i["name"] for i in entry.result["interfaces"]] == ["alpha"]
+    fake.calls.clear()
+    runtime.delete("c1", None, "eth0")
+    assert fake.commands() == [("gamma", "DEL"), ("beta", "DEL"), ("alpha", "DEL")]
+    assert runtime.cache.read("testnet", "c1", "eth0") is None
+
+
+def test_cancel_between_plugins_runs_no_further_plugin(
+    runtime: CNIRuntime, fake: RecordingExec
+) -> None:
+    cancel = threading.Event()
+    runtime.after_plugin = lambda plugin: cancel.set() if plugin == "alpha" else None
+    with pytest.raises(PluginCancelled):
+        runtime.add("c1", "/run/netns/x", "eth0", cancel=cancel)
+    assert fake.commands() == [("alpha", "ADD")]
+    assert runtime.cache.read("testnet", "c1", "eth0") is not None
+
+
+def test_cancel_while_waiting_to_retry_stops_at_once(
+    runtime: CNIRuntime, fake: RecordingExec
+) -> None:
+    runtime.retry_delay = 5.0
+    cancel = threading.Event()
+    fake.handlers[("alpha", "ADD")] = fail_with(11, "xtables lock")
+    threading.Timer(0.1, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(PluginCancelled):
+        runtime.add("c1", "/run/netns/x", "eth0", cancel=cancel)
+    assert time.monotonic() - t0 < 1.0
+    assert fake.commands() == [("alpha", "ADD")]

@@ -1,0 +1,95 @@
+"""The warm pool of network attachments through a real agent (agent.warmpool).
+
+An agent with NSTASK_WARM_POOL_SIZE=2 keeps two netns attached to its network (eth0 with an
+address of its subnet), each recorded in its state store; `nstask gc` leaves them alone; a
+SIGTERM removes them (the leak check is clean); after a SIGKILL the next agent takes care of
+the old ones and fills up to two again. Size 0 makes none.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+
+from conftest import launch_agent, start_agent, stop_agent
+from support import Agent
+
+
+def _pool_netns(a: Agent) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return sorted(
+        line.split()[0] for line in out.splitlines() if line.startswith(a.netns_prefix + "pool-")
+    )
+
+
+def _eth0_address(name: str) -> str:
+    out = subprocess.run(
+        ["ip", "-n", name, "-4", "-o", "addr", "show", "eth0"], capture_output=True, text=True
+    ).stdout
+    return out.split()[3] if out.split() else ""
+
+
+def _rows(a: Agent) -> list[tuple[str, str, str, str]]:
+    db = sqlite3.connect(f"file:{a.state_dir / 'state.db'}?mode=ro", uri=True)
+    try:
+        return sorted(db.execute("SELECT kind, key, task_id, state FROM resources").fetchall())
+    finally:
+        db.close()
+
+
+def _wait_pool(a: Agent, n: int, timeout: float = 20) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        names = _pool_netns(a)
+        rows = [r for r in _rows(a) if r[2].startswith("pool-") and r[3] == "created"]
+        if len(names) == n and len(rows) == 2 * n and all(_eth0_address(x) for x in names):
+            return names
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pool: netns {names}, rows {rows}\n{a.log_tail()}")
+        time.sleep(0.1)
+
+
+def test_the_pool_fills_survives_gc_and_a_kill_and_drains_on_exit() -> None:
+    a, proc, base = start_agent(extra_env={"NSTASK_WARM_POOL_SIZE": "2"})
+    try:
+        names = _wait_pool(a, 2)
+        subnet = a.subnet.rsplit(".", 1)[0] + "."
+        assert all(_eth0_address(n).startswith(subnet) for n in names)
+        rows = _rows(a)
+        for n in names:
+            pool_id = n.removeprefix(a.netns_prefix)
+            assert ("netns", n, pool_id, "created") in rows
+            assert ("cni", f"{a.network}/{pool_id}/eth0", pool_id, "created") in rows
+
+        # gc: the pool's netns, veths, IPAM files and cache entries are nobody's orphans.
+        report = json.loads(a.cli("gc", "--dry-run", "--json", check=True).stdout)
+        assert report == [] or all("pool-" not in json.dumps(o) for o in report), report
+        a.cli("gc", check=True)
+        assert _pool_netns(a) == names
+
+        # SIGKILL: the entries stay on the host; the next agent removes or adopts them and
+        # fills up to two again, and no third allocation is left anywhere.
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = launch_agent(a)
+        again = _wait_pool(a, 2)
+        time.sleep(0.5)  # a refill running past two would show now
+        assert _pool_netns(a) == again
+        allocations = [p.name for p in (a.ipam_dir / a.network).iterdir() if p.name[0].isdigit()]
+        assert len(allocations) == 2, allocations
+        assert len(list((a.cni_cache / "results").iterdir())) == 2
+    finally:
+        stop_agent(a, proc, base)  # SIGTERM drains the pool; the leak check must be clean
+
+
+def test_size_zero_makes_no_pool() -> None:
+    a, proc, base = start_agent(extra_env={"NSTASK_WARM_POOL_SIZE": "0"})
+    try:
+        time.sleep(1.0)
+        assert _pool_netns(a) == []
+        assert [r for r in _rows(a) if r[2].startswith("pool-")] == []
+    finally:
+        stop_agent(a, proc, base)
