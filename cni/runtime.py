@@ -56,6 +56,8 @@ _CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _BAD_IFNAME_CHARS = re.compile(r"[/:\s]")
 Attachment = tuple[str, str]  # (container id, ifname)
 
+FIRST_ADD_LOCK_DIR = "/run/nstask"
+
 # Plugins whose first ADD on a host creates host-wide iptables chains with a check-then-insert
 # (go-iptables Exists, then Insert): concurrent first ADDs both find the jump missing and both
 # insert it. Seen with plugins 1.1.1 in tests/integration/test_cni_stress.py (eight first ADDs
@@ -311,7 +313,10 @@ class CNIRuntime:
         if plugin_type not in _FIRST_ADD_ALONE or plugin_type in self._set_up:
             yield
             return
-        with HostLock(f"{self.locks.path}.first-{plugin_type}", timeout=self.locks.timeout).hold():
+        # One path for the whole host, whatever the runtime's own lock dir: the chains are
+        # the host's, so two agents' (or test agents') first ADDs race on them too.
+        path = f"{FIRST_ADD_LOCK_DIR}/cni.first-{plugin_type}.lock"
+        with HostLock(path, timeout=self.locks.timeout).hold():
             yield
         self._set_up.add(plugin_type)
 
