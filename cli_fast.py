@@ -136,16 +136,22 @@ class Response:
 
     def read(self) -> bytes:
         out = bytearray(self._pending())
-        for data in self._chunks():
-            out += data
-        self.close()
+        try:
+            for data in self._chunks():
+                out += data
+        finally:
+            self.close()
         return bytes(out)
 
     def readline(self) -> bytes:
         """The next line of the body with its newline; b"" at the end."""
         pending = self._pending()
         while (end := pending.find(b"\n")) < 0:
-            data = next(self._chunks(), b"")
+            try:
+                data = next(self._chunks(), b"")
+            except BaseException:
+                self.close()
+                raise
             if not data:
                 self.close()
                 return bytes(pending)
