@@ -385,7 +385,12 @@ def read_file(path: str) -> bytes:
 def main(argv: list[str] | None = None) -> None:
     """The `nstask` console script."""
     args = sys.argv[1:] if argv is None else list(argv)
-    if not _fast(args):
+    try:
+        fast = _fast(args)
+    except BrokenPipeError:  # `nstask ps | head -1`: quiet, as click is (exit 1)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    if not fast:
         import cli
 
         write_cache(cli.main)
@@ -432,7 +437,10 @@ def _load_cache() -> dict[str, Any] | None:
         key = _cache_key()
     except (OSError, ValueError):
         return None
-    return cache if isinstance(cache, dict) and cache.get("key") == key else None
+    if not isinstance(cache, dict) or cache.get("key") != key:
+        return None
+    shapes = (("help", dict), ("group", list), ("commands", dict))
+    return cache if all(isinstance(cache.get(k), t) for k, t in shapes) else None
 
 
 def _fast(args: list[str]) -> bool:
