@@ -329,3 +329,22 @@ def test_fast_help_is_clicks_help_at_every_width(tmp_path: Path) -> None:
         again = run("import cli_fast; cli_fast.main(['--help'])", columns)  # from the cache
         assert clicks.startswith("Usage: nstask [OPTIONS]")
         assert first == again == clicks, columns
+
+
+@pytest.mark.parametrize("name", ["nstask", "nstask-shim-logger"])
+def test_console_scripts_start_python_without_site(name: str) -> None:
+    """The launchers bootstrap.sh writes: `python -I -S`, no .pth files or editable finder."""
+    launcher = Path(sys.executable).parent / name
+    head = launcher.read_text().splitlines()[:2]
+    assert head[0].endswith("/python -IS") or '-IS "$0" "$@"' in head[1], head
+    out = subprocess.run(
+        [str(launcher), "--help"] if name == "nstask" else [str(launcher)],
+        capture_output=True,
+        text=True,
+        env={},  # as containerd starts the shim: no PATH
+        timeout=60,
+    )
+    if name == "nstask":
+        assert out.returncode == 0 and out.stdout.startswith("Usage: nstask"), out.stderr
+    else:
+        assert out.returncode == 2 and "nstask-shim-logger" in out.stderr, out.stderr
