@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `nstask ps | head -1`: quiet, as click is (exit 1)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except KeyboardInterrupt:  # as click says it
+        sys.stderr.write("\nAborted!\n")
+        sys.exit(1)
     if not fast:
         import cli
 
