@@ -4,25 +4,29 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export NSTASK_VENV := $(VENV)
 
-.PHONY: demo test bootstrap unit integration lint typecheck protos check-protos bench clean
+.PHONY: demo test bootstrap test-bootstrap unit integration lint typecheck protos check-protos \
+	bench bench-start clean
 
+# Users (demo, bench) get a regular install; tests an editable one of this tree (see bootstrap.sh).
 bootstrap:
 	@bash scripts/bootstrap.sh
+
+test-bootstrap:
+	@bash scripts/bootstrap.sh --test
 
 demo: bootstrap
 	@$(PY) scripts/demo.py
 
-test:
-	@bash scripts/bootstrap.sh --test
+test: test-bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
-unit: bootstrap
+unit: test-bootstrap
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
 
-integration: bootstrap
+integration: test-bootstrap
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/integration
 
 lint:
@@ -40,6 +44,9 @@ check-protos:
 
 bench: bootstrap
 	$(PY) bench/launch.py
+
+bench-start: bootstrap
+	$(PY) bench/cli_start.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

@@ -2,96 +2,26 @@
 
 Exit codes: 0 ok; 2 bad input (bad task definition, bad argument); 1 any other error;
 `run` attached exits with the essential container's exit code (125 if the task never ran).
-Imports stay light (no agent internals) so every command starts fast.
+The `nstask` console script is cli_fast.main: it runs `ps`, `validate` and `--help` without
+importing click, with what it generates from the commands below (the one definition of every
+option), and hands everything else to this module. Imports stay light (no agent internals at
+the top) so every command starts fast.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from agent.errors import MAX_REQUEST_BYTES, RequestTooLarge
+import cli_fast
+from cli_fast import DEFAULT_SOCKET, ApiError, Client, Response, fail, read_file
 
-DEFAULT_SOCKET = "/run/nstask/nstask.sock"
-START_HINT = "start it with `nstask agent --detach` (or `make demo`)"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(body.get("message", f"HTTP {status}"))
-        self.status = status
-        self.body = body
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if self.timeout is not None:
-            s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
-
-
-class Client:
-    def __init__(self, socket_path: str) -> None:
-        self.socket_path = socket_path
-
-    def request(
-        self, method: str, path: str, body: Any = None, *, timeout: float | None = 60
-    ) -> http.client.HTTPResponse:
-        conn = _UnixConnection(self.socket_path, timeout)
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-        except RecursionError:
-            fail("the request is nested too deeply to send", 2)
-        if data is not None and len(data) > MAX_REQUEST_BYTES:
-            fail(RequestTooLarge("the request").message, 2)
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-        except (FileNotFoundError, ConnectionRefusedError):
-            fail(
-                f"the nstask agent is not running (nothing answers on {self.socket_path}); "
-                f"{START_HINT}"
-            )
-        except PermissionError:
-            fail(
-                f"permission denied on {self.socket_path}: the agent's socket is root-only; "
-                "run nstask as root"
-            )
-        if resp.status >= 400:
-            raw = resp.read()
-            try:
-                err = json.loads(raw)
-            except ValueError:
-                err = {"message": raw.decode(errors="replace") or f"HTTP {resp.status}"}
-            raise ApiError(resp.status, err)
-        return resp
-
-    def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = 60) -> Any:
-        resp = self.request(method, path, body, timeout=timeout)
-        raw = resp.read()
-        return json.loads(raw) if raw else None
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"nstask: {message}", err=True)
-    sys.exit(code)
-
-
-def _api_fail(e: ApiError) -> NoReturn:
-    fail(e.body.get("message", str(e)), 2 if e.status in (400, 413) else 1)
+_api_fail = cli_fast.api_fail
+_read_file = read_file
 
 
 def _client(ctx: click.Context) -> Client:
@@ -108,20 +38,6 @@ def _read_definition(path: str) -> Any:
         fail(f"{path}: is nested too deeply to be a task definition", 2)
     except (ValueError, UnicodeDecodeError) as e:
         fail(f"{path}: is not valid JSON: {e}", 2)
-
-
-def _read_file(path: str) -> bytes:
-    """A task definition file, refused unread when it is over the API's limit."""
-    try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size > MAX_REQUEST_BYTES:
-                fail(RequestTooLarge(path).message, 2)
-            text = f.read(MAX_REQUEST_BYTES + 1)
-    except OSError as e:
-        fail(f"{path}: cannot read task definition: {e.strerror}", 2)
-    if len(text) > MAX_REQUEST_BYTES:  # a pipe or a file that grew
-        fail(RequestTooLarge(path).message, 2)
-    return text
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -317,9 +233,9 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
 
 def _answers(client: Client) -> bool:
     try:
-        conn = _UnixConnection(client.socket_path, 2)
-        conn.request("GET", "/v1/version")
-        return conn.getresponse().status == 200
+        resp = client.open("GET", "/v1/version", timeout=2)
+        resp.close()
+        return resp.status == 200
     except OSError:
         return False
 
@@ -422,50 +338,7 @@ def _print_logs(
 @click.pass_context
 def ps(ctx: click.Context, all_tasks: bool, as_json: bool, quiet: bool) -> None:
     """List tasks."""
-    try:
-        tasks = _client(ctx).call("GET", "/v1/tasks" + ("?all=1" if all_tasks else ""))
-    except ApiError as e:
-        _api_fail(e)
-    if as_json:
-        click.echo(json.dumps(tasks, indent=2))
-        return
-    if quiet:
-        for t in tasks:
-            click.echo(t["id"])
-        return
-    rows = [("TASK ID", "FAMILY", "STATUS", "IP", "PORTS", "CONTAINERS", "EXIT", "AGE")]
-    import time
-
-    for t in tasks:
-        rows.append(
-            (
-                str(t["id"])[:12],
-                str(t["family"]),
-                str(t["lastStatus"]) + _task_health(t),
-                str(t["ip"] or "-"),
-                ",".join(
-                    f"{p['hostPort']}->{p['containerPort']}/{p['protocol']}"
-                    for p in t.get("ports", [])
-                )
-                or "-",
-                ",".join(_container_cell(c) for c in t["containers"]),
-                "" if t["exitCode"] is None else str(t["exitCode"]),
-                _age(time.time() - t["createdAt"]),
-            )
-        )
-    cells = [tuple(_cell(v) for v in r) for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    for r in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _cell(value: object) -> str:
-    """A table cell that cannot break the table: newlines, terminal escapes and other
-    non-printable characters (a family from an old store, issue 9) are shown escaped."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    cli_fast.ps(_client(ctx), all_tasks=all_tasks, as_json=as_json, quiet=quiet)
 
 
 def _since(text: str) -> float:
@@ -484,34 +357,6 @@ def _since(text: str) -> float:
         fail(
             f"--since {text!r}: expected a duration like 10m or a time like 2026-11-28T04:00:00Z", 2
         )
-
-
-def _task_health(t: dict[str, Any]) -> str:
-    """ECS's task health: UNHEALTHY if an essential container is, HEALTHY if all essential
-    containers with checks are, else nothing to say."""
-    checked = [c for c in t["containers"] if c["essential"] and c.get("health")]
-    if not checked or t["lastStatus"] != "RUNNING":
-        return ""
-    if any(c["health"] == "UNHEALTHY" for c in checked):
-        return " (unhealthy)"
-    if all(c["health"] == "HEALTHY" for c in checked):
-        return " (healthy)"
-    return " (health: starting)"
-
-
-def _container_cell(c: dict[str, Any]) -> str:
-    """name, with its exit code once it has stopped in a task that still runs."""
-    if c["lastStatus"] == "STOPPED" and c["exitCode"] is not None:
-        return f"{c['name']}({c['exitCode']})"
-    return str(c["name"])
-
-
-def _age(seconds: float) -> str:
-    if seconds < 60:
-        return f"{int(seconds)}s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)}m"
-    return f"{int(seconds // 3600)}h"
 
 
 @main.command()
@@ -657,22 +502,7 @@ def wait(ctx: click.Context, task: str) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def validate(file: str) -> None:
     """Check a task definition without running it (no agent needed)."""
-    from agent.errors import TaskDefinitionError
-    from agent.taskdef import parse_task_definition_text
-
-    text = _read_file(file)
-    try:
-        td = parse_task_definition_text(text, source=file)
-    except TaskDefinitionError as e:
-        fail(e.message.replace("\n", "\nnstask: "), 2)
-    except RecursionError:
-        fail(f"{file}: is nested too deeply to be a task definition", 2)
-    for w in td.warnings:
-        click.echo(f"warning: {file}: {w}", err=True)
-    click.echo(
-        f"{file}: ok (family {td.family}, {len(td.containers)} container(s), "
-        f"network mode {td.network_mode})"
-    )
+    cli_fast.validate(file)
 
 
 @main.command()
@@ -864,7 +694,7 @@ def image_pull(ctx: click.Context, ref: str, user: str | None, quiet: bool) -> N
     click.echo(f"{image['name']} {image['digest']} ({_size(image['transferred'])} transferred)")
 
 
-def _render_pull(resp: http.client.HTTPResponse) -> dict[str, Any]:
+def _render_pull(resp: Response) -> dict[str, Any]:
     """Redraw one line per layer on stderr while the agent reports progress."""
     drawn = 0
     while line := resp.readline():

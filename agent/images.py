@@ -33,20 +33,20 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from agent.containerd import (
-    Containerd,
-    ContainerdAlreadyExists,
-    ContainerdNotFound,
-    ContentInfo,
-    Descriptor,
-    Image,
-    Lease,
-    Mount,
-    SnapshotInfo,
-)
 from agent.errors import ContainerdError, ImageNotFound, InvalidInput
+
+if TYPE_CHECKING:  # at run time imported where used: `nstask image pack` must not load grpc
+    from agent.containerd import (
+        Containerd,
+        ContentInfo,
+        Descriptor,
+        Image,
+        Lease,
+        Mount,
+        SnapshotInfo,
+    )
 
 __all__ = [
     "MEDIA_CONFIG",
@@ -506,6 +506,8 @@ class _Archive:
 
 
 def _descriptor(d: Mapping[str, Any]) -> Descriptor:
+    from agent.containerd import Descriptor
+
     return Descriptor(
         media_type=str(d.get("mediaType", "")),
         digest=str(d["digest"]),
@@ -700,6 +702,8 @@ async def _apply_layer(
     lease: str,
 ) -> None:
     """Prepare(tmp key, parent) -> Diff.Apply -> Commit(chain id); tidy up on failure."""
+    from agent.containerd import ContainerdAlreadyExists
+
     key = _unpack_key(chain_id)
     mounts = await client.prepare_snapshot(key, parent, snapshotter=snapshotter, lease=lease)
     try:
@@ -870,6 +874,8 @@ async def inspect_image(
 async def remove_image(client: Containerd, image_name: str) -> None:
     """Delete the image record and run containerd's GC, so its content and snapshots that
     nothing else uses go now (callers check first that no task uses it)."""
+    from agent.containerd import ContainerdNotFound
+
     try:
         await client.delete_image(image_name, sync=True)
     except ContainerdNotFound:
@@ -882,6 +888,8 @@ async def remove_image(client: Containerd, image_name: str) -> None:
 async def prune_images(client: Containerd, in_use: Collection[str]) -> list[str]:
     """Remove every image whose name is not in `in_use` (the images of tasks that are not
     stopped); returns the names removed. One GC at the end, not one per image."""
+    from agent.containerd import ContainerdNotFound
+
     keep = set(in_use)
     removed = [i.name for i in await client.list_images() if i.name not in keep]
     for i, name in enumerate(removed):

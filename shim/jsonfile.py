@@ -13,7 +13,6 @@ import happens on first use (the agent has it loaded anyway).
 
 from __future__ import annotations
 
-import contextlib  # already loaded by site at interpreter start-up
 import os
 import time
 
@@ -339,13 +338,17 @@ class JsonFileWriter:
 
 
 def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    try:  # noqa: SIM105 (contextlib is not loaded: the shim starts without site)
         os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _rename(source: str, target: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    try:  # noqa: SIM105
         os.rename(source, target)
+    except FileNotFoundError:
+        pass
 
 
 def _gzip_file(source: str, stats: Stats | None) -> None:

@@ -6,7 +6,8 @@ becomes two argv entries (in no fixed order), fd 3 is the container's stdout, fd
 fd 5 the readiness pipe, and the environment holds only CONTAINER_ID and CONTAINER_NAMESPACE.
 Tasks.Create waits until we write to fd 5 (or close it), so start-up time is container start
 time: only what the chosen driver and mode need is imported (json-file in blocking mode: os,
-sys, time, select, signal and shim.jsonfile/stats/lifecycle).
+sys, time, select, _signal and shim.jsonfile/stats/lifecycle; the launcher runs Python with
+-I -S, so not even `site` is loaded).
 
 Options (query pairs) for every driver:
 
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import sys
 import time
 
@@ -55,6 +55,10 @@ from shim.options import OptionError, parse_bool, parse_size
 from shim.stats import Stats, stats_path
 
 TYPE_CHECKING = False  # typing costs ~2 ms of start-up; mypy treats this name as True
+if TYPE_CHECKING:
+    import signal
+else:  # the C module: `signal` wraps it in enums, which cost ~3 ms of start-up
+    import _signal as signal
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType

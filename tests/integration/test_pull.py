@@ -296,7 +296,7 @@ def test_image_inspect_rm_and_prune(registry: Registry, tmp_path: Path) -> None:
 def test_pull_progress_stream_reports_every_layer(
     agent: Agent, tmp_path: Path, registry: Registry
 ) -> None:
-    from cli import _UnixConnection
+    from cli_fast import Client
 
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
@@ -304,13 +304,9 @@ def test_pull_progress_stream_reports_every_layer(
     archive = tmp_path / "progress.tar"
     images.pack(rootfs, "nstask.local/progress:1", archive, cmd=["true"])
     registry.push(archive, "team/progress:1")
-    conn = _UnixConnection(agent.socket, 60)
-    try:
-        body = {"ref": f"{registry.host}/team/progress:1", "progress": True}
-        conn.request("POST", "/v1/images/pull", body=json.dumps(body).encode())
-        lines = [json.loads(x) for x in conn.getresponse().read().splitlines()]
-    finally:
-        conn.close()
+    body = {"ref": f"{registry.host}/team/progress:1", "progress": True}
+    resp = Client(agent.socket).request("POST", "/v1/images/pull", body, timeout=60)
+    lines = [json.loads(x) for x in resp.read().splitlines()]
     assert "image" in lines[-1] and lines[-1]["image"]["transferred"] > 3 << 20
     last = lines[-2]["progress"]
     assert len(last) == 2  # config and the layer

@@ -125,6 +125,27 @@ def test_shim_start_imports_stay_small() -> None:
         assert heavy not in out
 
 
+def test_shim_started_as_its_launcher_starts_it_loads_no_enum_or_contextlib() -> None:
+    """The launcher runs `python -I -S` (no site): every module is then the shim's own cost,
+    and signal's and re's enums, contextlib and typing are each a few ms of container start."""
+    code_dir = str(Path(shim_main_file()).parent.parent)
+    code = (
+        f"import sys; sys.path.append({code_dir!r}); before = set(sys.modules); "
+        "import shim.main, shim.jsonfile; print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for heavy in ("signal", "enum", "contextlib", "typing", "re", "json", "functools", "site"):
+        assert heavy not in out, out
+
+
+def shim_main_file() -> str:
+    import shim.main
+
+    return str(shim.main.__file__)
+
+
 def _options_file(tmp_path: Path, data: bytes, mode: int = 0o600) -> str:
     path = tmp_path / "c0.options"
     path.write_bytes(data)
