@@ -1,9 +1,11 @@
 """`nstask stop` of a task that is still starting cancels the start wherever it is (a
-dependsOn wait, a HEALTHY wait, a slow CNI plugin), returns promptly, and leaves the task
-STOPPED with the user's reason and nothing on the host (issue 10, item 2)."""
+dependsOn wait, a HEALTHY wait, an image pull, a slow CNI plugin), returns promptly, and
+leaves the task STOPPED with the user's reason and nothing on the host (issue 10, item 2)."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,45 @@ def test_stop_during_a_healthy_wait(agent: Agent, tmp_path: Path) -> None:
     assert db["health"] != "HEALTHY"
     assert not leaks(agent)
     agent.cli("rm", task_id, check=True)
+
+
+def test_stop_during_an_image_pull(agent: Agent, tmp_path: Path) -> None:
+    """A registry that accepts the connection and never answers: the pull waits."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.1)
+    port = srv.getsockname()[1]
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        d = busybox_task("pulls", ["true"])
+        d["containerDefinitions"][0]["image"] = f"127.0.0.1:{port}/nstask/hangs:1"  # type: ignore[index]
+        task_id = agent.cli("run", "-d", write_taskdef(tmp_path, d), check=True).stdout.strip()
+        deadline = time.monotonic() + 20
+        while not held:
+            assert time.monotonic() < deadline, "the pull never reached the registry"
+            time.sleep(0.05)
+        assert agent.inspect(task_id)["lastStatus"] == "PENDING"
+        _stop_promptly(agent, task_id)
+        assert not leaks(agent)
+        agent.cli("rm", task_id, check=True)
+    finally:
+        done.set()
+        server.join()
+        for conn in held:
+            conn.close()
+        srv.close()
 
 
 @pytest.mark.xfail(
