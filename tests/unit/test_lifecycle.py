@@ -597,3 +597,27 @@ def test_a_stop_owed_to_an_unreachable_containerd_is_retried_a_bounded_number_of
         run(tmp_path, scenario)
     finally:
         teardown.RETRY_DELAYS = orig
+
+
+def test_an_unexpected_teardown_error_is_logged_with_its_cause_and_not_retried(
+    tmp_path: Path,
+) -> None:
+    from structlog.testing import capture_logs
+
+    from agent.lifecycle import teardown
+
+    async def scenario(w: World) -> None:
+        task = await w.engine.submit(definition(container("main")))
+        await until("RUNNING", lambda: status(w, task) == "RUNNING")
+        w.client.fail[("delete_container", cid(task, "main"))] = RuntimeError("a bug")
+        with capture_logs() as logs, pytest.raises(teardown.TeardownFailed) as e:
+            await w.engine.stop(task.id, timeout=0)
+        assert not e.value.retryable and "RuntimeError: a bug" in e.value.message
+        failed = [x for x in logs if x["event"] == "teardown_failed"]
+        assert failed and isinstance(failed[0]["exc_info"], RuntimeError)
+        rt = w.engine.ctx.runtimes.get(task.id)
+        assert rt is not None and not rt.retrying  # a bug is not retried
+        # Every other resource went; the container's record stays for the next attempt.
+        assert [r.kind for r in w.store.resources(task.id)] == ["container"]
+
+    run(tmp_path, scenario)
