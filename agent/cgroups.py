@@ -13,7 +13,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from agent.errors import NstaskError
+from agent.errors import Busy, NstaskError
 
 ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
@@ -113,7 +113,7 @@ def remove(task_id: str, *, root: Path = ROOT) -> None:
             except FileNotFoundError:
                 pass
             except OSError as e:
-                raise NstaskError(f"cannot remove task cgroup {d}: {e.strerror}") from e
+                raise Busy(f"cannot remove task cgroup {d}: {e.strerror}") from e
 
 
 def leftovers(prefix: str = "", *, root: Path = ROOT) -> list[str]:

@@ -11,6 +11,7 @@ exit code, the API to an HTTP status and a JSON body.
     |   +-- TaskNotFound
     +-- Conflict                      exit 1, HTTP 409  (the object's state forbids it)
     |   +-- AlreadyExists
+    |   +-- Busy                      (a host resource cannot be removed now; removal is retried)
     +-- Unavailable                   exit 1, HTTP 503  (containerd or the agent does not answer)
     +-- ContainerdError               exit 1, HTTP 500  (any other containerd failure)
     +-- NetworkError                  exit 1, HTTP 500  (netns / links)
@@ -110,6 +111,10 @@ class Conflict(NstaskError):
 
 class AlreadyExists(Conflict):
     kind = "already_exists"
+
+
+class Busy(Conflict):
+    kind = "busy"
 
 
 class Unavailable(NstaskError):

@@ -11,21 +11,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
 from agent import cgroups, netns
-from agent.errors import NotFound, NstaskError
+from agent.config import AgentConfig
+from agent.containerd import Containerd
+from agent.errors import NstaskError
+from agent.lifecycle import teardown
+from agent.lifecycle.network import cni_key
+from agent.network import TaskNetwork
+from agent.store import Store, TaskRecord
 from cni.builtin import host_veth_name
 
-if TYPE_CHECKING:
-    from agent.engine import Engine
-
 log = structlog.get_logger("nstask.gc")
+
+
+class Engine(Protocol):
+    """What gc needs of the agent (agent.engine.Engine): where to look, and the lifecycle's
+    removal path, which it removes with."""
+
+    @property
+    def config(self) -> AgentConfig: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def client(self) -> Containerd: ...
+    @property
+    def network(self) -> TaskNetwork: ...
+    @property
+    def removal(self) -> teardown.Removal: ...
+    def list_tasks(self, *, all_tasks: bool = False) -> list[TaskRecord]: ...
 
 
 @dataclass(frozen=True)
@@ -193,31 +212,25 @@ async def collect(
 
 
 async def _remove(engine: Engine, o: Orphan) -> None:
-    client, cfg = engine.client, engine.config
+    """Kinds the lifecycle records go through its removal functions; the others (a veth,
+    a guard, a log directory) exist only as leftovers."""
+    r = engine.removal
     if o.kind == "running-task":
         return  # its containers, network and files are orphans of their own, removed below
     if o.kind == "cni":
-        await engine.network.detach(o.name, None)
+        await teardown.remove(r, "cni", cni_key(engine.network.name, o.name))
     elif o.kind == "netns":
-        await engine.network.remove_netns(o.name)
+        await teardown.remove(r, "netns", o.name)
     elif o.kind == "guard":
         await asyncio.to_thread(engine.network.remove_stale_guard, o.name)
     elif o.kind == "veth":
         await asyncio.to_thread(netns.NetlinkLinks().delete_link, o.name)
     elif o.kind == "container":
-        with contextlib.suppress(NotFound):
-            await client.kill_task(o.name, 9, all_processes=True)
-            await asyncio.sleep(0.2)
-        with contextlib.suppress(NotFound):
-            await client.delete_task(o.name)
-        await client.delete_container(o.name)
-        with contextlib.suppress(NotFound):
-            await client.remove_snapshot(o.name, snapshotter=cfg.snapshotter)
-    elif o.kind == "snapshot":
-        await client.remove_snapshot(o.name, snapshotter=cfg.snapshotter)
-    elif o.kind == "lease":
-        await client.delete_lease(o.name)
-    elif o.kind in ("taskdir", "logs"):
-        shutil.rmtree(o.name)
+        for kind in ("task", "container", "snapshot"):
+            await teardown.remove(r, kind, o.name)
+    elif o.kind in ("snapshot", "lease", "taskdir"):
+        await teardown.remove(r, o.kind, o.name)
+    elif o.kind == "logs":
+        await asyncio.to_thread(teardown.remove_tree, Path(o.name))
     elif o.kind == "cgroup":
-        await asyncio.to_thread(cgroups.remove, o.name)
+        await teardown.remove(r, "cgroup", cgroups.task_path(o.name))

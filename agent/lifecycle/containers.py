@@ -1,0 +1,214 @@
+"""Step 5, containers, in dependsOn order: wait for the dependencies, then the lease,
+snapshot, container and task (recorded before each is created; teardown.remove removes
+each kind), the exit wait registered before start, start. agent.containers builds the
+OCI spec and the logging URI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent import containers, faults, health
+from agent.errors import NstaskError
+from agent.images import ImageConfig
+from agent.lifecycle import running
+from agent.lifecycle.accept import has_check
+from agent.lifecycle.runtime import RUNNING, STOPPED, Context, TaskRuntime, phase, uninterrupted
+from agent.store import ContainerRecord
+from agent.taskdef import ContainerDefinition, TaskDefinition
+from shim.stats import stats_path
+
+log = structlog.get_logger("nstask.engine")
+
+
+class DependencyError(NstaskError):
+    kind = "dependency_failed"
+
+
+def dependency_verdict(condition: str, dep: ContainerRecord) -> bool | str | None:
+    """True: satisfied; a string: can never be satisfied (why); None: not yet."""
+    stopped = dep.last_status == STOPPED
+    if condition == "START":
+        return True if dep.last_status in (RUNNING, STOPPED) else None
+    if condition == "COMPLETE":
+        return True if stopped else None
+    if condition == "SUCCESS":
+        if not stopped:
+            return None
+        return True if dep.exit_code == 0 else f"it exited with code {dep.exit_code}"
+    if condition == "HEALTHY":
+        if dep.health == health.HEALTHY:
+            return True
+        if stopped:
+            return "it stopped before it was healthy"
+        if dep.health == health.UNHEALTHY:
+            return "it is UNHEALTHY"
+        return None
+    return f"unknown condition {condition}"
+
+
+async def wait_dependencies(
+    ctx: Context, rt: TaskRuntime, td: TaskDefinition, cdef: ContainerDefinition
+) -> None:
+    """dependsOn, as the ECS agent resolves it: START (running or already stopped),
+    COMPLETE (stopped), SUCCESS (stopped with 0), HEALTHY; each bounded by the
+    dependency's startTimeout. A stop cancels the wait."""
+    loop = asyncio.get_running_loop()
+    for dep in cdef.depends_on:
+        target = td.container(dep.container_name)
+        timeout = (
+            target.start_timeout if target.start_timeout is not None else ctx.config.start_timeout
+        )
+        deadline = loop.time() + timeout
+        while True:
+            changed = rt.changed()
+            if rt.task.desired_status != RUNNING:
+                return  # a stop the task decided itself (an essential exit): it goes on
+            rec = next(c for c in rt.task.containers if c.name == dep.container_name)
+            verdict = dependency_verdict(dep.condition, rec)
+            if verdict is True:
+                break
+            if isinstance(verdict, str):
+                raise DependencyError(
+                    f"container {cdef.name}: dependency {dep.container_name} "
+                    f"({dep.condition}) failed: {verdict}"
+                )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DependencyError(
+                    f"container {cdef.name}: dependency {dep.container_name} did not reach "
+                    f"{dep.condition} within its startTimeout ({timeout:g} s)"
+                )
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            # that arrives as the event is set.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+
+
+def _check_shim_started(name: str, shim: Path, stats: Path) -> None:
+    """containerd takes the readiness pipe's EOF as "ready": a logging shim that failed at
+    start is only visible in the stats file it writes before its readiness byte."""
+    try:
+        state = json.loads(stats.read_text())
+    except (OSError, ValueError):
+        raise NstaskError(
+            f"container {name}: the logging shim {shim} did not start (no stats file at {stats})"
+        ) from None
+    if state.get("sink_state") == "failed":
+        raise NstaskError(
+            f"container {name}: logging failed to start: "
+            f"{state.get('last_error') or 'unknown error'}"
+        )
+
+
+def lease_of(task_id: str) -> str:
+    return f"nstask-{task_id}"
+
+
+async def start(
+    ctx: Context,
+    rt: TaskRuntime,
+    c: ContainerRecord,
+    cdef: ContainerDefinition,
+    image: ImageConfig,
+    td: TaskDefinition,
+    env: list[str],
+    log_secrets: dict[str, str],
+) -> None:
+    task = rt.task
+    cid = c.containerd_id
+    lease = lease_of(task.id)
+    client, store = ctx.client, ctx.store
+    tctx = containers.TaskContext(
+        task_id=task.id,
+        task_dir=ctx.config.task_dir / task.id,
+        network_mode=td.network_mode,
+        netns=task.netns,
+        ip=task.ip,
+        dns_servers=ctx.config.dns_servers,
+        cgroup_parent=ctx.cgroups.task_path(task.id),
+    )
+    with phase(task, f"container.{c.name}.create"):
+        oci = containers.build_spec(tctx, td, cdef, c.position, cid, image, env)
+        c.stop_signal = containers.stop_signal(cdef, image)
+        if not any(r.kind == "lease" for r in store.resources(task.id)):
+            store.intend("lease", lease, task.id)
+            await uninterrupted(client.create_lease(lease, labels={"nstask.task": task.id}))
+            store.created("lease", lease)
+        store.intend("snapshot", cid, task.id)
+        mounts = await uninterrupted(
+            client.prepare_snapshot(cid, image.chain_id, snapshotter=ctx.snapshotter, lease=lease)
+        )
+        store.created("snapshot", cid)
+        store.intend("container", cid, task.id)
+        await uninterrupted(
+            client.create_container(
+                cid,
+                image=cdef.image,
+                spec=oci,
+                snapshotter=ctx.snapshotter,
+                snapshot_key=cid,
+                runtime=ctx.config.runtime,
+                labels={"nstask.task": task.id, "nstask.container": c.name},
+                lease=lease,
+            )
+        )
+        store.created("container", cid)
+        faults.point("container")
+    with phase(task, f"container.{c.name}.start"):
+        Path(c.log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        options_file = containers.log_options_file(tctx.task_dir, c.position)
+        uri, log_options = containers.log_uri(
+            ctx.shim_path,
+            task_id=task.id,
+            family=td.family,
+            task_dir=tctx.task_dir,
+            cdef=cdef,
+            log_path=c.log_path,
+            options_file=options_file,
+            secret_options=log_secrets,
+        )
+        if log_options:
+            containers.write_log_options(options_file, log_options)
+        stats = Path(stats_path(c.log_path))
+        stats.unlink(missing_ok=True)
+        store.intend("task", cid, task.id)
+        try:
+            await uninterrupted(
+                client.create_task(cid, rootfs=mounts, stdout=uri or "", stderr=uri or "")
+            )
+        finally:
+            # The shim read its options before it signalled readiness, which
+            # Tasks.Create waits for: the secrets need not stay on disk.
+            options_file.unlink(missing_ok=True)
+        store.created("task", cid)
+        faults.point("task")
+        if uri is not None:
+            _check_shim_started(c.name, ctx.shim_path, stats)
+        running.watch(ctx, rt, c)  # the exit wait is registered before start
+
+        async def start_and_record() -> None:
+            # One step, so that a stop arriving meanwhile finds the container RUNNING and
+            # stops it by the plan.
+            c.pid = await client.start_task(cid)
+            c.started_at = time.time()
+            if c.exit_code is None:  # it may already have exited
+                c.last_status = RUNNING
+            ctx.save(task)
+
+        await uninterrupted(start_and_record())
+        faults.point("started")
+    if has_check(cdef):
+        running.start_health(ctx, rt, c, cdef, _process(oci))
+    log.info("container_started", task=task.id, container=c.name, pid=c.pid)
+
+
+def _process(oci: dict[str, Any]) -> dict[str, Any]:
+    return dict(oci["process"])

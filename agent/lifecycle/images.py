@@ -1,0 +1,47 @@
+"""Step 4, images: every image of the task present and unpacked before any container
+starts, per the agent's pull behaviour (agent.pull)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agent import faults, pull
+from agent.containerd import Containerd
+from agent.images import ImageConfig
+from agent.lifecycle.runtime import Context, phase
+from agent.store import TaskRecord
+from agent.taskdef import TaskDefinition
+
+
+class PullImages:
+    """The image seam on the real stack: agent.pull.ensure_image."""
+
+    def __init__(
+        self, client: Containerd, *, policy: str, snapshotter: str, insecure: Sequence[str]
+    ) -> None:
+        self.client = client
+        self.policy = policy
+        self.snapshotter = snapshotter
+        self.insecure = insecure
+
+    async def ensure(self, image: str) -> ImageConfig:
+        return await pull.ensure_image(
+            self.client,
+            image,
+            policy=self.policy,
+            snapshotter=self.snapshotter,
+            insecure=self.insecure,
+        )
+
+
+async def ensure(ctx: Context, task: TaskRecord, td: TaskDefinition) -> dict[str, ImageConfig]:
+    out: dict[str, ImageConfig] = {}
+    with phase(task, "images"):
+        for cdef in td.containers:
+            if cdef.image not in out:
+                out[cdef.image] = await ctx.images.ensure(cdef.image)
+    for c in task.containers:
+        c.image_digest = out[c.image].digest
+    ctx.save(task)
+    faults.point("images")
+    return out

@@ -1,0 +1,86 @@
+"""Recovery at agent start: finish what a previous agent left. A task that runs is
+re-attached (exit waits, health checks) and gets the stop it was owed; a half-started or
+half-stopped task is stopped; resources of stopped or forgotten tasks are removed. Each
+task is bounded in time, and one whose record cannot be processed is stopped with the
+reason: it never keeps the agent from starting (issue 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from agent.errors import NstaskError
+from agent.lifecycle import running, teardown
+from agent.lifecycle.accept import has_check
+from agent.lifecycle.runtime import RUNNING, STOPPED, Context
+from agent.taskdef import parse_task_definition
+
+log = structlog.get_logger("nstask.engine")
+RECOVER_TASK_TIMEOUT = 30.0
+
+
+async def recover(ctx: Context, *, task_timeout: float = RECOVER_TASK_TIMEOUT) -> None:
+    for stored in ctx.store.list_tasks():
+        try:
+            await asyncio.wait_for(recover_task(ctx, stored.id), task_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # one task's record, whatever is wrong with it
+            why = str(e) or type(e).__name__
+            if isinstance(e, TimeoutError):
+                why = f"recovery took longer than {task_timeout:g} s"
+            reason = f"the agent could not recover the task: {why}"
+            log.error(
+                "task_recovery_failed",
+                task=stored.id,
+                error=why,
+                exc_info=e if not isinstance(e, NstaskError | TimeoutError) else None,
+            )
+            task = ctx.get(stored.id)
+            if task.last_status != STOPPED:
+                task.desired_status = STOPPED
+                task.stop_reason = task.stop_reason or reason
+                ctx.save(task)
+                ctx.stop_soon(task.id, reason, timeout=0)
+    for r in ctx.store.resources():
+        if ctx.store.get_task(r.task_id) is None:
+            try:
+                await teardown.remove(ctx, r.kind, r.key, r.data)
+                ctx.store.removed(r.kind, r.key)
+            except NstaskError as e:
+                log.error("orphan_removal_failed", kind=r.kind, key=r.key, error=str(e))
+
+
+async def recover_task(ctx: Context, task_id: str) -> None:
+    task = ctx.get(task_id)
+    if task.last_status == STOPPED:
+        if ctx.store.resources(task.id):
+            await teardown.teardown(ctx, task)
+        return
+    rt = ctx.runtimes.ensure(task)
+    if task.last_status == RUNNING and task.desired_status == RUNNING:
+        td = parse_task_definition(task.definition, source=task.source)
+        for c in task.containers:
+            if c.last_status != RUNNING:
+                continue
+            info = await ctx.client.get_task(c.containerd_id)
+            running.watch(ctx, rt, c)
+            if info is None or info.status in ("stopped", "STOPPED"):
+                code = info.exit_status if info is not None else 255
+                running.exited(ctx, c.containerd_id, code, time.time())
+                continue
+            cdef = td.container(c.name)
+            ctr = await ctx.client.get_container(c.containerd_id)
+            if has_check(cdef) and ctr is not None and ctr.spec:
+                running.start_health(ctx, rt, c, cdef, dict(ctr.spec["process"]))
+        log.info("task_reattached", task=task.id)
+        # Decisions the previous agent had taken, or owed, when it died (issue 9: an
+        # essential exit recorded just before a crash left the task RUNNING for good).
+        reason = running.owed_stop(task)
+        if reason is not None:
+            ctx.stop_soon(task.id, reason)
+        return
+    reason = task.stop_reason or f"agent restarted while the task was {task.last_status}"
+    ctx.stop_soon(task.id, reason, timeout=0)

@@ -1,0 +1,81 @@
+"""The start sequence: host -> network -> secrets -> images -> containers in dependsOn
+order. It runs as the task's lifecycle asyncio task, which a stop cancels at any step;
+any failure ends in the stop (rollback) of whatever was recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from agent.errors import NstaskError
+from agent.lifecycle import containers, host, images, network, secrets
+from agent.lifecycle.accept import Accepted
+from agent.lifecycle.running import ESSENTIAL_EXITED
+from agent.lifecycle.runtime import PENDING, RUNNING, STOPPED, Context, TaskRuntime, ms, phase
+from agent.taskdef import start_order
+
+log = structlog.get_logger("nstask.engine")
+
+
+def launch(ctx: Context, accepted: Accepted) -> TaskRuntime:
+    """Start the task in the background; its runtime holds the lifecycle task."""
+    rt = ctx.runtimes.ensure(accepted.task)
+    rt.lifecycle = asyncio.create_task(_run(ctx, rt, accepted))
+    return rt
+
+
+async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
+    task, td = rt.task, accepted.definition
+    t_start = time.monotonic()
+    try:
+        await host.provision(ctx, task, td)
+        await network.provision(ctx, task, td)
+        resolved = secrets.resolve(ctx, task, td, accepted.env_files)
+        task.last_status = PENDING
+        ctx.save(task)
+        configs = await images.ensure(ctx, task, td)
+        by_name = {c.name: c for c in task.containers}
+        for name in start_order(td):
+            if task.desired_status != RUNNING:
+                return
+            cdef = td.container(name)
+            with phase(task, f"container.{name}.dependencies"):
+                await containers.wait_dependencies(ctx, rt, td, cdef)
+            if task.desired_status != RUNNING:
+                return
+            await containers.start(
+                ctx,
+                rt,
+                by_name[name],
+                cdef,
+                configs[cdef.image],
+                td,
+                resolved.environment[name],
+                resolved.log_secrets[name],
+            )
+        # Every container started (some may already have exited, and the task be on its
+        # way to STOPPED: it still ran, as ECS reports it).
+        task.started_at = time.time()
+        task.timings["start_total"] = ms(t_start)
+        if task.desired_status == RUNNING:
+            task.last_status = RUNNING
+        ctx.save(task)
+        log.info("task_running", task=task.id, ip=task.ip, timings=task.timings)
+    except asyncio.CancelledError:
+        raise  # a stop (or the agent's exit) took over
+    except Exception as e:  # every failure to start ends in a full rollback
+        log.error(
+            "task_start_failed",
+            task=task.id,
+            error=str(e),
+            exc_info=e if not isinstance(e, NstaskError) else None,
+        )
+        ctx.stop_soon(task.id, f"failed to start: {e}", timeout=0)
+        return
+    # An essential container may have exited while the others were starting.
+    if task.desired_status == RUNNING and any(
+        c.essential and c.last_status == STOPPED for c in task.containers
+    ):
+        ctx.stop_soon(task.id, ESSENTIAL_EXITED)
