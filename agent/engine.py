@@ -28,7 +28,7 @@ from agent.lifecycle.runtime import (
     UNKNOWN,
     Context,
 )
-from agent.lifecycle.seams import CgroupSeam, Client, ImageSeam, NetworkSeam
+from agent.lifecycle.seams import CgroupSeam, Client, ImageSeam, NetworkSeam, PoolSeam
 from agent.network import TaskNetwork
 from agent.secrets import SecretStore
 from agent.store import Store, TaskRecord
@@ -99,6 +99,15 @@ class Engine:
             shim_path=config.shim_path or default_shim_path(),
         )
         self._events: asyncio.Task[None] | None = None
+
+    @property
+    def warm_pool(self) -> PoolSeam | None:
+        return self.ctx.pool
+
+    @warm_pool.setter
+    def warm_pool(self, pool: PoolSeam | None) -> None:
+        """Tasks take their network from the pool from now on (awsvpc, no ports)."""
+        self.ctx.pool = pool
 
     @property
     def removal(self) -> teardown.Removal:

@@ -22,6 +22,15 @@ async def provision(ctx: Context, task: TaskRecord, td: TaskDefinition) -> None:
         ctx.save(task)
     if mode == "host":
         return
+    if mode == "awsvpc" and not task.ports and ctx.pool is not None:
+        # A warm pool entry: netns and attachment made ahead of time, now recorded as this
+        # task's (teardown removes them as its own: the keys carry the pool id).
+        with phase(task, "network.pool"):
+            taken = await ctx.pool.take(task.id)
+        if taken is not None:
+            task.netns, task.ip = taken.netns_path, taken.ip
+            ctx.save(task)
+            return
     name = ctx.config.netns_prefix + task.id
     with phase(task, "network.netns"):
         ctx.store.intend("netns", name, task.id)

@@ -16,6 +16,7 @@ from agent.lifecycle import running, teardown
 from agent.lifecycle.accept import has_check
 from agent.lifecycle.runtime import RUNNING, STOPPED, Context
 from agent.taskdef import parse_task_definition
+from agent.warmpool import is_pool_id
 
 log = structlog.get_logger("nstask.engine")
 RECOVER_TASK_TIMEOUT = 30.0
@@ -45,7 +46,8 @@ async def recover(ctx: Context, *, task_timeout: float = RECOVER_TASK_TIMEOUT) -
                 ctx.save(task)
                 ctx.stop_soon(task.id, reason, timeout=0)
     for r in ctx.store.resources():
-        if ctx.store.get_task(r.task_id) is None:
+        # Warm pool entries have no task: the pool adopts or removes them when it starts.
+        if ctx.store.get_task(r.task_id) is None and not is_pool_id(r.task_id):
             try:
                 await teardown.remove(ctx, r.kind, r.key, r.data)
                 ctx.store.removed(r.kind, r.key)

@@ -16,7 +16,7 @@ import structlog
 from agent import health
 from agent.config import AgentConfig
 from agent.errors import TaskNotFound
-from agent.lifecycle.seams import CgroupSeam, Client, ImageSeam, NetworkSeam
+from agent.lifecycle.seams import CgroupSeam, Client, ImageSeam, NetworkSeam, PoolSeam
 from agent.secrets import SecretStore
 from agent.store import Store, TaskRecord
 
@@ -130,6 +130,8 @@ class Context:
         self.shim_path = shim_path
         self.runtimes = Runtimes()
         self.background: set[asyncio.Task[Any]] = set()
+        # Set by the daemon once the warm pool runs (None: no pool, every task attaches).
+        self.pool: PoolSeam | None = None
 
     @property
     def snapshotter(self) -> str:

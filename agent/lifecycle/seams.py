@@ -17,6 +17,7 @@ from agent.containerd import (
     Version,
 )
 from agent.images import ImageConfig
+from agent.warmpool import Taken
 
 
 class NetnsSeam(Protocol):
@@ -37,6 +38,13 @@ class AttachSeam(Protocol):
 
 class NetworkSeam(NetnsSeam, AttachSeam, Protocol):
     """What the network step and its removal need of agent.network.TaskNetwork."""
+
+
+class PoolSeam(Protocol):
+    """The warm pool (agent.warmpool.WarmPool): an attachment made ahead of time, whose
+    records `take` moves to the task in one transaction; None when the pool is empty."""
+
+    async def take(self, task_id: str) -> Taken | None: ...
 
 
 class CgroupSeam(Protocol):

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import start_agent, stop_agent
 from support import TEST_IMAGE, WAIT_FOREVER, Agent, busybox_task, leaks, write_taskdef
 
@@ -136,11 +135,6 @@ def test_stop_during_an_image_pull(agent: Agent, tmp_path: Path) -> None:
         srv.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs TaskNetwork.attach to end the running CNI plugin when cancelled "
-    "(worktree netpar); until then the DEL waits for the plugin's ADD to finish",
-)
 def test_stop_while_a_slow_cni_plugin_runs(tmp_path: Path) -> None:
     plugin_dir = tmp_path / "cni-bin"
     plugin_dir.mkdir()

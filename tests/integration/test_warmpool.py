@@ -13,9 +13,10 @@ import signal
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import launch_agent, start_agent, stop_agent
-from support import Agent
+from support import WAIT_FOREVER, Agent, busybox_task, write_taskdef
 
 
 def _pool_netns(a: Agent) -> list[str]:
@@ -40,10 +41,11 @@ def _rows(a: Agent) -> list[tuple[str, str, str, str]]:
         db.close()
 
 
-def _wait_pool(a: Agent, n: int, timeout: float = 20) -> list[str]:
+def _wait_pool(a: Agent, n: int, timeout: float = 20, *, taken: str = "") -> list[str]:
+    """The pool's netns once it holds n entries (`taken`: a netns a task took from it)."""
     deadline = time.monotonic() + timeout
     while True:
-        names = _pool_netns(a)
+        names = [x for x in _pool_netns(a) if x != taken]
         rows = [r for r in _rows(a) if r[2].startswith("pool-") and r[3] == "created"]
         if len(names) == n and len(rows) == 2 * n and all(_eth0_address(x) for x in names):
             return names
@@ -91,5 +93,42 @@ def test_size_zero_makes_no_pool() -> None:
         time.sleep(1.0)
         assert _pool_netns(a) == []
         assert [r for r in _rows(a) if r[2].startswith("pool-")] == []
+    finally:
+        stop_agent(a, proc, base)
+
+
+def test_an_awsvpc_task_takes_a_pool_entry_and_the_pool_refills(tmp_path: Path) -> None:
+    """A task without port mappings adopts a pooled attachment (no netns + CNI ADD on its
+    start); stopping it removes that attachment like one of its own; the pool refills."""
+    a, proc, base = start_agent(extra_env={"NSTASK_WARM_POOL_SIZE": "2"})
+    try:
+        before = _wait_pool(a, 2)
+        td = write_taskdef(tmp_path, busybox_task("pooled", ["sh", "-c", WAIT_FOREVER]))
+        task_id = a.cli("run", "-d", td, check=True).stdout.strip()
+        t = a.wait_status(task_id, "RUNNING")
+        assert "network.pool" in t["timings"] and "network.cni" not in t["timings"], t["timings"]
+        netns = Path(t["netns"]).name
+        assert netns in before, (netns, before)
+        assert _eth0_address(netns).split("/")[0] == t["ip"]
+        rows = [r for r in _rows(a) if r[2] == task_id]
+        assert {r[0] for r in rows} >= {"netns", "cni"}, rows
+        # The task's network works: it reaches its gateway (the bridge).
+        gateway = a.subnet.rsplit(".", 1)[0] + ".1"
+        r = a.cli("exec", task_id, "--", "ping", "-c", "1", "-W", "2", gateway)
+        assert r.returncode == 0, r
+        after = _wait_pool(a, 2, taken=netns)
+        assert netns not in after
+        a.cli("stop", task_id, check=True)
+        assert netns not in subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+        assert not [r for r in _rows(a) if r[2] == task_id]
+        # A task with published ports never takes one.
+        web = busybox_task(
+            "ported", ["sh", "-c", WAIT_FOREVER], portMappings=[{"containerPort": 80}]
+        )
+        web["networkMode"] = "bridge"
+        port_task = a.cli("run", "-d", write_taskdef(tmp_path, web), check=True).stdout.strip()
+        pt = a.wait_status(port_task, "RUNNING")
+        assert "network.cni" in pt["timings"] and "pool-" not in (pt["netns"] or "")
+        a.cli("stop", port_task, check=True)
     finally:
         stop_agent(a, proc, base)
