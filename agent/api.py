@@ -57,6 +57,7 @@ from agent.errors import (
     NstaskError,
     RequestTooLarge,
 )
+from agent.warmpool import is_pool_id
 from shim import jsonfile
 
 log = structlog.get_logger("nstask.api")
@@ -150,6 +151,10 @@ def build_app(engine: Engine) -> web.Application:
                 "containerd": ver.version,
                 "namespace": engine.config.namespace,
                 "pid": os.getpid(),
+                # Attachments made ahead of tasks (agent.warmpool): not leftovers.
+                "warmPool": sorted(
+                    {r.task_id for r in engine.store.resources() if is_pool_id(r.task_id)}
+                ),
             }
         )
 

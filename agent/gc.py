@@ -76,8 +76,15 @@ def _live_ids(engine: Engine) -> set[str]:
 async def running_unknown(engine: Engine) -> dict[str, list[str]]:
     """Tasks that run in our containerd namespace but that the state store does not know
     (a store moved aside, another agent's tasks): task id -> its running containers."""
+    return {t: ids for t, (ids, _) in (await _running_unknown(engine)).items()}
+
+
+async def _running_unknown(engine: Engine) -> dict[str, tuple[list[str], set[str]]]:
+    """task id -> (its running containers, the ids its netns and attachment are named by:
+    its own, or a warm pool entry's it took, read from the netns path in its OCI spec)."""
     live = _live_ids(engine)
-    running: dict[str, list[str]] = {}
+    prefix = engine.config.netns_prefix
+    running: dict[str, tuple[list[str], set[str]]] = {}
     active = {
         t.container_id
         for t in await engine.client.list_tasks()
@@ -86,7 +93,12 @@ async def running_unknown(engine: Engine) -> dict[str, list[str]]:
     for c in await engine.client.list_containers():
         task_id = c.labels.get("nstask.task")
         if task_id and task_id not in live and c.id in active:
-            running.setdefault(task_id, []).append(c.id)
+            ids, network_ids = running.setdefault(task_id, ([], {task_id}))
+            ids.append(c.id)
+            for ns in ((c.spec or {}).get("linux") or {}).get("namespaces") or []:
+                name = Path(str(ns.get("path") or "")).name
+                if ns.get("type") == "network" and name.startswith(prefix):
+                    network_ids.add(name.removeprefix(prefix))
     return running
 
 
@@ -101,7 +113,7 @@ async def find(
     live = _live_ids(engine)
     known = {t.id for t in engine.store.list_tasks()}
     found: list[Orphan] = []
-    for task_id, ids in sorted((await running_unknown(engine)).items()):
+    for task_id, (ids, network_ids) in sorted((await _running_unknown(engine)).items()):
         found.append(
             Orphan(
                 "running-task",
@@ -111,7 +123,7 @@ async def find(
             )
         )
         if not stop_unknown:
-            live.add(task_id)
+            live |= network_ids
     # CNI attachments (result cache) and IPAM allocations of the task network.
     attached: set[str] = set()
     for entry in engine.network.runtime.cache.entries(engine.network.name):

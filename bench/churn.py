@@ -23,6 +23,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cni.builtin import host_veth_name
+
 NSTASK = str(Path(sys.executable).parent / "nstask")
 IMAGE = "nstask.local/busybox:latest"
 
@@ -64,16 +66,25 @@ def leftovers(sock: str) -> list[str]:
         if line.startswith(info["netnsPrefix"])
         and len(line.split()[0]) == len(info["netnsPrefix"]) + 32
     ]
+    # The agent's warm pool (attachments made ahead of tasks) is not a leftover.
+    pool = set(info.get("warmPool", []))
+    pool_veths = {host_veth_name(i, "eth0") for i in pool}
     links = subprocess.run(
         ["ip", "-o", "link", "show", "master", info["bridge"]], capture_output=True, text=True
     ).stdout
-    found += [f"veth {line.split(':')[1].strip()}" for line in links.splitlines()]
+    found += [
+        f"veth {name}"
+        for name in (line.split(":")[1].strip() for line in links.splitlines())
+        if name.split("@")[0] not in pool_veths
+    ]
     ipam = Path(info["ipamDataDir"]) / info["network"]
     if ipam.is_dir():
         found += [
             f"IP {p.name}"
             for p in ipam.iterdir()
-            if p.name != "lock" and not p.name.startswith("last_reserved_ip")
+            if p.name != "lock"
+            and not p.name.startswith("last_reserved_ip")
+            and p.read_text().split("\n", 1)[0].strip() not in pool
         ]
     results = Path(info["cniCacheDir"]) / "results"
     if results.is_dir():
@@ -81,6 +92,7 @@ def leftovers(sock: str) -> list[str]:
             f"CNI cache {p.name}"
             for p in results.iterdir()
             if p.name.startswith(info["network"] + "-")
+            and not any(f"-{i}-" in p.name for i in pool)
         ]
     ns = info["namespace"]
     for kind in ("containers", "leases"):

@@ -27,7 +27,9 @@ SCRIPT = "trap 'exit 0' TERM; echo up; while true; do sleep 0.1; done"
 
 @pytest.mark.parametrize("point", START_POINTS + STOP_POINTS)
 def test_agent_killed_at_a_step_leaves_a_managed_or_clean_task(tmp_path: Path, point: str) -> None:
-    a, proc, base = start_agent(extra_env={"NSTASK_FAULT": point})
+    # No warm pool: the task makes its own netns and attachment, so every network fault
+    # point is on its path (a pooled attachment skips them).
+    a, proc, base = start_agent(extra_env={"NSTASK_FAULT": point, "NSTASK_WARM_POOL_SIZE": "0"})
     try:
         td = write_taskdef(tmp_path, busybox_task("crashy", ["sh", "-c", SCRIPT]))
         task_id = a.cli("run", "-d", td, check=True).stdout.strip()
