@@ -150,7 +150,8 @@ async def run_agent(config: AgentConfig) -> None:
     from agent.warmpool import WarmPool
 
     warm_pool = WarmPool(config, store, network)  # attached netns ready ahead of tasks
-    engine.warm_pool = warm_pool  # tasks take their network from it
+    if warm_pool.size:
+        engine.warm_pool = warm_pool  # tasks take their network from it
     await warm_pool.start()
     runner = await serve(engine, config.socket)
     ours = os.stat(config.socket).st_ino

@@ -42,6 +42,12 @@ def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("-n", type=int, default=20, help="lifecycles of each (default 20)")
+    ap.add_argument(
+        "--warm-pool-size",
+        type=int,
+        default=2,
+        help="the agent's warm pool (default 2, as the agent's default; 0: off)",
+    )
     args = ap.parse_args()
     tag = f"{os.getpid():x}"
     base = Path(tempfile.mkdtemp(prefix="nstask-bench-"))
@@ -53,6 +59,7 @@ def main() -> int:
         "NSTASK_NETNS_PREFIX": f"nstask-b{tag}-",
         "NSTASK_CNI_CACHE_DIR": str(base / "cni"),
         "NSTASK_IPAM_DATA_DIR": str(base / "ipam"),
+        "NSTASK_WARM_POOL_SIZE": str(args.warm_pool_size),
     }
     created: list[Path] = []
     agent = None
@@ -140,7 +147,7 @@ def main() -> int:
                 theirs.append(b)
         phases = _phases(env, td)
         m_ours, m_theirs = statistics.median(ours), statistics.median(theirs)
-        print(f"lifecycles: {args.n} each, alternating")
+        print(f"lifecycles: {args.n} each, alternating; warm pool size {args.warm_pool_size}")
         print(
             f"nstask run --rm      median {m_ours * 1000:7.1f} ms  "
             f"(min {min(ours) * 1000:.1f}, max {max(ours) * 1000:.1f})"

@@ -142,39 +142,58 @@ def remove_tree(path: Path) -> None:
         raise Busy(f"cannot remove {path}: it is still there")
 
 
+# Removed after the containerd objects, or beside them once no process of the task is left.
+NETWORK_KINDS = ("cni", "netns")
+
+
 async def teardown(ctx: Context, task: TaskRecord) -> dict[str, float]:
     """Remove every resource recorded for the task, newest kind first; what fails now keeps
-    its record and is tried again on the next stop or agent start. Returns ms per kind."""
+    its record and is tried again on the next stop or agent start. Returns ms per kind.
+
+    When every container's process is known to be gone (its exit recorded, or it never
+    started), nothing uses the netns any more: the network (CNI DEL, ~50 ms of iptables)
+    is then removed while containerd deletes the task (which waits for the logging shim to
+    drain), instead of after it."""
     resources = ctx.store.resources(task.id)
     errors: list[str] = []
-    retryable = True
+    failed = {"retryable": True}
     took: dict[str, float] = {}
-    for kind in TEARDOWN_ORDER:
-        if kind == "cni":
-            faults.point("teardown")
-        mine = [r for r in resources if r.kind == kind]
-        if not mine:
-            continue
-        t0 = time.monotonic()
-        for r in mine:
-            try:
-                await remove(ctx, kind, r.key, r.data)
-            except NstaskError as e:
-                errors.append(f"{kind} {r.key}: {e}")
-                retryable = retryable and isinstance(e, RETRYABLE)
-                log.error("teardown_failed", task=task.id, kind=kind, key=r.key, error=str(e))
+
+    async def lane(kinds: tuple[str, ...]) -> None:
+        for kind in kinds:
+            if kind == "cni":
+                faults.point("teardown")
+            mine = [r for r in resources if r.kind == kind]
+            if not mine:
                 continue
-            except Exception as e:  # a bug, not the host: logged with its cause, not retried
-                errors.append(f"{kind} {r.key}: {type(e).__name__}: {e}")
-                retryable = False
-                log.error("teardown_failed", task=task.id, kind=kind, key=r.key, exc_info=e)
-                continue
-            ctx.store.removed(kind, r.key)
-        took[kind] = ms(t0)
+            t0 = time.monotonic()
+            for r in mine:
+                try:
+                    await remove(ctx, kind, r.key, r.data)
+                except NstaskError as e:
+                    errors.append(f"{kind} {r.key}: {e}")
+                    failed["retryable"] = failed["retryable"] and isinstance(e, RETRYABLE)
+                    log.error("teardown_failed", task=task.id, kind=kind, key=r.key, error=str(e))
+                    continue
+                except Exception as e:  # a bug, not the host: logged with its cause, not retried
+                    errors.append(f"{kind} {r.key}: {type(e).__name__}: {e}")
+                    failed["retryable"] = False
+                    log.error("teardown_failed", task=task.id, kind=kind, key=r.key, exc_info=e)
+                    continue
+                ctx.store.removed(kind, r.key)
+            took[kind] = ms(t0)
+
+    containerd_kinds = tuple(k for k in TEARDOWN_ORDER if k not in NETWORK_KINDS)
+    no_process_left = all(c.exit_code is not None or c.pid is None for c in task.containers)
+    if no_process_left:
+        await asyncio.gather(lane(containerd_kinds), lane(NETWORK_KINDS))
+    else:
+        await lane(containerd_kinds)
+        await lane(NETWORK_KINDS)
     if errors:
         raise TeardownFailed(
             f"task {task.id}: teardown left {len(errors)} resource(s): " + "; ".join(errors),
-            retryable=retryable,
+            retryable=failed["retryable"],
         )
     return took
 
