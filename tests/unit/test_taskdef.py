@@ -1025,3 +1025,25 @@ def test_an_image_reference_is_at_most_255_characters_as_in_ecs() -> None:
     assert problems(one(image="nstask.local/" + "a" * 300)) == [
         ("containerDefinitions[0].image", "must be at most 255 characters (as in ECS), got 313")
     ]
+
+
+def test_model_values_are_frozen_comparable_and_replaceable() -> None:
+    """The model's record classes behave as frozen dataclasses do (they replace them to keep
+    `nstask validate` from importing dataclasses)."""
+    from agent.taskdef import HealthCheck, TaskDefinition, replace
+
+    a = HealthCheck(("CMD", "true"))
+    assert a == HealthCheck(command=("CMD", "true"), interval=30) and hash(a) == hash(
+        HealthCheck(("CMD", "true"))
+    )
+    assert a != HealthCheck(("CMD", "true"), retries=4)
+    with pytest.raises(AttributeError, match="frozen"):
+        a.retries = 5  # type: ignore[misc]
+    assert replace(a, retries=5).retries == 5 and a.retries == 3
+    with pytest.raises(TypeError, match="missing argument 'command'"):
+        HealthCheck()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected"):
+        HealthCheck(("CMD",), nope=1)  # type: ignore[call-arg]
+    t1 = TaskDefinition("f", "awsvpc", (), warnings=("w",))
+    assert t1 == TaskDefinition("f", "awsvpc", ())  # warnings are not part of the value
+    assert "HealthCheck(command=('CMD', 'true'), interval=30" in repr(a)
