@@ -70,45 +70,15 @@ def main() -> int:
                 "them, so the comparison would not be fair. Move them aside first."
             )
             return 2
-        subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "scripts" / "make_test_image.py"),
-                "--ref",
-                IMAGE,
-                "--namespace",
-                ns,
-                "--address",
-                CTR_SOCK,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
         _ctr_network(created, base)
-        with open(base / "agent.log", "wb") as log:
-            agent = subprocess.Popen(
-                [
-                    str(BIN / "nstask"),
-                    "agent",
-                    "--state-dir",
-                    str(base / "state"),
-                    "--run-dir",
-                    str(base),
-                    "--namespace",
-                    ns,
-                    "--bridge",
-                    "nstaskb0",
-                    "--subnet",
-                    "10.213.250.0/24",
-                    "--network-name",
-                    f"nstask-bench-{tag}",
-                ],
-                env=env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        _wait_for_agent(env)
+        agent = start_agent(
+            base,
+            ns,
+            env,
+            bridge="nstaskb0",
+            subnet="10.213.250.0/24",
+            network=f"nstask-bench-{tag}",
+        )
         td = base / "true.json"
         td.write_text(
             json.dumps(
@@ -208,6 +178,35 @@ def _ctr_network(created: list[Path], base: Path) -> None:
         CNI_BIN_DIR.parent.mkdir(parents=True, exist_ok=True)
         CNI_BIN_DIR.symlink_to("/usr/lib/cni")
         created.append(CNI_BIN_DIR)
+
+
+def start_agent(
+    base: Path,
+    ns: str,
+    env: dict[str, str],
+    *,
+    bridge: str,
+    subnet: str,
+    network: str,
+) -> subprocess.Popen[bytes]:
+    """The test image imported into `ns`, then an agent of the benchmark's own (state and run
+    dirs under `base`, its log in base/agent.log), answering when this returns."""
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make_test_image.py"),
+            *("--ref", IMAGE, "--namespace", ns, "--address", CTR_SOCK),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    argv = [str(BIN / "nstask"), "agent", "--state-dir", str(base / "state")]
+    argv += ["--run-dir", str(base), "--namespace", ns, "--bridge", bridge]
+    argv += ["--subnet", subnet, "--network-name", network]
+    with open(base / "agent.log", "wb") as log:
+        agent = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
+    _wait_for_agent(env)
+    return agent
 
 
 def _wait_for_agent(env: dict[str, str]) -> None:

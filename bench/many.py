@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from launch import BIN, CTR_SOCK, IMAGE, REPO, _wait_for_agent, run
+from launch import BIN, IMAGE, run, start_agent
 
 
 def _rss_kb(pid: int) -> int:
@@ -70,44 +70,14 @@ def main() -> int:
     agent = None
     ids: list[str] = []
     try:
-        subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "scripts" / "make_test_image.py"),
-                "--ref",
-                IMAGE,
-                "--namespace",
-                ns,
-                "--address",
-                CTR_SOCK,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
+        agent = start_agent(
+            base,
+            ns,
+            env,
+            bridge="nstaskm0",
+            subnet="10.213.244.0/22",
+            network=f"nstask-bench-{tag}",
         )
-        with open(base / "agent.log", "wb") as log:
-            agent = subprocess.Popen(
-                [
-                    nstask,
-                    "agent",
-                    "--state-dir",
-                    str(base / "state"),
-                    "--run-dir",
-                    str(base),
-                    "--namespace",
-                    ns,
-                    "--bridge",
-                    "nstaskm0",
-                    "--subnet",
-                    "10.213.244.0/22",
-                    "--network-name",
-                    f"nstask-bench-{tag}",
-                ],
-                env=env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        _wait_for_agent(env)
         td = base / "sleep.json"
         td.write_text(
             json.dumps(

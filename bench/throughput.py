@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from launch import BIN, CTR_SOCK, IMAGE, REPO, _ctr_network, _wait_for_agent, run
+from launch import BIN, CTR_SOCK, IMAGE, _ctr_network, run, start_agent
 
 CNI_CONF_DIR = Path("/etc/cni/net.d")
 
@@ -93,46 +92,11 @@ def main() -> int:
         if not args.no_ctr and CNI_CONF_DIR.is_dir() and any(CNI_CONF_DIR.iterdir()):
             print(f"bench: {CNI_CONF_DIR} already holds configurations; move them aside first.")
             return 2
-        subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "scripts" / "make_test_image.py"),
-                "--ref",
-                IMAGE,
-                "--namespace",
-                ns,
-                "--address",
-                CTR_SOCK,
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
         if not args.no_ctr:
             _ctr_network(created, base)
-        with open(base / "agent.log", "wb") as log:
-            agent = subprocess.Popen(
-                [
-                    str(BIN / "nstask"),
-                    "agent",
-                    "--state-dir",
-                    str(base / "state"),
-                    "--run-dir",
-                    str(base),
-                    "--namespace",
-                    ns,
-                    "--bridge",
-                    "nstaskb0",
-                    "--subnet",
-                    "10.213.250.0/24",
-                    "--network-name",
-                    network,
-                ],
-                env=env,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        _wait_for_agent(env)
+        agent = start_agent(
+            base, ns, env, bridge="nstaskb0", subnet="10.213.250.0/24", network=network
+        )
         td = base / "true.json"
         td.write_text(
             json.dumps(
