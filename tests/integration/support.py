@@ -286,3 +286,26 @@ def static_fixture_image(
     agent.cli("image", "pack", str(rootfs), ref, "-o", str(archive), check=True)
     agent.cli("image", "import", str(archive), check=True)
     return ref
+
+
+def bridge_conflist(a: Agent, *chained: dict[str, object]) -> dict[str, object]:
+    """A conflist of the test's own for agent `a` (its network, bridge, subnet and IPAM dir):
+    the built-in bridge plugin, then `chained` plugins."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": a.network,
+        "plugins": [
+            {
+                "type": "nstask-bridge",
+                "bridge": a.bridge,
+                "isGateway": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": a.subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(a.ipam_dir),
+                },
+            },
+            *chained,
+        ],
+    }

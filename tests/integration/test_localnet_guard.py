@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import launch_agent, start_agent, stop_agent
-from support import TEST_IMAGE, Agent, fetch, leaks, write_taskdef
+from support import TEST_IMAGE, Agent, bridge_conflist, fetch, leaks, write_taskdef
 
 from agent import hostguard
 from agent.hostguard import chain_name
@@ -60,24 +60,7 @@ def run(a: Agent, tmp_path: Path, td: dict[str, Any], name: str) -> str:
 
 def user_conflist(a: Agent) -> dict[str, object]:
     """A user's --conflist naming the bridge itself (the guard follows the list's bridge)."""
-    return {
-        "cniVersion": "1.0.0",
-        "name": a.network,
-        "plugins": [
-            {
-                "type": "nstask-bridge",
-                "bridge": a.bridge,
-                "isGateway": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": a.subnet}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(a.ipam_dir),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }
+    return bridge_conflist(a, {"type": "portmap", "capabilities": {"portMappings": True}})
 
 
 @pytest.mark.parametrize("network", ["default", "conflist"])

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from conftest import start_agent, stop_agent
-from support import TEST_IMAGE, WAIT_FOREVER, Agent, busybox_task, leaks, write_taskdef
+from support import (
+    TEST_IMAGE,
+    WAIT_FOREVER,
+    Agent,
+    bridge_conflist,
+    busybox_task,
+    leaks,
+    write_taskdef,
+)
 
 # The stop of a start in flight returns within this (the CLI itself takes ~0.3 s).
 PROMPT_S = 5.0
@@ -157,23 +165,7 @@ def test_stop_while_a_slow_cni_plugin_runs(tmp_path: Path) -> None:
     slow.chmod(0o755)
 
     def conflist(a: Agent) -> dict[str, object]:
-        return {
-            "cniVersion": "1.0.0",
-            "name": a.network,
-            "plugins": [
-                {
-                    "type": "nstask-bridge",
-                    "bridge": a.bridge,
-                    "isGateway": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": a.subnet}]],
-                        "dataDir": str(a.ipam_dir),
-                    },
-                },
-                {"type": "nstask-test-slow"},
-            ],
-        }
+        return bridge_conflist(a, {"type": "nstask-test-slow"})
 
     a, proc, base = start_agent(conflist_for=conflist, cni_path=f"{plugin_dir}:/usr/lib/cni")
     try:

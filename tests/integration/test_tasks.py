@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import start_agent, stop_agent
-from support import TEST_IMAGE, Agent, busybox_task, fetch, leaks, write_taskdef
+from support import TEST_IMAGE, Agent, bridge_conflist, busybox_task, fetch, leaks, write_taskdef
 
 
 def test_task_output_reaches_logs_with_streams_apart(agent: Agent, tmp_path: Path) -> None:
@@ -255,24 +255,11 @@ def test_failing_cni_plugin_mid_list_rolls_back_everything(tmp_path: Path) -> No
     failing.chmod(0o755)
 
     def conflist(a: Agent) -> dict[str, object]:
-        return {
-            "cniVersion": "1.0.0",
-            "name": a.network,
-            "plugins": [
-                {
-                    "type": "nstask-bridge",
-                    "bridge": a.bridge,
-                    "isGateway": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": a.subnet}]],
-                        "dataDir": str(a.ipam_dir),
-                    },
-                },
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-                {"type": "nstask-test-fail"},
-            ],
-        }
+        return bridge_conflist(
+            a,
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "nstask-test-fail"},
+        )
 
     a, proc, base = start_agent(conflist_for=conflist, cni_path=f"{plugin_dir}:/usr/lib/cni")
     try:
