@@ -48,6 +48,9 @@ def main() -> int:
         default=2,
         help="the agent's warm pool (default 2, as the agent's default; 0: off)",
     )
+    ap.add_argument(
+        "--pause", type=float, default=0.5, help="seconds of quiet before each run (0.5)"
+    )
     args = ap.parse_args()
     tag = f"{os.getpid():x}"
     base = Path(tempfile.mkdtemp(prefix="nstask-bench-"))
@@ -94,8 +97,13 @@ def main() -> int:
         ours: list[float] = []
         theirs: list[float] = []
         # One warm-up of each (first bridge creation, page cache), not counted.
+        # A pause before each run, for both alike, so each starts on a quiet host (the
+        # agent's background work after a run, such as refilling its warm pool, is not
+        # charged to the next ctr run, nor ctr's shim exits to the next nstask run).
         for i in range(args.n + 1):
+            time.sleep(args.pause)
             a = _time(nstask_cmd, env)
+            time.sleep(args.pause)
             b = _time(
                 [
                     "ctr",
