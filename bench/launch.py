@@ -49,6 +49,11 @@ def main() -> int:
         help="the agent's warm pool (default 2, as the agent's default; 0: off)",
     )
     ap.add_argument(
+        "--unconfined",
+        action="store_true",
+        help="run nstask's container without seccomp, as ctr run does (default: profile)",
+    )
+    ap.add_argument(
         "--pause", type=float, default=0.5, help="seconds of quiet before each run (0.5)"
     )
     args = ap.parse_args()
@@ -88,7 +93,18 @@ def main() -> int:
                 {
                     "family": "bench",
                     "containerDefinitions": [
-                        {"name": "true", "image": IMAGE, "essential": True, "command": ["true"]}
+                        {
+                            "name": "true",
+                            "image": IMAGE,
+                            "essential": True,
+                            "command": ["true"],
+                            # ctr run applies no seccomp profile; nstask does by default.
+                            **(
+                                {"dockerSecurityOptions": ["seccomp=unconfined"]}
+                                if args.unconfined
+                                else {}
+                            ),
+                        }
                     ],
                 }
             )
@@ -125,7 +141,10 @@ def main() -> int:
                 theirs.append(b)
         phases = _phases(env, td)
         m_ours, m_theirs = statistics.median(ours), statistics.median(theirs)
-        print(f"lifecycles: {args.n} each, alternating; warm pool size {args.warm_pool_size}")
+        print(
+            f"lifecycles: {args.n} each, alternating; warm pool size {args.warm_pool_size}; "
+            f"seccomp {'off' if args.unconfined else 'default profile'} (ctr: none)"
+        )
         print(
             f"nstask run --rm      median {m_ours * 1000:7.1f} ms  "
             f"(min {min(ours) * 1000:.1f}, max {max(ours) * 1000:.1f})"
