@@ -37,6 +37,25 @@ def _require_root() -> None:
         pytest.fail("integration tests need root (run `make test` as root)")
 
 
+_GIVEN_SUBNETS: set[str] = set()
+
+
+def _free_subnet() -> str:
+    """A test subnet no bridge on the host routes yet, and not given to another agent of this
+    session: two agents on one subnet see each other's firewall rules in their leak checks."""
+    for _ in range(200):
+        subnet = f"10.213.{random.randrange(100, 199)}.0/24"
+        if subnet in _GIVEN_SUBNETS:
+            continue
+        routes = subprocess.run(
+            ["ip", "-4", "route", "show", subnet], capture_output=True, text=True
+        ).stdout
+        if not routes.strip():
+            _GIVEN_SUBNETS.add(subnet)
+            return subnet
+    raise RuntimeError("no free 10.213.100-198.0/24 test subnet on this host")
+
+
 def start_agent(
     *,
     conflist_for: Callable[[Agent], dict[str, object]] | None = None,
@@ -50,7 +69,7 @@ def start_agent(
         socket=str(base / "run" / "nstask.sock"),
         namespace=f"nstask-test-{tag}",
         bridge=f"nstaskt{random.randrange(10**6):06d}",
-        subnet=f"10.213.{random.randrange(100, 199)}.0/24",
+        subnet=_free_subnet(),
         network=f"nstask-test-{tag}",
         netns_prefix=f"nstask-t{tag}-",
         state_dir=base / "state",
