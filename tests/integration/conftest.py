@@ -78,20 +78,25 @@ def start_agent(
         pid=0,
         log_path=base / "agent.log",
     )
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "make_test_image.py"),
-            "--ref",
-            TEST_IMAGE,
-            "--address",
-            CTR_SOCK,
-            "--namespace",
-            a.namespace,
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    try:
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "make_test_image.py"),
+                "--ref",
+                TEST_IMAGE,
+                "--address",
+                CTR_SOCK,
+                "--namespace",
+                a.namespace,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    except BaseException:  # containerd away, say: leave neither the directory nor the image
+        _remove_everything(a)
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     env = {
         **os.environ,
         "NSTASK_NETNS_PREFIX": a.netns_prefix,
