@@ -665,19 +665,18 @@ def test_describe_output_and_full_definition_warn_only_about_what_is_ignored() -
 
 
 def test_more_than_ten_containers_is_refused_at_once_with_one_located_error() -> None:
-    import time
 
-    defs = [{"name": f"c{i}", "image": IMAGE} for i in range(10_000)]
-    t = time.perf_counter()
+    # Each item lacks its image: one error in all shows the items were never parsed.
+    defs = [{"name": f"c{i}"} for i in range(10_000)]
     found = problems({"containerDefinitions": defs})
-    assert time.perf_counter() - t < 0.05
     assert found == [
         (
             "containerDefinitions",
             "at most 10 container definitions per task definition, got 10000",
         )
     ]
-    assert parse_task_definition({"containerDefinitions": defs[:10]}).containers
+    ten = [{**d, "image": IMAGE} for d in defs[:10]]
+    assert parse_task_definition({"containerDefinitions": ten}).containers
 
 
 @pytest.mark.parametrize(
@@ -736,7 +735,6 @@ def test_too_many_volumes_is_one_error() -> None:
 
 
 def test_start_order_is_linear_and_keeps_ties_in_definition_order() -> None:
-    import time
 
     from agent.taskdef import ContainerDefinition
 
@@ -750,9 +748,9 @@ def test_start_order_is_linear_and_keeps_ties_in_definition_order() -> None:
         for i in range(n)
     )
     td = TaskDefinition(family="f", network_mode="awsvpc", containers=chain)
-    t = time.perf_counter()
+    # (The old cubic ordering took ~95 s on this chain; performance is the benchmarks' to
+    # measure, so no timing here: only the result.)
     order = start_order(td)
-    assert time.perf_counter() - t < 0.5
     assert order == [f"c{i}" for i in reversed(range(n))]
 
 
