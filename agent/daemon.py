@@ -22,11 +22,15 @@ import signal
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from agent.config import AgentConfig
 from agent.errors import AgentRunning, NstaskError, StateError, Unavailable
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = structlog.get_logger("nstask.agent")
 
@@ -146,35 +150,39 @@ async def run_agent(config: AgentConfig) -> None:
     client = await _connect(config)
     network = TaskNetwork(config)
     engine = Engine(config, store, client, network)  # type: ignore[arg-type]
-    await engine.start()
     from agent.warmpool import WarmPool
 
     warm_pool = WarmPool(config, store, network)  # attached netns ready ahead of tasks
-    if warm_pool.size:
-        engine.warm_pool = warm_pool  # tasks take their network from it
-    await warm_pool.start()
-    runner = await serve(engine, config.socket)
-    ours = os.stat(config.socket).st_ino
+    runner: web.AppRunner | None = None
+    ours: int | None = None
     pidfile = config.run_dir / "agent.pid"
-    _private_file(pidfile, f"{os.getpid()}\n")
-    log.info(
-        "agent_ready",
-        socket=str(config.socket),
-        namespace=config.namespace,
-        state_dir=str(config.state_dir),
-        bridge=config.bridge,
-        subnet=config.subnet,
-    )
-
-    done = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, done.set)
+    # One way out for every exit after this point, a failed start included (a socket that
+    # cannot be bound, say): the pool is drained and the bridge removed when no task uses it.
     try:
+        await engine.start()
+        if warm_pool.size:
+            engine.warm_pool = warm_pool  # tasks take their network from it
+        await warm_pool.start()
+        runner = await serve(engine, config.socket)
+        ours = os.stat(config.socket).st_ino
+        _private_file(pidfile, f"{os.getpid()}\n")
+        log.info(
+            "agent_ready",
+            socket=str(config.socket),
+            namespace=config.namespace,
+            state_dir=str(config.state_dir),
+            bridge=config.bridge,
+            subnet=config.subnet,
+        )
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
         await done.wait()
     finally:
-        await runner.cleanup()
-        if config.stop_tasks_on_exit:
+        if runner is not None:
+            await runner.cleanup()
+        if config.stop_tasks_on_exit and runner is not None:
             log.info("agent_stopping", note="stopping every task first (--stop-tasks-on-exit)")
             await asyncio.gather(
                 *[
@@ -195,7 +203,7 @@ async def run_agent(config: AgentConfig) -> None:
             pidfile.unlink()
         # Only our own socket: another agent may have bound a new one at this path since.
         with contextlib.suppress(FileNotFoundError):
-            if os.stat(config.socket).st_ino == ours:
+            if ours is not None and os.stat(config.socket).st_ino == ours:
                 config.socket.unlink()
         os.close(lock)
 
