@@ -465,6 +465,7 @@ async def ensure_image(
     insecure: Sequence[str] = (),
     auth: Credentials | None = None,
     progress: ProgressCallback | None = None,
+    memo: images.UnpackedMemo | None = None,
 ) -> images.ImageConfig:
     """The image's config, present and unpacked per the pull behaviour `policy`.
     Local (.local) names are never pulled. Under `default` an Unavailable registry falls
@@ -479,9 +480,9 @@ async def ensure_image(
                 "import it with `nstask image import FILE`",
                 image=name,
             )
-        return await images.ensure_unpacked(client, cached, snapshotter=snapshotter)
+        return await images.ensure_unpacked(client, cached, snapshotter=snapshotter, memo=memo)
     if cached is not None and policy in ("once", "prefer-cached"):
-        return await images.ensure_unpacked(client, cached, snapshotter=snapshotter)
+        return await images.ensure_unpacked(client, cached, snapshotter=snapshotter, memo=memo)
     try:
         ref = await pull(
             client, name, snapshotter=snapshotter, creds=auth, insecure=insecure, progress=progress
@@ -490,5 +491,5 @@ async def ensure_image(
         if cached is None or policy != "default":
             raise
         log.warning("image.pull_failed_using_cached", image=name, cached=cached, error=str(e))
-        return await images.ensure_unpacked(client, cached, snapshotter=snapshotter)
-    return await images.ensure_unpacked(client, ref.name, snapshotter=snapshotter)
+        return await images.ensure_unpacked(client, cached, snapshotter=snapshotter, memo=memo)
+    return await images.ensure_unpacked(client, ref.name, snapshotter=snapshotter, memo=memo)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from agent import faults, pull
 from agent.containerd import Containerd
-from agent.images import ImageConfig
+from agent.images import ImageConfig, UnpackedMemo
 from agent.lifecycle.runtime import Context, phase
 from agent.store import TaskRecord
 from agent.taskdef import TaskDefinition
@@ -23,6 +23,7 @@ class PullImages:
         self.policy = policy
         self.snapshotter = snapshotter
         self.insecure = insecure
+        self.memo = UnpackedMemo()
 
     async def ensure(self, image: str) -> ImageConfig:
         return await pull.ensure_image(
@@ -31,6 +32,7 @@ class PullImages:
             policy=self.policy,
             snapshotter=self.snapshotter,
             insecure=self.insecure,
+            memo=self.memo,
         )
 
 

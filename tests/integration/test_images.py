@@ -17,7 +17,15 @@ from test_containerd import ADDRESS, REF, busybox_archive
 
 from agent.containerd import Containerd, purge_namespace
 from agent.errors import ImageNotFound
-from agent.images import image_config, import_archive, list_images, unpack
+from agent.images import (
+    ImageConfig,
+    UnpackedMemo,
+    ensure_unpacked,
+    image_config,
+    import_archive,
+    list_images,
+    unpack,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -130,6 +138,39 @@ def test_unpack_restores_a_removed_snapshot(namespaces: list[str], archive: Path
 
     chain = asyncio.run(scenario())
     assert chain in ctr(ns, "snapshots", "ls")
+
+
+def test_a_remembered_image_is_checked_again_where_it_can_have_changed(
+    namespaces: list[str], archive: Path
+) -> None:
+    """The memo saves the reads of a known image, but a removed snapshot is unpacked again
+    and a name that now points at other content is read again."""
+    ns = _new(namespaces)
+    asyncio.run(_import(ns, archive))
+
+    async def scenario() -> None:
+        memo = UnpackedMemo()
+        async with Containerd(address=ADDRESS, namespace=ns) as client:
+            first = await ensure_unpacked(client, REF, memo=memo)
+            assert memo.get(REF, first.digest, "overlayfs") == first
+            assert await ensure_unpacked(client, REF, memo=memo) == first
+            await client.remove_snapshot(first.chain_id)
+            again = await ensure_unpacked(client, REF, memo=memo)
+            assert again == first
+            assert await client.stat_snapshot(first.chain_id) is not None
+            # The name now points at another digest: the remembered config is not used.
+            image = await client.get_image(REF)
+            assert image is not None
+            memo.put(_with_digest(first, "sha256:" + "0" * 64), "overlayfs")
+            assert (await ensure_unpacked(client, REF, memo=memo)).digest == image.target.digest
+
+    asyncio.run(scenario())
+
+
+def _with_digest(config: ImageConfig, digest: str) -> ImageConfig:
+    from dataclasses import replace
+
+    return replace(config, digest=digest, cmd=("stale",))
 
 
 def test_missing_image_says_how_to_import_it(namespaces: list[str]) -> None:
