@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok; 2 bad input (bad task definition, bad argument); 1 any other error;
 `run` attached exits with the essential container's exit code (125 if the task never ran).
-The `nstask` console script is cli_fast.main: it runs `ps`, `validate` and `--help` without
+The `nstask` console script is cli_fast.main: it runs `ps`, `validate`, `run` and `--help` without
 importing click, with what it generates from the commands below (the one definition of every
 option), and hands everything else to this module. Imports stay light (no agent internals at
 the top) so every command starts fast.
@@ -28,16 +28,7 @@ def _client(ctx: click.Context) -> Client:
     return Client(ctx.obj["socket"])
 
 
-def _read_definition(path: str) -> Any:
-    """Read the file; JSON errors are the agent's to report (one validator), unless the file
-    is not even readable."""
-    text = _read_file(path)
-    try:
-        return json.loads(text)
-    except RecursionError:
-        fail(f"{path}: is nested too deeply to be a task definition", 2)
-    except (ValueError, UnicodeDecodeError) as e:
-        fail(f"{path}: is not valid JSON: {e}", 2)
+_read_definition = cli_fast.read_definition
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -256,79 +247,10 @@ def _answers(client: Client) -> bool:
 @click.pass_context
 def run(ctx: click.Context, file: str, remove: bool, detach: bool, env: tuple[str, ...]) -> None:
     """Run the task definition in FILE."""
-    if remove and detach:
-        fail("--rm and --detach cannot be used together", 2)
-    overrides: dict[str, str] = {}
-    for item in env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            fail(f"--env {item!r}: expected KEY=VALUE", 2)
-        overrides[key] = value
-    definition = _read_definition(file)
-    client = _client(ctx)
-    try:
-        task = client.call(
-            "POST",
-            "/v1/tasks",
-            {"definition": definition, "source": file, "environment": overrides},
-        )
-    except ApiError as e:
-        _api_fail(e)
-    if detach:
-        click.echo(task["id"])
-        return
-    sys.exit(_attach(client, task["id"], remove))
+    cli_fast.run(_client(ctx), file, remove=remove, detach=detach, env=env)
 
 
-def _attach(client: Client, task_id: str, remove: bool) -> int:
-    """Stream the task's output until it stops; Ctrl-C stops the task."""
-    try:
-        try:
-            _print_logs(client, task_id, None, follow=True, tail=None, timestamps=False)
-        except KeyboardInterrupt:
-            click.echo(f"nstask: stopping task {task_id}", err=True)
-            client.call("POST", f"/v1/tasks/{task_id}/stop", {}, timeout=None)
-        task = client.call("GET", f"/v1/tasks/{task_id}/wait", timeout=None)
-        code = task.get("exitCode")
-        if code is None:
-            click.echo(f"nstask: task {task_id} did not run: {task.get('stopReason')}", err=True)
-            code = 125
-        if remove:
-            client.call("DELETE", f"/v1/tasks/{task_id}")
-        return int(code)
-    except ApiError as e:
-        _api_fail(e)
-
-
-def _print_logs(
-    client: Client,
-    task_id: str,
-    container: str | None,
-    *,
-    follow: bool,
-    tail: int | None,
-    timestamps: bool,
-    since: float | None = None,
-) -> None:
-    from urllib.parse import urlencode
-
-    query = {"follow": "1" if follow else "0"}
-    if since is not None:
-        query["since"] = repr(since)
-    if container:
-        query["container"] = container
-    if tail is not None:
-        query["tail"] = str(tail)
-    resp = client.request("GET", f"/v1/tasks/{task_id}/logs?{urlencode(query)}", timeout=None)
-    out, err = sys.stdout.buffer, sys.stderr.buffer
-    while line := resp.readline():
-        entry = json.loads(line)
-        text = entry["log"]
-        if timestamps:
-            text = f"{entry['time']} {text}"
-        stream = err if entry["stream"] == "stderr" else out
-        stream.write(text.encode("utf-8", "surrogateescape"))
-        stream.flush()
+_print_logs = cli_fast.print_logs
 
 
 @main.command()

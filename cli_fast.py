@@ -1,13 +1,13 @@
 """nstask's entry point: the agent's API client and the fast paths of the hottest commands.
 
-`nstask ps`, `nstask validate FILE` and `nstask --help` are run without importing click
-(~30 ms of start-up, more than a whole `ctr containers ls`); every other command, and any
-argument these fast paths do not take exactly as click would, goes to the click commands in
-cli.py. The options stay defined once, by the click decorators in cli.py: what the fast paths
-parse with, and the help they print, are generated from click's own objects the first time
-click runs (a JSON cache in this module's __pycache__, keyed on the stat of cli.py and this
-file; `scripts/bootstrap.sh` warms it), and both paths call the same functions (`ps`,
-`validate` below). Without a current cache, everything goes to click.
+`nstask ps`, `nstask validate FILE`, `nstask run FILE` and `nstask --help` are run without
+importing click (~30 ms of start-up, more than a whole `ctr containers ls`); every other
+command, and any argument these fast paths do not take exactly as click would, goes to the
+click commands in cli.py. The options stay defined once, by the click decorators in cli.py:
+what the fast paths parse with, and the help they print, are generated from click's own
+objects the first time click runs (a JSON cache in this module's __pycache__, keyed on the
+stat of cli.py and this file; `scripts/bootstrap.sh` warms it), and both paths call the same
+functions (`ps`, `validate`, `run` below). Without a current cache, everything goes to click.
 
 The client speaks HTTP/1.1 to the agent's unix socket over `_socket` (http.client costs
 ~20 ms of imports through the email package): one request per connection, Content-Length,
@@ -24,7 +24,7 @@ import sys
 
 TYPE_CHECKING = False  # typing costs ~3 ms of start-up; mypy treats this name as True
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from typing import Any, NoReturn
 
     import click
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 DEFAULT_SOCKET = "/run/nstask/nstask.sock"
 START_HINT = "start it with `nstask agent --detach` (or `make demo`)"
 PROG = "nstask"
-FAST_COMMANDS = ("ps", "validate")
-CACHE_VERSION = 1
+FAST_COMMANDS = ("ps", "validate", "run")
+CACHE_VERSION = 2
 _READ = 65536
 
 
@@ -365,6 +365,113 @@ def validate(file: str) -> None:
     )
 
 
+def read_definition(path: str) -> Any:
+    """Read the file; JSON errors are the agent's to report (one validator), unless the file
+    is not even readable."""
+    import json
+
+    text = read_file(path)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        fail(f"{path}: is nested too deeply to be a task definition", 2)
+    except (ValueError, UnicodeDecodeError) as e:
+        fail(f"{path}: is not valid JSON: {e}", 2)
+
+
+def run(client: Client, file: str, *, remove: bool, detach: bool, env: Iterable[str]) -> None:
+    """`nstask run FILE`: submit, then (unless --detach) stream the output until the task
+    stops and exit with its essential container's exit code."""
+    if remove and detach:
+        fail("--rm and --detach cannot be used together", 2)
+    overrides: dict[str, str] = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--env {item!r}: expected KEY=VALUE", 2)
+        overrides[key] = value
+    definition = read_definition(file)
+    try:
+        task = client.call(
+            "POST",
+            "/v1/tasks",
+            {"definition": definition, "source": file, "environment": overrides},
+        )
+    except ApiError as e:
+        api_fail(e)
+    if detach:
+        _print([str(task["id"])])
+        return
+    sys.exit(attach(client, task["id"], remove))
+
+
+def attach(client: Client, task_id: str, remove: bool) -> int:
+    """Stream the task's output until it stops; Ctrl-C stops the task."""
+    try:
+        try:
+            print_logs(client, task_id, None, follow=True, tail=None, timestamps=False)
+        except KeyboardInterrupt:
+            sys.stderr.write(f"nstask: stopping task {task_id}\n")
+            sys.stderr.flush()
+            client.call("POST", f"/v1/tasks/{task_id}/stop", {}, timeout=None)
+        task = client.call("GET", f"/v1/tasks/{task_id}/wait", timeout=None)
+        code = task.get("exitCode")
+        if code is None:
+            sys.stderr.write(f"nstask: task {task_id} did not run: {task.get('stopReason')}\n")
+            sys.stderr.flush()
+            code = 125
+        if remove:
+            client.call("DELETE", f"/v1/tasks/{task_id}")
+        return int(code)
+    except ApiError as e:
+        api_fail(e)
+
+
+def print_logs(
+    client: Client,
+    task_id: str,
+    container: str | None,
+    *,
+    follow: bool,
+    tail: int | None,
+    timestamps: bool,
+    since: float | None = None,
+) -> None:
+    """Print a task's log lines (NDJSON from the agent) to stdout/stderr as they came."""
+    import json
+
+    query = {"follow": "1" if follow else "0"}
+    if since is not None:
+        query["since"] = repr(since)
+    if container:
+        query["container"] = container
+    if tail is not None:
+        query["tail"] = str(tail)
+    resp = client.request("GET", f"/v1/tasks/{task_id}/logs?{_query(query)}", timeout=None)
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    while line := resp.readline():
+        entry = json.loads(line)
+        text = entry["log"]
+        if timestamps:
+            text = f"{entry['time']} {text}"
+        stream = err if entry["stream"] == "stderr" else out
+        stream.write(text.encode("utf-8", "surrogateescape"))
+        stream.flush()
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _query(values: dict[str, str]) -> str:
+    """A URL query string (what urllib.parse.urlencode makes of str values, without its
+    12 ms of imports): every byte but the unreserved ones percent-encoded."""
+    return "&".join(f"{_pct(k)}={_pct(v)}" for k, v in values.items())
+
+
+def _pct(text: str) -> str:
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
+
+
 def read_file(path: str) -> bytes:
     """A task definition file, refused unread when it is over the API's limit."""
     from agent.errors import MAX_REQUEST_BYTES, RequestTooLarge
@@ -450,7 +557,7 @@ def _fast(args: list[str]) -> bool:
     """Run `args` here if a fast path takes them exactly; False to hand them to click."""
     if (
         args
-        and args[0] not in ("--help", "-h", "ps", "validate", "--socket")
+        and args[0] not in ("--help", "-h", *FAST_COMMANDS, "--socket")
         and not (args[0].startswith("--socket="))
     ):
         return False
@@ -476,6 +583,8 @@ def _fast(args: list[str]) -> bool:
     params, _ = command
     if rest[0] == "ps":
         ps(Client(values["socket_path"]), **params)
+    elif rest[0] == "run":
+        run(Client(values["socket_path"]), **params)
     else:
         validate(**params)
     return True
@@ -502,13 +611,16 @@ def _parse(
                 if eq:
                     return None
                 values[p["name"]] = True
-            elif eq:
-                values[p["name"]] = attached
             else:
-                i += 1
-                if i == len(args):
-                    return None
-                values[p["name"]] = args[i]
+                if not eq:
+                    i += 1
+                    if i == len(args):
+                        return None
+                    attached = args[i]
+                if p.get("multiple"):
+                    values[p["name"]] = (*values.get(p["name"], ()), attached)
+                else:
+                    values[p["name"]] = attached
         elif stop_at_command:
             break
         else:
@@ -524,7 +636,8 @@ def _parse(
     for p in spec:
         if p["name"] not in values:
             env = os.environ.get(p["envvar"]) if p.get("envvar") else None
-            values[p["name"]] = env or p["default"]
+            default = tuple(p["default"]) if p.get("multiple") else p["default"]
+            values[p["name"]] = env or default
     return values, args[i:]
 
 
@@ -582,9 +695,14 @@ def _spec(command: click.Command) -> list[dict[str, Any]] | None:
 
     spec: list[dict[str, Any]] = []
     for p in command.params:
-        if p.callback is not None or not p.expose_value or p.nargs != 1 or p.multiple:
+        if p.callback is not None or not p.expose_value or p.nargs != 1:
             return None
         default = None if p.default is UNSET else p.default
+        if p.multiple:
+            # A value option given any number of times (`run -e A=1 -e B=2`): a tuple.
+            if not isinstance(p, click.Option) or p.is_flag or p.envvar or default:
+                return None
+            default = ()
         item: dict[str, Any] = {"name": p.name, "default": default}
         if isinstance(p, click.Argument):
             if not p.required or p.envvar or default is not None:
@@ -603,9 +721,9 @@ def _spec(command: click.Command) -> list[dict[str, Any]] | None:
             else:
                 if p.envvar is not None and not isinstance(p.envvar, str):
                     return None
-                if default is not None and not isinstance(default, str):
+                if default is not None and not isinstance(default, str) and not p.multiple:
                     return None
-                item |= {"kind": "value", "envvar": p.envvar}
+                item |= {"kind": "value", "envvar": p.envvar, "multiple": p.multiple}
         else:
             return None
         if isinstance(p.type, click.Path):

@@ -1,6 +1,6 @@
 """cli_fast: the CLI's own HTTP client, its fast paths, and what the hot commands import.
 
-The fast paths (`ps`, `validate`, `--help` without click) must parse exactly as click does
+The fast paths (`ps`, `validate`, `run`, `--help` without click) must parse exactly as click does
 (or hand the arguments to click) and print click's own help; the hot paths must not import
 click, http.client, grpc or the agent's containerd client, or every command gets slower.
 """
@@ -204,13 +204,26 @@ def cache() -> dict[str, object]:
         ["validate", EXAMPLE, EXAMPLE],
         ["validate", "/"],
         ["validate", "-"],
+        ["run", EXAMPLE],
+        ["run", "--rm", EXAMPLE],
+        ["run", "-d", EXAMPLE],
+        ["run", "-e", "A=1", "--env", "B=2", "--env=C=3=4", EXAMPLE],
+        ["run", EXAMPLE, "-e", "A=1"],
+        ["run", "-e", "-x", EXAMPLE],
+        ["run", "-e"],
+        ["run", "-eA=1", EXAMPLE],
+        ["run", "-de", "A=1", EXAMPLE],
+        ["run", "--rm=1", EXAMPLE],
+        ["run"],
+        ["run", EXAMPLE, EXAMPLE],
+        ["run", "/"],
     ],
 )
 def test_fast_parse_agrees_with_click_or_hands_over(
     cache: dict[str, object], args: list[str]
 ) -> None:
     commands = cache["commands"]
-    assert isinstance(commands, dict) and set(commands) == {"ps", "validate"}
+    assert isinstance(commands, dict) and set(commands) == {"ps", "validate", "run"}
     fast = cli_fast._parse(cache["group"], args, stop_at_command=True)  # type: ignore[arg-type]
     if fast is not None:
         group_values, rest = fast
@@ -287,6 +300,50 @@ def test_ps_imports_no_click_no_http_client(
     assert out.startswith("TASK ID")
     assert not _heavy(modules), _heavy(modules)
     assert not {"socket", "typing", "agent"} & modules
+
+
+def test_run_imports_no_click_and_speaks_the_attach_sequence(
+    cache: dict[str, object], server: Callable[[Handler], str]
+) -> None:
+    """`run --rm FILE`: submit, stream the logs, wait, remove; exit with the task's code."""
+    seen: list[str] = []
+
+    def agent(conn: socket.socket, request: bytes) -> None:
+        line = request.split(b"\r\n", 1)[0].decode()
+        seen.append(line.rsplit(" ", 1)[0])
+        if line.startswith("POST /v1/tasks "):
+            body = json.loads(request.partition(b"\r\n\r\n")[2])
+            assert body["environment"] == {"A": "1"} and body["definition"]["family"] == "hello"
+            _answer("201 Created", b'{"id": "t1"}')(conn, request)
+        elif "/logs?" in line:
+            entry = {"log": "hi\n", "stream": "stdout", "time": "x"}
+            _answer("200 OK", json.dumps(entry).encode() + b"\n")(conn, request)
+        elif line.startswith("GET /v1/tasks/t1/wait"):
+            _answer("200 OK", b'{"id": "t1", "exitCode": 3}')(conn, request)
+        else:
+            _answer("204 No Content", b"")(conn, request)
+
+    path = server(agent)
+    call = f"cli_fast.main(['--socket', {path!r}, 'run', '--rm', '-e', 'A=1', {EXAMPLE!r}])"
+    modules, out = _modules_after(call)
+    assert out == "hi\n"
+    assert not _heavy(modules), _heavy(modules)
+    assert not {"urllib", "typing"} & modules
+    assert seen == [
+        "POST /v1/tasks",
+        "GET /v1/tasks/t1/logs?follow=1",
+        "GET /v1/tasks/t1/wait",
+        "DELETE /v1/tasks/t1",
+    ]
+
+
+def test_query_strings_are_encoded_as_urlencode_does() -> None:
+    from urllib.parse import parse_qsl, quote
+
+    values = {"follow": "1", "container": "a b&c=d/é%~", "since": "1.5", "tail": "10"}
+    query = cli_fast._query(values)
+    assert query == "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in values.items())
+    assert dict(parse_qsl(query)) == values
 
 
 def test_validate_and_help_import_no_click(cache: dict[str, object]) -> None:
