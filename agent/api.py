@@ -464,6 +464,7 @@ async def _stream_logs(
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1024)
     stopped = threading.Event()  # the task has stopped: followers drain and return
     gone = threading.Event()  # the client went away: readers return at once
+    wakeup = threading.Event()  # set with either: a follower's poll ends at once
 
     def put(item: dict[str, Any]) -> bool:
         fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
@@ -490,6 +491,7 @@ async def _stream_logs(
                 tail=tail,
                 since=since,
                 poll=0.02,
+                wake=wakeup.wait,
             )
             if follow
             else jsonfile.read_entries(path, tail=tail, since=since)
@@ -508,6 +510,7 @@ async def _stream_logs(
         # No grace period needed: teardown's Tasks.Delete returns only after containerd has
         # closed the pipes and the logging shim has drained them and exited.
         stopped.set()
+        wakeup.set()
 
     watcher = asyncio.create_task(watch_stop()) if follow else None
     # Followers block (they poll files) for as long as a task runs: they get a pool of their
@@ -526,6 +529,7 @@ async def _stream_logs(
             await resp.write((json.dumps(item) + "\n").encode())
     finally:
         gone.set()
+        wakeup.set()
         if watcher is not None:
             watcher.cancel()
         while not queue.empty():

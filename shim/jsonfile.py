@@ -607,7 +607,9 @@ def _complete_end(file: BinaryIO, size: int) -> int:
     return 0
 
 
-def _open_when_present(path: str, stop: Callable[[], bool], poll: float) -> BinaryIO | None:
+def _open_when_present(
+    path: str, stop: Callable[[], bool], sleep: Callable[[float], object], poll: float
+) -> BinaryIO | None:
     """Open ``path``, waiting for it to appear; None if stop() turns true first."""
     while True:
         stopping = stop()
@@ -616,7 +618,7 @@ def _open_when_present(path: str, stop: Callable[[], bool], poll: float) -> Bina
         except FileNotFoundError:
             if stopping:
                 return None
-        time.sleep(poll)
+        sleep(poll)
 
 
 def follow(
@@ -626,6 +628,7 @@ def follow(
     poll: float = 0.1,
     since: float | None = None,
     tail: int | None = None,
+    wake: Callable[[float], object] | None = None,
 ) -> Iterator[LogEntry]:
     """Yield the existing records (filtered like :func:`read_entries`), then new ones as written.
 
@@ -634,8 +637,12 @@ def follow(
     an asyncio caller runs it in a thread. A truncated file is read again from the start. When
     the writer rotates, the old file is read to its end and the new ``path`` from its start
     (a file rotated out and away again within one ``poll`` interval is missed).
+
+    ``wake``, if given, is slept in instead of time.sleep (a threading.Event's wait): whoever
+    makes ``stop()`` true sets that event, and the follow ends at once, not a poll later.
     """
-    file = _open_when_present(path, stop, poll)
+    sleep = wake or time.sleep
+    file = _open_when_present(path, stop, sleep, poll)
     if file is None:
         return
     try:
@@ -649,7 +656,7 @@ def follow(
                 other.close()
         since_ns = None if since is None else int(since * _NS)
         while True:
-            replacement = yield from _follow_from(file, offset, stop, poll, since_ns, path)
+            replacement = yield from _follow_from(file, offset, stop, sleep, poll, since_ns, path)
             if replacement is None:
                 return
             for entry in _between(path, file, replacement):
@@ -704,6 +711,7 @@ def _follow_from(
     file: BinaryIO,
     offset: int,
     stop: Callable[[], bool],
+    sleep: Callable[[float], object],
     poll: float,
     since_ns: int | None,
     path: str,
@@ -746,4 +754,4 @@ def _follow_from(
             return replacement
         if stopping:
             return None
-        time.sleep(poll)
+        sleep(poll)

@@ -177,6 +177,29 @@ def test_follow_sees_appended_lines_and_stops(tmp_path: Path) -> None:
     assert [entry.log for entry in seen[2:]] == [f"late {i}\n" for i in range(5, 25)]
 
 
+def test_follow_ends_when_woken_not_a_poll_later(tmp_path: Path) -> None:
+    """With a wake event, a follower sleeping out a long poll returns as soon as the stop
+    comes (the agent's `logs -f` of a task that stopped: `run --rm` ends that much sooner),
+    with the lines written before it, whether or not the file is there yet."""
+    for name, lines in (("c.log", 3), ("missing.log", 0)):
+        path = tmp_path / name
+        if lines:
+            _numbered(path, lines)
+        stop = threading.Event()
+        seen: list[object] = []
+        thread = threading.Thread(
+            target=lambda p=path, out=seen, ev=stop: out.extend(
+                follow(str(p), stop=ev.is_set, poll=3600, wake=ev.wait)
+            )
+        )
+        thread.start()
+        time.sleep(0.05)  # the follower is asleep in its hour-long poll
+        stop.set()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), f"{name}: the follower slept through the wake-up"
+        assert len(seen) == lines
+
+
 def test_follow_waits_for_the_file_and_returns_on_stop(tmp_path: Path) -> None:
     path = tmp_path / "later.log"
     started = time.monotonic()
