@@ -43,6 +43,28 @@ def containers_of(t: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in t["containers"]}
 
 
+def wait_for_log(agent: Agent, task_id: str, text: str, timeout: float = 15) -> str:
+    """The task's output once it holds `text` (deadline polling, no fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while text not in (out := agent.cli("logs", task_id, check=True).stdout):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs: {out!r}"
+        time.sleep(0.05)
+    return out
+
+
+def wait_for_processes(task_id: str, count: int, timeout: float = 15) -> None:
+    """Until the task's cgroup holds at least `count` processes (its script has got as far
+    as starting them)."""
+    root = Path(f"/sys/fs/cgroup/memory/nstask/{task_id}")
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = {p for f in root.rglob("cgroup.procs") for p in f.read_text().split()}
+        if len(pids) >= count:
+            return
+        assert time.monotonic() < deadline, f"{len(pids)} processes in {root}, not {count}"
+        time.sleep(0.05)
+
+
 def finish(agent: Agent, task_id: str) -> None:
     agent.cli("stop", "-t", "0", task_id)
     agent.cli("rm", task_id, check=True)
@@ -247,7 +269,7 @@ def test_init_process_forwards_sigterm_to_a_shell_command(
         c["linuxParameters"] = {"initProcessEnabled": True}
     task_id = run_detached(agent, tmp_path, task("init", c))
     agent.wait_status(task_id, "RUNNING")
-    time.sleep(0.2)
+    wait_for_processes(task_id, 3 if init else 2)  # (tini,) sh and its sleep
     t0 = time.monotonic()
     agent.cli("stop", task_id, check=True)
     took = time.monotonic() - t0
@@ -269,14 +291,15 @@ def test_stop_signal_from_the_definition(agent: Agent, tmp_path: Path) -> None:
         "stopsig",
         container(
             "app",
-            "trap 'echo got QUIT; exit 7' QUIT; trap '' TERM; while true; do sleep 0.1; done",
+            "trap 'echo got QUIT; exit 7' QUIT; trap '' TERM; echo trapped; "
+            "while true; do sleep 0.1; done",
             stopSignal="SIGQUIT",
             stopTimeout=5,
         ),
     )
     task_id = run_detached(agent, tmp_path, td)
     agent.wait_status(task_id, "RUNNING")
-    time.sleep(0.2)
+    wait_for_log(agent, task_id, "trapped")
     agent.cli("stop", task_id, check=True)
     assert agent.inspect(task_id)["exitCode"] == 7
     assert "got QUIT" in agent.cli("logs", task_id, check=True).stdout
@@ -316,9 +339,8 @@ def test_task_level_limits_land_on_the_task_cgroup(agent: Agent, tmp_path: Path)
     cpu = Path(f"/sys/fs/cgroup/cpu/nstask/{task_id}")
     assert (mem / "memory.limit_in_bytes").read_text().strip() == str(96 * 1024 * 1024)
     assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"  # 0.5 vCPU
-    time.sleep(0.2)
     # The container's cgroup sits under the task's.
-    assert f"/nstask/{task_id}/" in agent.cli("logs", task_id, check=True).stdout
+    wait_for_log(agent, task_id, f"/nstask/{task_id}/")
     agent.cli("stop", task_id, check=True)
     assert not mem.exists() and not cpu.exists()  # removed at stop, in every hierarchy
     assert not list(Path("/sys/fs/cgroup").glob(f"*/nstask/{task_id}"))
