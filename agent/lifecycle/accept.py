@@ -68,7 +68,11 @@ async def accept(
         family=td.family,
         definition=definition,
         source=source,
-        overrides={"environment": env or {}, "stop": stop_plan_of(td)},
+        overrides={
+            "environment": env or {},
+            "stop": stop_plan_of(td),
+            "health": health_plan_of(td),
+        },
         last_status=PROVISIONING,
         desired_status=RUNNING,
         created_at=time.time(),
@@ -94,6 +98,22 @@ def stop_plan_of(td: TaskDefinition) -> dict[str, Any]:
     return {
         "order": stop_order(td),
         "timeouts": {c.name: c.stop_timeout for c in td.containers},
+    }
+
+
+def health_plan_of(td: TaskDefinition) -> dict[str, dict[str, Any]]:
+    """The health checks, kept with the task at submit, so a restarted agent resumes them
+    without parsing the definition again (issue 10)."""
+    return {
+        c.name: {
+            "command": list(c.health_check.command),
+            "interval": c.health_check.interval,
+            "timeout": c.health_check.timeout,
+            "retries": c.health_check.retries,
+            "startPeriod": c.health_check.start_period,
+        }
+        for c in td.containers
+        if c.health_check is not None and has_check(c)
     }
 
 

@@ -205,8 +205,8 @@ async def start(
 
         await uninterrupted(start_and_record())
         faults.point("started")
-    if has_check(cdef):
-        running.start_health(ctx, rt, c, cdef, _process(oci))
+    if cdef.health_check is not None and has_check(cdef):
+        running.start_health(ctx, rt, c, cdef.health_check, _process(oci))
     log.info("container_started", task=task.id, container=c.name, pid=c.pid)
 
 

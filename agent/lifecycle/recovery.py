@@ -15,7 +15,8 @@ from agent.errors import NstaskError
 from agent.lifecycle import running, teardown
 from agent.lifecycle.accept import has_check
 from agent.lifecycle.runtime import RUNNING, STOPPED, Context
-from agent.taskdef import parse_task_definition
+from agent.store import TaskRecord
+from agent.taskdef import HealthCheck, parse_task_definition
 from agent.warmpool import is_pool_id
 
 log = structlog.get_logger("nstask.engine")
@@ -55,6 +56,32 @@ async def recover(ctx: Context, *, task_timeout: float = RECOVER_TASK_TIMEOUT) -
                 log.error("orphan_removal_failed", kind=r.kind, key=r.key, error=str(e))
 
 
+def health_plan(task: TaskRecord) -> dict[str, HealthCheck]:
+    """The health checks stored at submit. A task stored by an older agent has none stored:
+    they come from its definition, and if today's parser refuses that, the task is
+    re-attached without health checks (logged) rather than not at all."""
+    plan = task.overrides.get("health")
+    if isinstance(plan, dict):
+        return {
+            name: HealthCheck(
+                command=tuple(h["command"]),
+                interval=int(h["interval"]),
+                timeout=int(h["timeout"]),
+                retries=int(h["retries"]),
+                start_period=int(h["startPeriod"]),
+            )
+            for name, h in plan.items()
+        }
+    try:
+        td = parse_task_definition(task.definition, source=task.source)
+    except NstaskError as e:
+        log.warning("health_plan_fallback", task=task.id, error=str(e))
+        return {}
+    return {
+        c.name: c.health_check for c in td.containers if c.health_check is not None and has_check(c)
+    }
+
+
 async def recover_task(ctx: Context, task_id: str) -> None:
     task = ctx.get(task_id)
     if task.last_status == STOPPED:
@@ -63,7 +90,7 @@ async def recover_task(ctx: Context, task_id: str) -> None:
         return
     rt = ctx.runtimes.ensure(task)
     if task.last_status == RUNNING and task.desired_status == RUNNING:
-        td = parse_task_definition(task.definition, source=task.source)
+        checks = health_plan(task)
         for c in task.containers:
             if c.last_status != RUNNING:
                 continue
@@ -73,10 +100,10 @@ async def recover_task(ctx: Context, task_id: str) -> None:
                 code = info.exit_status if info is not None else 255
                 running.exited(ctx, c.containerd_id, code, time.time())
                 continue
-            cdef = td.container(c.name)
-            ctr = await ctx.client.get_container(c.containerd_id)
-            if has_check(cdef) and ctr is not None and ctr.spec:
-                running.start_health(ctx, rt, c, cdef, dict(ctr.spec["process"]))
+            check = checks.get(c.name)
+            ctr = await ctx.client.get_container(c.containerd_id) if check else None
+            if check is not None and ctr is not None and ctr.spec:
+                running.start_health(ctx, rt, c, check, dict(ctr.spec["process"]))
         log.info("task_reattached", task=task.id)
         # Decisions the previous agent had taken, or owed, when it died (issue 9: an
         # essential exit recorded just before a crash left the task RUNNING for good).

@@ -15,7 +15,7 @@ from agent.containerd import TaskExit, TaskOOM
 from agent.errors import ContainerdError, NotFound, TaskNotFound, Unavailable
 from agent.lifecycle.runtime import RUNNING, STOPPED, Context, TaskRuntime, log_failure
 from agent.store import ContainerRecord, TaskRecord
-from agent.taskdef import ContainerDefinition
+from agent.taskdef import HealthCheck
 
 log = structlog.get_logger("nstask.engine")
 OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
@@ -172,11 +172,9 @@ def start_health(
     ctx: Context,
     rt: TaskRuntime,
     c: ContainerRecord,
-    cdef: ContainerDefinition,
+    check: HealthCheck,
     process: dict[str, Any],
 ) -> None:
-    check = cdef.health_check
-    assert check is not None
     task_id = rt.task.id
 
     async def on_change(status: str) -> None:

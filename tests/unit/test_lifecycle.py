@@ -530,8 +530,9 @@ def test_recovery_reattaches_stops_what_is_owed_and_half_started_and_unprocessab
     async def scenario(w: World) -> None:
         keeps = await w.engine.submit(definition(container("main")))
         owed = await w.engine.submit(definition(container("main")))
-        broken = await w.engine.submit(definition(container("main")))
-        for t in (keeps, owed, broken):
+        refused = await w.engine.submit(definition(container("main")))
+        damaged = await w.engine.submit(definition(container("main")))
+        for t in (keeps, owed, refused, damaged):
             await until("RUNNING", lambda t=t: status(w, t) == "RUNNING")  # type: ignore[misc]
         w.network.attach_gate = asyncio.Event()
         half = await w.engine.submit(definition(container("main")))
@@ -539,7 +540,9 @@ def test_recovery_reattaches_stops_what_is_owed_and_half_started_and_unprocessab
         await w.engine.close()  # the agent goes away; its tasks stay
 
         # While it is away: owed's essential container exit was recorded (the agent died
-        # before it stopped the task), and broken's record is one today's agent refuses.
+        # before it stopped the task); refused's definition is one today's parser refuses
+        # (recovery does not parse it: what it needs was stored at submit); damaged's
+        # stored health plan is not one any agent wrote.
         c = owed.containers[0]
         c.last_status, c.exit_code = "STOPPED", 2
         w.client.tasks[c.containerd_id] = "stopped"
@@ -549,7 +552,11 @@ def test_recovery_reattaches_stops_what_is_owed_and_half_started_and_unprocessab
         with db:
             db.execute(
                 "UPDATE tasks SET definition=? WHERE id=?",
-                (json.dumps({"containerDefinitions": "nope"}), broken.id),
+                (json.dumps({"containerDefinitions": "nope"}), refused.id),
+            )
+            overrides = {**damaged.overrides, "health": {"main": {"command": 5}}}
+            db.execute(
+                "UPDATE tasks SET overrides=? WHERE id=?", (json.dumps(overrides), damaged.id)
             )
         db.close()
         w.network.attach_gate.set()
@@ -558,18 +565,51 @@ def test_recovery_reattaches_stops_what_is_owed_and_half_started_and_unprocessab
         await w.engine.start(collect=False)
         await until(
             "decisions taken",
-            lambda: all(status(w, t) == "STOPPED" for t in (owed, broken, half)),
+            lambda: all(status(w, t) == "STOPPED" for t in (owed, damaged, half)),
         )
-        assert status(w, keeps) == "RUNNING"
+        assert status(w, keeps) == "RUNNING" and status(w, refused) == "RUNNING"
         assert w.engine.get(owed.id).stop_reason == "Essential container in task exited"
         assert "agent restarted while the task was" in str(w.engine.get(half.id).stop_reason)
-        why = str(w.engine.get(broken.id).stop_reason)
+        why = str(w.engine.get(damaged.id).stop_reason)
         assert why.startswith("the agent could not recover the task:"), why
-        # The re-attached task is managed again: its exit stops it.
+        # The re-attached tasks are managed again: an exit stops one, a stop the other.
         w.client.exit(cid(keeps, "main"), 0)
         await until("keeps STOPPED", lambda: status(w, keeps) == "STOPPED")
+        await w.engine.stop(refused.id)
+        assert status(w, refused) == "STOPPED"
         assert not w.held()
         assert len(w.engine.ctx.runtimes) == 0
+
+    run(tmp_path, scenario)
+
+
+def test_a_restarted_agent_resumes_health_checks_from_the_stored_plan(tmp_path: Path) -> None:
+    """The check stored at submit is run again after a restart, although the stored
+    definition is one today's parser refuses: an unhealthy essential container then
+    stops the task as before the restart."""
+    check = {"command": ["CMD", "true"], "interval": 5, "retries": 1}
+
+    async def scenario(w: World) -> None:
+        task = await w.engine.submit(definition(container("main", healthCheck=check)))
+        main = cid(task, "main")
+        w.client.healthy[main] = True
+        await until("HEALTHY", lambda: w.engine.get(task.id).containers[0].health == "HEALTHY")
+        await w.engine.close()
+        db = sqlite3.connect(str(w.config.db_path))
+        with db:
+            db.execute(
+                "UPDATE tasks SET definition=? WHERE id=?",
+                (json.dumps({"containerDefinitions": "nope"}), task.id),
+            )
+        db.close()
+        w.client.healthy[main] = False
+        w.engine = w.new_engine()
+        await w.engine.start(collect=False)
+        await until("stopped as unhealthy", lambda: status(w, task) == "STOPPED", timeout=15)
+        stopped = w.engine.get(task.id)
+        assert stopped.containers[0].health == "UNHEALTHY"
+        assert "health" in str(stopped.stop_reason).lower(), stopped.stop_reason
+        assert not w.held()
 
     run(tmp_path, scenario)
 
