@@ -5,7 +5,8 @@ Both run a one-container task of the same busybox image running `true`, on a net
 bridge + host-local + portmap + firewall (nstask's own bridge plugin for nstask; the Debian
 `bridge` plugin for ctr, set up as bench/launch.py sets it up and removed at the end). Prints
 tasks/s of each, the ratio, failures, what each left behind, and the agent's RSS after the
-first 100 tasks and at the end.
+first 100 tasks and at the end, and the agent's CPU time per task. The two sides run in
+alternating rounds (--round tasks each), so a change in the machine's load is shared.
 
     .venv/bin/python bench/throughput.py [--tasks 100] [--concurrency 8] [--no-ctr]
 
@@ -38,6 +39,16 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _ctr_cmd(ctr: list[str], prefix: str) -> Callable[[int], list[str]]:
+    return lambda i: [*ctr, "run", "--rm", "--cni", IMAGE, f"{prefix}{i}", "true"]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (its threads included), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _many(
@@ -73,6 +84,9 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=100, help="tasks of each (default 100)")
     ap.add_argument("--concurrency", type=int, default=8, help="at once (default 8)")
     ap.add_argument("--no-ctr", action="store_true", help="nstask only")
+    ap.add_argument(
+        "--round", type=int, default=50, help="tasks per side per alternating round (50)"
+    )
     args = ap.parse_args()
     tag = f"{os.getpid():x}"
     base = Path(tempfile.mkdtemp(prefix="nstask-bench-"))
@@ -110,23 +124,46 @@ def main() -> int:
         )
         # One warm-up of each (bridge creation, first chains, page cache), not counted.
         run([str(BIN / "nstask"), "run", "--rm", str(td)], env=env, check=True)
+        ctr = ["ctr", "--address", CTR_SOCK, "-n", ns]
+        if not args.no_ctr:
+            run([*ctr, "run", "--rm", "--cni", IMAGE, f"{ns}-warm", "true"], check=True)
         rss: dict[str, float] = {}
         agent_pid = agent.pid
+        cpu0 = _cpu_seconds(agent_pid)
+        ours = theirs = 0.0
+        our_failures: list[str] = []
+        their_failures: list[str] = []
+        # Alternating rounds, so that a change in what else the machine does (other
+        # processes, a page cache flush) falls on both alike, not on one side's whole run.
+        done = 0
+        while done < args.tasks:
+            batch = min(args.round, args.tasks - done)
 
-        def note_rss(count: int) -> None:
-            if count == min(100, args.tasks):
-                rss["after 100"] = _rss_mb(agent_pid)
+            def note_rss(count: int, before: int = done) -> None:
+                if before + count == min(100, args.tasks):
+                    rss["after 100"] = _rss_mb(agent_pid)
 
-        ours, our_failures = _many(
-            args.tasks,
-            args.concurrency,
-            lambda i: [str(BIN / "nstask"), "run", "--rm", str(td)],
-            env,
-            note_rss,
-        )
+            took, failed = _many(
+                batch,
+                args.concurrency,
+                lambda i: [str(BIN / "nstask"), "run", "--rm", str(td)],
+                env,
+                note_rss,
+            )
+            ours += took
+            our_failures += failed
+            if not args.no_ctr:
+                took, failed = _many(batch, args.concurrency, _ctr_cmd(ctr, f"{ns}-{done}-"), env)
+                theirs += took
+                their_failures += failed
+            done += batch
         rss["end"] = _rss_mb(agent_pid)
+        agent_cpu = _cpu_seconds(agent_pid) - cpu0
         our_left = _nstask_leftovers(env, base / "ipam" / network, prefix)
-        print(f"tasks: {args.tasks} of each, concurrency {args.concurrency}")
+        print(
+            f"tasks: {args.tasks} of each, concurrency {args.concurrency}, "
+            f"alternating rounds of {args.round}"
+        )
         print(
             f"nstask run --rm      {args.tasks / ours:6.1f} tasks/s  ({ours:.1f} s), "
             f"failures {len(our_failures)}, left {our_left or 'nothing'}"
@@ -134,16 +171,9 @@ def main() -> int:
         for f in our_failures[:5]:
             print(f"  {f}")
         print("agent RSS: " + ", ".join(f"{k} {v:.1f} MB" for k, v in rss.items()))
+        print(f"agent CPU: {agent_cpu * 1000 / args.tasks:.1f} ms per task (user + system)")
         if args.no_ctr:
             return 1 if our_failures or our_left else 0
-        ctr = ["ctr", "--address", CTR_SOCK, "-n", ns]
-        run([*ctr, "run", "--rm", "--cni", IMAGE, f"{ns}-warm", "true"], check=True)
-        theirs, their_failures = _many(
-            args.tasks,
-            args.concurrency,
-            lambda i: [*ctr, "run", "--rm", "--cni", IMAGE, f"{ns}-{i}", "true"],
-            env,
-        )
         their_left = _ctr_leftovers(ns, base / "ctr-ipam")
         print(
             f"ctr run --rm --cni   {args.tasks / theirs:6.1f} tasks/s  ({theirs:.1f} s), "
@@ -152,7 +182,7 @@ def main() -> int:
         for f in their_failures[:5]:
             print(f"  {f}")
         print(f"ratio nstask/ctr (tasks/s): {theirs / ours:.2f}x")
-        return 1 if our_failures or our_left else 0
+        return 1 if our_failures or our_left or their_failures else 0
     finally:
         if agent is not None:
             agent.send_signal(signal.SIGTERM)
