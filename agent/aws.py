@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -48,6 +48,7 @@ __all__ = [
     "AwsError",
     "AwsNotFound",
     "AwsUnavailable",
+    "ClientSource",
     "ParameterRef",
     "SecretsManagerRef",
     "StsAssumeRole",
@@ -252,6 +253,16 @@ class AwsClients:
             return self._clients[key]
 
 
+class ClientSource(Protocol):
+    """What the calls below need of AwsClients (unit tests give stubbed clients)."""
+
+    def client(
+        self, service: str, *, region: str | None = None, creds: _Key | None = None
+    ) -> Any: ...
+
+    def endpoint_label(self, service: str, region: str | None = None) -> str: ...
+
+
 def key_of(creds: RoleCredentials | None) -> _Key | None:
     if creds is None:
         return None
@@ -316,7 +327,7 @@ def parse_ref(value_from: str, *, default_region: str) -> SecretsManagerRef | Pa
     raise InvalidInput(f"{value_from}: not a Secrets Manager or SSM parameter ARN")
 
 
-def get_secret_value(clients: AwsClients, ref: SecretsManagerRef, creds: _Key | None) -> str:
+def get_secret_value(clients: ClientSource, ref: SecretsManagerRef, creds: _Key | None) -> str:
     """The secret's value (or its JSON key's). Blocking."""
     client = clients.client("secretsmanager", region=ref.region, creds=creds)
     args: dict[str, str] = {"SecretId": ref.secret_id}
@@ -349,7 +360,7 @@ def get_secret_value(clients: AwsClients, ref: SecretsManagerRef, creds: _Key | 
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def get_parameter(clients: AwsClients, ref: ParameterRef, creds: _Key | None) -> str:
+def get_parameter(clients: ClientSource, ref: ParameterRef, creds: _Key | None) -> str:
     """The parameter's value, SecureString decrypted. Blocking."""
     client = clients.client("ssm", region=ref.region, creds=creds)
     with aws_errors(
