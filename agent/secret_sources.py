@@ -143,14 +143,11 @@ class SecretSources:
         if not refs:
             return Values({})
         creds: Any = None
-        aws_on = "aws" in self.order and await asyncio.to_thread(self.aws_available)
-        # The role is assumed only when AWS will be asked (a task whose secrets are all in
-        # the local store, asked first, needs no STS call).
-        if (
-            aws_on
-            and execution_role
-            and (self.order[0] == "aws" or not all(self._local_has(v) for v in refs))
-        ):
+        # AWS is asked only when it comes first or the local store lacks a value: a task
+        # whose secrets are all local makes no AWS call (and loads no botocore).
+        asks_aws = self.order[0] == "aws" or not all(self._local_has(v) for v in refs)
+        aws_on = asks_aws and self.aws_wanted() and await asyncio.to_thread(self.aws_available)
+        if aws_on and execution_role:
             creds = await self._execution_role_credentials(execution_role)
         results = await asyncio.gather(*(self._one(v, aws_on, creds) for v in refs))
         return Values(dict(zip(refs, results, strict=True)))
