@@ -434,3 +434,15 @@ def test_bad_source_orders_are_refused() -> None:
     for bad in ([], ["local", "local"], ["vault"]):
         with pytest.raises(InvalidInput, match="secret_sources"):
             check_sources(bad)
+
+
+def test_execution_role_arn_is_used_not_warned_about_and_must_be_a_string() -> None:
+    from agent.errors import TaskDefinitionError
+
+    d: dict[str, Any] = {
+        "executionRoleArn": "arn:aws:iam::1:role/exec",
+        "containerDefinitions": [{"name": "c", "image": "busybox"}],
+    }
+    assert not any("executionRoleArn" in w for w in parse_task_definition(d).warnings)
+    with pytest.raises(TaskDefinitionError, match="executionRoleArn: must be a string"):
+        parse_task_definition({**d, "executionRoleArn": 7})
