@@ -333,3 +333,40 @@ def test_a_missing_aws_secret_stops_the_task_naming_it_with_nothing_created(
     assert aws_objects["plain"] not in aws_agent.log_path.read_text()
     assert not leaks(aws_agent)
     aws_agent.cli("rm", task_id, check=True)
+
+
+def test_a_denied_aws_secret_stops_the_task_naming_it_with_nothing_created(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # moto enforces IAM after these 3 set-up calls: the agent's user has no policy.
+    server = MotoServer(no_auth_actions=3)
+    try:
+        iam = server.client("iam")
+        iam.create_user(UserName="nstask-agent")
+        key = iam.create_access_key(UserName="nstask-agent")["AccessKey"]
+        arn = server.client("secretsmanager").create_secret(
+            Name="nstask/denied", SecretString="denied-value"
+        )["ARN"]
+        env = server.agent_env(
+            tmp_path_factory.mktemp("aws-denied"),
+            AWS_ACCESS_KEY_ID=key["AccessKeyId"],
+            AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"],
+        )
+        a, proc, base = start_agent(extra_env=env)
+        try:
+            td = busybox_task("awsdenied", ["true"], secrets=[{"name": "S", "valueFrom": arn}])
+            run = a.cli("run", "-d", write_taskdef(tmp_path, td))
+            assert run.returncode == 0, run.stderr
+            task_id = run.stdout.strip()
+            t = a.wait_status(task_id, "STOPPED")
+            reason = t["stopReason"]
+            assert arn in reason and "access denied" in reason
+            assert "not authorized to perform: secretsmanager:GetSecretValue" in reason
+            assert task_id not in ctr(a.namespace, "containers", "ls", "-q")
+            assert "denied-value" not in a.log_path.read_text()
+            assert not leaks(a)
+            a.cli("rm", task_id, check=True)
+        finally:
+            stop_agent(a, proc, base)
+    finally:
+        server.stop()
