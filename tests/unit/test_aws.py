@@ -446,3 +446,52 @@ def test_execution_role_arn_is_used_not_warned_about_and_must_be_a_string() -> N
     assert not any("executionRoleArn" in w for w in parse_task_definition(d).warnings)
     with pytest.raises(TaskDefinitionError, match="executionRoleArn: must be a string"):
         parse_task_definition({**d, "executionRoleArn": 7})
+
+
+def test_the_secrets_step_fills_environments_and_log_secret_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from agent.lifecycle import secrets as step
+    from agent.store import TaskRecord
+
+    arn = "arn:aws:secretsmanager:us-east-1:1:secret:db-AbCdEf"
+    s, seen = _sources(
+        tmp_path, monkeypatch, ("local", "aws"), {f"{arn}:pw::": "pw", f"{arn}:token::": "tok"}
+    )
+    fake = FakeSts()
+    monkeypatch.setattr(s, "_sts", _sts(fake))
+    definition: dict[str, Any] = {
+        "family": "f",
+        "executionRoleArn": "arn:aws:iam::1:role/exec",
+        "containerDefinitions": [
+            {
+                "name": "c",
+                "image": "busybox",
+                "environment": [{"name": "PW", "value": "overridden by the secret"}],
+                "secrets": [{"name": "PW", "valueFrom": f"{arn}:pw::"}],
+                "logConfiguration": {
+                    "logDriver": "fluentd",
+                    "options": {"fluentd-address": "unix:///tmp/x.sock"},
+                    "secretOptions": [{"name": "token", "valueFrom": f"{arn}:token::"}],
+                },
+            }
+        ],
+    }
+    td = parse_task_definition(definition)
+    task = TaskRecord(
+        id="t1",
+        family="f",
+        definition=definition,
+        last_status="PROVISIONING",
+        desired_status="RUNNING",
+        created_at=0.0,
+    )
+    ctx: Any = SimpleNamespace(secret_sources=s)
+    resolved = asyncio.run(step.resolve(ctx, task, td, {}))
+    assert resolved.environment == {"c": ["PW=pw"]}
+    assert resolved.log_secrets == {"c": {"token": "tok"}}
+    assert [c for _, c in seen] and all(c.access_key_id == "ASIA1" for _, c in seen)
+    assert fake.calls[0][0] == "arn:aws:iam::1:role/exec"
+    assert "secrets" in task.timings
