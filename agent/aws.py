@@ -387,7 +387,8 @@ class StsAssumeRole:
     the agent's own credentials. One set per role, shared by every task of that role (a
     session name per task would need the task in fetch()); refreshed once fewer than
     `refresh_margin` seconds are left, so a fetch after that returns new credentials.
-    Answers None when the agent has no AWS credentials (the chain then asks no further)."""
+    Answers None when the agent has no AWS credentials of its own: the role is then unknown
+    to this source."""
 
     name = "sts"
 

@@ -495,3 +495,19 @@ def test_the_secrets_step_fills_environments_and_log_secret_options(
     assert [c for _, c in seen] and all(c.access_key_id == "ASIA1" for _, c in seen)
     assert fake.calls[0][0] == "arn:aws:iam::1:role/exec"
     assert "secrets" in task.timings
+
+
+def test_the_aws_settings_come_from_nstask_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.config import load_config
+
+    assert load_config().secret_sources == ("local", "aws")
+    assert load_config().region == "us-east-1" and load_config().sts_endpoint == ""
+    monkeypatch.setenv("NSTASK_SECRET_SOURCES", "aws,local")
+    monkeypatch.setenv("NSTASK_REGION", "eu-central-1")
+    monkeypatch.setenv("NSTASK_SSM_ENDPOINT", "http://127.0.0.1:4566")
+    monkeypatch.setenv("NSTASK_STS_DURATION", "900")
+    monkeypatch.setenv("NSTASK_STS_REFRESH_MARGIN", "60.5")
+    c = load_config()
+    assert c.secret_sources == ("aws", "local") and c.region == "eu-central-1"
+    assert c.ssm_endpoint == "http://127.0.0.1:4566"
+    assert (c.sts_duration, c.sts_refresh_margin) == (900, 60.5)
