@@ -16,7 +16,7 @@ from typing import Any
 from agent import seccomp, secrets, spec
 from agent.errors import InvalidInput
 from agent.images import ImageConfig
-from agent.taskdef import ContainerDefinition, TaskDefinition, local_secret_name
+from agent.taskdef import ContainerDefinition, TaskDefinition
 
 TINI = "/usr/bin/tini-static"
 
@@ -110,23 +110,6 @@ def resolve_environment(
     for s in cdef.secrets:
         env[s.name] = store.value_of(s.value_from)
     return [f"{k}={v}" for k, v in env.items()]
-
-
-def missing_secrets(td: TaskDefinition, store: secrets.SecretStore) -> list[str]:
-    """Local names of the task's secrets and log secretOptions not in the store."""
-    wanted = [s for c in td.containers for s in c.secrets] + [
-        s
-        for c in td.containers
-        if c.log_configuration is not None
-        for s in c.log_configuration.secret_options
-    ]
-    return sorted(
-        {
-            local_secret_name(s.value_from)
-            for s in wanted
-            if not store.has(local_secret_name(s.value_from))
-        }
-    )
 
 
 def stop_signal(cdef: ContainerDefinition, image: ImageConfig) -> int:
