@@ -56,6 +56,20 @@ class AgentConfig:
     # Network namespaces kept attached to the built-in network ahead of tasks (agent.warmpool);
     # 0: none. Never with a user's --conflist.
     warm_pool_size: int = 2
+    # AWS (agent.aws): secrets from Secrets Manager / SSM Parameter Store and STS AssumeRole,
+    # used only when the agent's own environment holds AWS credentials (botocore's chain).
+    # The region of bare SSM names, STS and ARNs without one.
+    region: str = "us-east-1"
+    # Where secrets[].valueFrom is looked up, in order: "local" (the store under state_dir),
+    # "aws" (Secrets Manager or SSM, by the ARN).
+    secret_sources: tuple[str, ...] = ("local", "aws")
+    # Endpoint URLs per service (LocalStack, moto); empty: AWS's own.
+    sts_endpoint: str = ""
+    secretsmanager_endpoint: str = ""
+    ssm_endpoint: str = ""
+    # STS AssumeRole: the credentials' lifetime, and how long before expiry they are renewed.
+    sts_duration: int = 3600
+    sts_refresh_margin: float = 300.0
 
     @property
     def db_path(self) -> Path:

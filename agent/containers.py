@@ -16,7 +16,7 @@ from typing import Any
 from agent import seccomp, secrets, spec
 from agent.errors import InvalidInput
 from agent.images import ImageConfig
-from agent.taskdef import ContainerDefinition, TaskDefinition, local_secret_name
+from agent.taskdef import ContainerDefinition, TaskDefinition
 
 TINI = "/usr/bin/tini-static"
 
@@ -97,7 +97,7 @@ def read_environment_files(td: TaskDefinition) -> dict[str, list[tuple[str, str]
 
 def resolve_environment(
     cdef: ContainerDefinition,
-    store: secrets.SecretStore,
+    store: secrets.SecretLookup,
     env_files: dict[str, list[tuple[str, str]]],
 ) -> list[str]:
     """ECS precedence: environment files, then `environment`, then secrets. Secret values
@@ -108,25 +108,8 @@ def resolve_environment(
         env.update(env_files[path])
     env.update(dict(cdef.environment))
     for s in cdef.secrets:
-        env[s.name] = store.get(local_secret_name(s.value_from))
+        env[s.name] = store.value_of(s.value_from)
     return [f"{k}={v}" for k, v in env.items()]
-
-
-def missing_secrets(td: TaskDefinition, store: secrets.SecretStore) -> list[str]:
-    """Local names of the task's secrets and log secretOptions not in the store."""
-    wanted = [s for c in td.containers for s in c.secrets] + [
-        s
-        for c in td.containers
-        if c.log_configuration is not None
-        for s in c.log_configuration.secret_options
-    ]
-    return sorted(
-        {
-            local_secret_name(s.value_from)
-            for s in wanted
-            if not store.has(local_secret_name(s.value_from))
-        }
-    )
 
 
 def stop_signal(cdef: ContainerDefinition, image: ImageConfig) -> int:
@@ -328,9 +311,9 @@ def write_log_options(path: Path, options: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
-def resolve_log_secrets(cdef: ContainerDefinition, store: secrets.SecretStore) -> dict[str, str]:
-    """logConfiguration.secretOptions, resolved from the local secret store."""
+def resolve_log_secrets(cdef: ContainerDefinition, store: secrets.SecretLookup) -> dict[str, str]:
+    """logConfiguration.secretOptions, resolved from the secret sources."""
     lc = cdef.log_configuration
     if lc is None:
         return {}
-    return {s.name: store.get(local_secret_name(s.value_from)) for s in lc.secret_options}
+    return {s.name: store.value_of(s.value_from) for s in lc.secret_options}

@@ -16,8 +16,10 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import Protocol
 
 from agent.errors import InvalidInput, NotFound
+from agent.taskdef import local_secret_name
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9/_+=.@:-]{1,512}$")
 MAX_SECRET_BYTES = 64 * 1024  # Secrets Manager's limit
@@ -32,6 +34,13 @@ def _check_name(name: str) -> None:
         raise InvalidInput(
             f"secret name {name!r} is not valid: use 1-512 letters, digits and /_+=.@:-"
         )
+
+
+class SecretLookup(Protocol):
+    """What a container's environment is built from: a value by its `valueFrom`
+    (the local store, or the values agent.secret_sources resolved for one start)."""
+
+    def value_of(self, value_from: str) -> str: ...
 
 
 class SecretStore:
@@ -71,6 +80,9 @@ class SecretStore:
                 f"add it with `nstask secret put {name}`",
                 secret=name,
             ) from None
+
+    def value_of(self, value_from: str) -> str:
+        return self.get(local_secret_name(value_from))
 
     def has(self, name: str) -> bool:
         return self._path(name).exists()

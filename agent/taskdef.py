@@ -76,9 +76,10 @@ _MAX_TMPFS_MIB = 1024 * 1024  # not ECS's: 1 TiB (tmpfs and /dev/shm sizes)
 # Task-level and container-level keys ECS accepts. Those nstask acts on are parsed below;
 # the rest are accepted with a warning (one per field, naming it).
 _TASK_KEYS_USED = {"family", "networkMode", "containerDefinitions", "cpu", "memory", "volumes"}
+# executionRoleArn: the role the agent fetches secrets with (agent.secret_sources, issue 11).
+_TASK_KEYS_USED.add("executionRoleArn")
 _TASK_KEYS_IGNORED = {
     "taskRoleArn",
-    "executionRoleArn",
     "placementConstraints",
     "requiresCompatibilities",
     "tags",
@@ -472,6 +473,7 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
             p.warnings.append(f"{key}: unknown task definition field; ignored")
 
     family = _str(p, data, "family", "", required=False) or "nstask"
+    _str(p, data, "executionRoleArn", "", required=False)  # read by the secrets step
     if family and not _NAME_RE.fullmatch(family):
         p.add("family", "must be 1-255 letters, digits, hyphens or underscores")
     network_mode = _str(p, data, "networkMode", "", required=False) or "awsvpc"

@@ -127,7 +127,8 @@ async def precheck(ctx: Context, td: TaskDefinition) -> dict[str, list[tuple[str
                 f"{ctx.config.namespace}; import it with `nstask image import FILE`",
                 image=image,
             )
-    missing = containers.missing_secrets(td, ctx.secrets)
+    # Only what no configured source can answer (with AWS on, the secrets step asks it).
+    missing = ctx.secret_sources.missing_at_submit(td)
     if missing:
         raise SecretNotFound(
             "secret(s) not in the local secret store: "

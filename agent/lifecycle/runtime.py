@@ -17,6 +17,7 @@ from agent import health
 from agent.config import AgentConfig
 from agent.errors import TaskNotFound
 from agent.lifecycle.seams import CgroupSeam, Client, ImageSeam, NetworkSeam, PoolSeam
+from agent.secret_sources import SecretSources
 from agent.secrets import SecretStore
 from agent.store import Store, TaskRecord
 
@@ -127,6 +128,8 @@ class Context:
         self.images = images
         self.cgroups = cgroups
         self.secrets = secrets
+        # Where secrets come from (local store, AWS), in the configured order (issue 11).
+        self.secret_sources = SecretSources(config, secrets)
         self.shim_path = shim_path
         self.runtimes = Runtimes()
         self.background: set[asyncio.Task[Any]] = set()

@@ -1,6 +1,8 @@
 """Step 3, secrets: each container's environment (environment files, environment, secrets)
-and its log driver's secretOptions, resolved from the local secret store. The values are
-kept in memory only for the start; nothing is logged."""
+and its log driver's secretOptions, resolved from the configured secret sources (the local
+secret store, then AWS: agent.secret_sources). The values are kept in memory only for the
+start; nothing is logged. A secret no source has fails the start (rollback: the network
+provisioned before is removed)."""
 
 from __future__ import annotations
 
@@ -18,19 +20,24 @@ class Resolved:
     log_secrets: dict[str, dict[str, str]]  # container name -> option -> value
 
 
-def resolve(
+def execution_role_of(task: TaskRecord) -> str | None:
+    """The task's executionRoleArn, read from the definition as submitted (the agent uses it
+    for secrets; it never reaches a container)."""
+    role = task.definition.get("executionRoleArn") if isinstance(task.definition, dict) else None
+    return role if isinstance(role, str) and role else None
+
+
+async def resolve(
     ctx: Context,
     task: TaskRecord,
     td: TaskDefinition,
     env_files: dict[str, list[tuple[str, str]]],
 ) -> Resolved:
     with phase(task, "secrets"):
+        values = await ctx.secret_sources.resolve(td, execution_role=execution_role_of(task))
         return Resolved(
             environment={
-                c.name: containers.resolve_environment(c, ctx.secrets, env_files)
-                for c in td.containers
+                c.name: containers.resolve_environment(c, values, env_files) for c in td.containers
             },
-            log_secrets={
-                c.name: containers.resolve_log_secrets(c, ctx.secrets) for c in td.containers
-            },
+            log_secrets={c.name: containers.resolve_log_secrets(c, values) for c in td.containers},
         )

@@ -32,7 +32,7 @@ async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
     try:
         await host.provision(ctx, task, td)
         await network.provision(ctx, task, td)
-        resolved = secrets.resolve(ctx, task, td, accepted.env_files)
+        resolved = await secrets.resolve(ctx, task, td, accepted.env_files)  # may ask AWS
         task.last_status = PENDING
         ctx.save(task)
         configs = await images.ensure(ctx, task, td)

@@ -103,6 +103,9 @@ def start_agent(
         "NSTASK_CNI_CACHE_DIR": str(a.cni_cache),
         "NSTASK_IPAM_DATA_DIR": str(a.ipam_dir),
         "NSTASK_STOP_TIMEOUT": "10",
+        # Never real AWS from a test, whatever credentials the host has: tests that want AWS
+        # (moto on loopback) set the order and the endpoints in extra_env.
+        "NSTASK_SECRET_SOURCES": "local",
     }
     if cni_path:
         env["NSTASK_CNI_PATH"] = cni_path

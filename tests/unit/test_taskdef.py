@@ -404,7 +404,6 @@ def test_the_real_world_register_input_warns_about_what_nstask_ignores() -> None
     td = parse_task_definition(json.loads(path.read_text()))
     assert [w.split(":")[0] for w in td.warnings] == [
         "taskRoleArn",
-        "executionRoleArn",
         "runtimePlatform",
         "tags",
         "containerDefinitions[0].portMappings[0].name",
