@@ -11,12 +11,12 @@ import time
 
 import structlog
 
-from agent.errors import NstaskError
+from agent.errors import InvalidInput, NstaskError
 from agent.lifecycle import running, teardown
 from agent.lifecycle.accept import has_check
 from agent.lifecycle.runtime import RUNNING, STOPPED, Context
 from agent.store import TaskRecord
-from agent.taskdef import HealthCheck, parse_task_definition
+from agent.taskdef import MAX_CONTAINERS, HealthCheck, parse_task_definition
 from agent.warmpool import is_pool_id
 
 log = structlog.get_logger("nstask.engine")
@@ -88,6 +88,12 @@ async def recover_task(ctx: Context, task_id: str) -> None:
         if ctx.store.resources(task.id):
             await teardown.teardown(ctx, task)
         return
+    if len(task.containers) > MAX_CONTAINERS:
+        # Stored by an older agent without today's limits: not re-attached one container
+        # at a time (2,000 of them held the agent's start for minutes, issue 9); stopped.
+        raise InvalidInput(
+            f"it has {len(task.containers)} containers; a task has at most {MAX_CONTAINERS}"
+        )
     rt = ctx.runtimes.ensure(task)
     if task.last_status == RUNNING and task.desired_status == RUNNING:
         checks = health_plan(task)

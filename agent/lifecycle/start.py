@@ -1,6 +1,7 @@
-"""The start sequence: host -> network -> secrets -> images -> containers in dependsOn
-order. It runs as the task's lifecycle asyncio task, which a stop cancels at any step;
-any failure ends in the stop (rollback) of whatever was recorded."""
+"""The start sequence: host -> (network | secrets -> images) -> containers in dependsOn
+order, the network lane beside the secrets and images lane. It runs as the task's lifecycle
+asyncio task, which a stop cancels at any step; any failure ends in the stop (rollback) of
+whatever was recorded."""
 
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ from agent.lifecycle import containers, host, images, network, secrets
 from agent.lifecycle.accept import Accepted
 from agent.lifecycle.running import ESSENTIAL_EXITED
 from agent.lifecycle.runtime import PENDING, RUNNING, STOPPED, Context, TaskRuntime, ms, phase
-from agent.taskdef import start_order
+from agent.store import TaskRecord
+from agent.taskdef import TaskDefinition, start_order
 
 log = structlog.get_logger("nstask.engine")
+
+
+async def _network(ctx: Context, task: TaskRecord, td: TaskDefinition) -> None:
+    await network.provision(ctx, task, td)
+    # As ECS: PROVISIONING while the network is made, PENDING after (pulls may go on).
+    task.last_status = PENDING
+    ctx.save(task)
 
 
 def launch(ctx: Context, accepted: Accepted) -> TaskRuntime:
@@ -31,11 +40,19 @@ async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
     t_start = time.monotonic()
     try:
         await host.provision(ctx, task, td)
-        await network.provision(ctx, task, td)
-        resolved = await secrets.resolve(ctx, task, td, accepted.env_files)  # may ask AWS
-        task.last_status = PENDING
-        ctx.save(task)
-        configs = await images.ensure(ctx, task, td)
+        # The network and the images need nothing of each other: both lanes run at once
+        # (with no warm pool entry, the CNI ADD and a pull or unpack overlap).
+        lane = asyncio.ensure_future(_network(ctx, task, td))
+        try:
+            resolved = await secrets.resolve(ctx, task, td, accepted.env_files)  # may ask AWS
+            configs = await images.ensure(ctx, task, td)
+            await lane
+        except BaseException:
+            # A failure (or a stop) in one lane ends the other before the rollback, so
+            # the rollback finds every record the network step made.
+            lane.cancel()
+            await asyncio.gather(lane, return_exceptions=True)
+            raise
         by_name = {c.name: c for c in task.containers}
         for name in start_order(td):
             if task.desired_status != RUNNING:

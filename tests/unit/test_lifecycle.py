@@ -30,7 +30,7 @@ from agent.containerd import (
     Version,
 )
 from agent.engine import Engine
-from agent.errors import ContainerdError, NotFound
+from agent.errors import ContainerdError, ImageNotFound, NotFound
 from agent.images import ImageConfig
 from agent.lifecycle.teardown import TEARDOWN_ORDER
 from agent.network import TaskNetwork
@@ -287,7 +287,17 @@ class FakeCgroups:
 
 
 class FakeImages:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.fail: Exception | None = None
+        self.fail_after: asyncio.Event | None = None  # fail once this is set
+
     async def ensure(self, image: str) -> ImageConfig:
+        self.asked.append(image)
+        if self.fail is not None:
+            if self.fail_after is not None:
+                await self.fail_after.wait()
+            raise self.fail
         return ImageConfig(image, (), ("sh",), (), "/", "", "", {}, "sha256:chain", "sha256:d", 1)
 
 
@@ -301,6 +311,7 @@ class World:
         self.client = FakeContainerd()
         self.network = FakeNetwork()
         self.cgroups = FakeCgroups()
+        self.images = FakeImages()
         self.store = Store(self.config.db_path)
         self.engine = self.new_engine()
 
@@ -310,7 +321,7 @@ class World:
             self.store,
             cast(Containerd, self.client),
             cast(TaskNetwork, self.network),
-            images=FakeImages(),
+            images=self.images,
             cgroups_seam=self.cgroups,
         )
 
@@ -433,6 +444,33 @@ def test_stop_cancels_a_start_inside_the_network_step(tmp_path: Path) -> None:
         assert ("detach", task.id) in w.network.calls  # the DEL owed after an ADD began
         assert not w.held()
         assert len(w.engine.ctx.runtimes) == 0
+
+    run(tmp_path, scenario)
+
+
+def test_images_are_made_ready_while_the_network_is_attached(tmp_path: Path) -> None:
+    """The two lanes of the start overlap; a failure in the images lane ends the network
+    lane (its plugin cancelled) and the rollback removes what it had made."""
+
+    async def scenario(w: World) -> None:
+        w.network.attach_gate = asyncio.Event()  # the CNI ADD is still running...
+        task = await w.engine.submit(definition(container("main")))
+        await asyncio.wait_for(w.network.attaching.wait(), 5)
+        await until("images asked", lambda: w.images.asked == [IMAGE])  # ...and images go on
+        assert status(w, task) == "PROVISIONING"
+        w.network.attach_gate.set()
+        await until("RUNNING", lambda: status(w, task) == "RUNNING")
+        await w.engine.stop(task.id)
+
+        w.network.attach_gate = asyncio.Event()
+        w.network.attaching.clear()
+        w.images.fail = ImageNotFound("no such image")
+        w.images.fail_after = w.network.attaching  # while the ADD hangs
+        failed = await w.engine.submit(definition(container("main")))
+        await until("STOPPED", lambda: status(w, failed) == "STOPPED")
+        assert "no such image" in str(w.engine.get(failed.id).stop_reason)
+        assert ("detach", failed.id) in w.network.calls
+        assert not w.held()
 
     run(tmp_path, scenario)
 
