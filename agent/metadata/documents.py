@@ -99,7 +99,7 @@ def rfc3339(t: float | None) -> str | None:
     """Epoch seconds as Go's RFC3339Nano in UTC (None stays None: the field is omitted)."""
     if t is None:
         return None
-    ns = round(t * 1_000_000_000)
+    ns = round(t * 1_000_000) * 1000  # a float epoch holds microseconds, not more
     secs, frac = divmod(ns, 1_000_000_000)
     base = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     digits = f"{frac:09d}".rstrip("0")
