@@ -327,3 +327,84 @@ def test_gc_removes_the_rules_of_a_recorded_bridge_that_is_gone(md_agent: Agent)
     finally:
         netfilter.remove(gone)
     assert not leaks(a)
+
+
+def test_credentials_put_refuses_bad_input_with_exit_2_and_stores_nothing(
+    md_agent: Agent, tmp_path: Path
+) -> None:
+    a = md_agent
+    bad_role = a.cli("credentials", "put", "role/app", input=json.dumps(KEYS))
+    assert bad_role.returncode == 2 and "IAM role ARN" in bad_role.stderr
+    no_secret = a.cli("credentials", "put", ROLE, input='{"AccessKeyId": "AKIAONLY"}')
+    assert no_secret.returncode == 2 and "missing SecretAccessKey" in no_secret.stderr
+    assert "AKIAONLY" not in no_secret.stderr
+    missing = a.cli("credentials", "put", ROLE, "--profile", "nope")
+    assert missing.returncode == 2
+    keys = tmp_path / "keys.txt"
+    keys.write_text("aws_access_key_id=AKIAFROMFILE\naws_secret_access_key=s\n")
+    a.cli("credentials", "put", ROLE, "--file", str(keys), check=True)
+    assert a.cli("credentials", "ls", check=True).stdout.split()[0] == ROLE
+    a.cli("credentials", "rm", ROLE, check=True)
+    assert a.cli("credentials", "ls", check=True).stdout == ""
+    assert a.cli("credentials", "rm", ROLE).returncode != 0
+
+
+def test_the_uris_survive_an_agent_restart(tmp_path: Path) -> None:
+    """The ids are kept with the records: a task started before a restart reads its
+    metadata and credentials at the same URIs after it."""
+    from conftest import launch_agent
+
+    port = _free_port()
+    a, proc, base = start_agent(
+        extra_env={"NSTASK_METADATA_PORT": str(port), "NSTASK_INTROSPECTION_PORT": "0"}
+    )
+    try:
+        a.cli("credentials", "put", ROLE, input=json.dumps(KEYS), check=True)
+        t = run(a, tmp_path, task_def("md-restart", taskRoleArn=ROLE), "restart.json")
+        before = get_json(a, t["id"], "$ECS_CONTAINER_METADATA_URI_V4")
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        proc = launch_agent(a)
+        after = get_json(a, t["id"], "$ECS_CONTAINER_METADATA_URI_V4")
+        assert after["DockerId"] == before["DockerId"]
+        assert after["ContainerARN"] == before["ContainerARN"]
+        creds = get_json(a, t["id"], "http://169.254.170.2$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        assert creds["AccessKeyId"] == KEYS["AccessKeyId"]
+        finish(a, t["id"])
+    finally:
+        stop_agent(a, proc, base)
+
+
+def test_host_mode_tasks_reach_the_endpoint_when_the_agent_owns_host_mode(
+    tmp_path: Path,
+) -> None:
+    """The only test that turns metadata_host_mode on: its nat OUTPUT rule sends every host
+    process's 169.254.170.2:80 to this agent, so no other agent of the suite may own it (the
+    others keep the default, off). The rule goes with the agent's bridge."""
+    port = _free_port()
+    a, proc, base = start_agent(
+        extra_env={
+            "NSTASK_METADATA_PORT": str(port),
+            "NSTASK_INTROSPECTION_PORT": "0",
+            "NSTASK_METADATA_HOST_MODE": "1",
+        }
+    )
+    try:
+        a.cli("credentials", "put", ROLE, input=json.dumps(KEYS), check=True)
+        td = task_def("md-host", taskRoleArn=ROLE, networkMode="host")
+        t = run(a, tmp_path, td, "host.json")
+        me = get_json(a, t["id"], "$ECS_CONTAINER_METADATA_URI_V4")
+        assert me["Networks"] == [{"NetworkMode": "host"}]
+        task = get_json(a, t["id"], "$ECS_CONTAINER_METADATA_URI_V4/task")
+        assert task["Family"] == "md-host"
+        creds = get_json(a, t["id"], "http://169.254.170.2$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        assert creds["SecretAccessKey"] == KEYS["SecretAccessKey"]
+        nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+        assert "-A OUTPUT -d 169.254.170.2/32 -p tcp" in nat
+        assert f"-j {netfilter.HOST_PREFIX}{a.bridge}" in nat
+        # An awsvpc task of the same agent: still only through its bridge, its own data.
+        other = run(a, tmp_path, task_def("md-awsvpc"), "awsvpc.json")
+        assert get_json(a, other["id"], "http://169.254.170.2/v2/metadata")["Family"] == "md-awsvpc"
+        finish(a, t["id"], other["id"])
+    finally:
+        stop_agent(a, proc, base)  # its leak check includes the OUTPUT chain
