@@ -56,6 +56,15 @@ class Tasks(Protocol):
     def list_tasks(self, *, all_tasks: bool = False) -> list[TaskRecord]: ...
 
 
+def _has_container(task: TaskRecord, docker_id: str) -> bool:
+    """A full container id, or a prefix of at least 12 characters (Docker's short id)."""
+    return any(
+        c.containerd_id == docker_id
+        or (len(docker_id) >= 12 and c.containerd_id.startswith(docker_id))
+        for c in task.containers
+    )
+
+
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)
 
@@ -246,13 +255,15 @@ class MetadataServers:
             task_arn = request.query.get("taskarn")
             every = self.tasks.list_tasks(all_tasks=True)
             if docker_id is not None or task_arn is not None:
-                for t in every:
-                    if (
-                        docker_id is not None
-                        and any(c.containerd_id == docker_id for c in t.containers)
-                    ) or (task_arn is not None and self.platform.task_arn(t.id) == task_arn):
-                        return web.json_response(documents.introspection_task(self.platform, t))
-                return _error(404, "NotFound", "no task with that dockerid or taskarn")
+                found = [
+                    t
+                    for t in every
+                    if (docker_id is not None and _has_container(t, docker_id))
+                    or (task_arn is not None and self.platform.task_arn(t.id) == task_arn)
+                ]
+                if len(found) != 1:
+                    return _error(404, "NotFound", "no single task with that dockerid or taskarn")
+                return web.json_response(documents.introspection_task(self.platform, found[0]))
             return web.json_response(
                 {"Tasks": [documents.introspection_task(self.platform, t) for t in every]}
             )

@@ -408,3 +408,24 @@ def test_host_mode_tasks_reach_the_endpoint_when_the_agent_owns_host_mode(
         finish(a, t["id"], other["id"])
     finally:
         stop_agent(a, proc, base)  # its leak check includes the OUTPUT chain
+
+
+def test_another_agents_task_cannot_reach_this_agents_endpoint(
+    md_agent: Agent, agent: Agent, tmp_path: Path
+) -> None:
+    """The session's agent (another bridge): its task reaches its own agent's endpoint at
+    169.254.170.2, and not this agent's listener, not even directly at its gateway."""
+    mine = run(md_agent, tmp_path, task_def("md-mine"), "mine.json")
+    theirs = run(agent, tmp_path, task_def("md-theirs"), "theirs.json")
+    try:
+        own = get_json(agent, theirs["id"], "http://169.254.170.2/v2/metadata")
+        assert own["Family"] == "md-theirs"
+        direct = sh(
+            agent,
+            theirs["id"],
+            f"timeout 3 wget -q -O- http://{gateway(md_agent)}:{Ports.metadata}/v2/metadata",
+        )
+        assert direct.returncode != 0 and "md-mine" not in direct.stdout
+    finally:
+        finish(agent, theirs["id"])
+        finish(md_agent, mine["id"])
