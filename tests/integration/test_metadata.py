@@ -429,3 +429,21 @@ def test_another_agents_task_cannot_reach_this_agents_endpoint(
     finally:
         finish(agent, theirs["id"])
         finish(md_agent, mine["id"])
+
+
+def test_a_bridge_mode_task_reaches_the_endpoint_too(md_agent: Agent, tmp_path: Path) -> None:
+    a = md_agent
+    td = task_def("md-bridge", networkMode="bridge")
+    td["containerDefinitions"][0]["portMappings"] = [{"containerPort": 8080}]
+    t = run(a, tmp_path, td, "bridge.json")
+    try:
+        me = get_json(a, t["id"], "$ECS_CONTAINER_METADATA_URI_V4")
+        assert me["Networks"] == [{"NetworkMode": "bridge", "IPv4Addresses": [t["ip"]]}]
+        host_port = t["ports"][0]["hostPort"]
+        assert me["Ports"] == [
+            {"ContainerPort": 8080, "Protocol": "tcp", "HostPort": host_port, "HostIp": "0.0.0.0"}
+        ]
+        v2 = get_json(a, t["id"], "http://169.254.170.2/v2/metadata")
+        assert v2["Family"] == "md-bridge"
+    finally:
+        finish(a, t["id"])

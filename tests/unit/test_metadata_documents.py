@@ -387,3 +387,21 @@ def test_chain_asks_in_order_and_the_first_that_knows_answers() -> None:
     assert (first.asked, second.asked, third.asked) == ([ROLE], [ROLE], [])
     assert asyncio.run(chain.fetch("arn:aws:iam::123456789012:role/other")) is None
     assert creds.to_endpoint()["Expiration"] == "2030-01-01T00:00:00Z"
+
+
+def test_the_rules_dnat_to_the_gateway_listener_and_drop_direct_hits() -> None:
+    from agent.metadata import netfilter
+
+    nat, filt = netfilter._rules("nstask0", "10.213.0.1", 51679, host_mode=False)
+    assert "-A NSTASK-MD-nstask0 -p tcp -j DNAT --to-destination 10.213.0.1:51679" in nat
+    assert "NSTASK-MDH-" not in nat  # host mode off: no host-wide chain
+    lines = filt.splitlines()
+    assert lines.index("-A NSTASK-MDIN-nstask0 -i lo -j RETURN") < len(lines) - 2
+    assert any("--ctstate DNAT --ctorigdst 169.254.170.2/32 -j RETURN" in x for x in lines)
+    assert lines[-2].endswith("-j DROP")
+    nat, _ = netfilter._rules("nstask0", "10.213.0.1", 51679, host_mode=True)
+    assert "-A NSTASK-MDH-nstask0 -p tcp -j DNAT --to-destination 10.213.0.1:51679" in nat
+    from agent.errors import NetworkError
+
+    with pytest.raises(NetworkError, match="28 characters"):  # a name iptables cannot hold
+        netfilter.chains("x" * 20)
