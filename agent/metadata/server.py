@@ -36,7 +36,7 @@ from aiohttp import web
 
 from agent.config import AgentConfig
 from agent.credentials import CredentialSource
-from agent.errors import NetworkError, NstaskError
+from agent.errors import NetworkError, NstaskError, TaskNotFound
 from agent.metadata import documents, netfilter
 from agent.metadata.documents import Platform
 from agent.metadata.env import enabled
@@ -54,6 +54,7 @@ class Tasks(Protocol):
     """What the servers read of the agent (agent.engine.Engine)."""
 
     def list_tasks(self, *, all_tasks: bool = False) -> list[TaskRecord]: ...
+    def get(self, ref: str) -> TaskRecord: ...
 
 
 def _has_container(task: TaskRecord, docker_id: str) -> bool:
@@ -96,17 +97,40 @@ class MetadataServers:
         self.instance_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"nstask:{config.state_dir}"))
         self._runners: list[web.AppRunner] = []
         self._macs: dict[str, str] = {}
+        self._index: dict[str, str] = {}  # metadata or credentials id -> task id
 
     # -- lookups -----------------------------------------------------------------------
     def _all(self) -> list[TaskRecord]:
         return self.tasks.list_tasks(all_tasks=True)
 
-    def _by_metadata_id(self, mid: str) -> tuple[TaskRecord, ContainerRecord] | None:
+    def _reindex(self) -> None:
+        """id -> task id, for every task the store holds (an unknown id rebuilds it: a task
+        submitted since, or an agent restarted with tasks of before)."""
+        self._index = {}
         for t in self._all():
             for c in t.containers:
-                if c.metadata_id and c.metadata_id == mid:
-                    return t, c
-        return None
+                if c.metadata_id:
+                    self._index[c.metadata_id] = t.id
+            if t.credentials_id:
+                self._index[t.credentials_id] = t.id
+
+    def _task_of(self, some_id: str) -> TaskRecord | None:
+        if some_id not in self._index:
+            self._reindex()
+        task_id = self._index.get(some_id)
+        if task_id is None:
+            return None
+        try:
+            return self.tasks.get(task_id)  # the live record while the task runs
+        except TaskNotFound:
+            self._index.pop(some_id, None)  # removed since (`nstask rm`)
+            return None
+
+    def _by_metadata_id(self, mid: str) -> tuple[TaskRecord, ContainerRecord] | None:
+        task = self._task_of(mid)
+        if task is None:
+            return None
+        return next(((task, c) for c in task.containers if c.metadata_id == mid), None)
 
     def _check_caller(self, request: web.Request, task: TaskRecord, what: str) -> None:
         """The caller's address must be the task's own; host and none mode tasks (no
@@ -178,7 +202,9 @@ class MetadataServers:
         @routes.get("/v2/credentials/{id}")
         async def credentials(request: web.Request) -> web.Response:
             cid = request.match_info["id"]
-            task = next((t for t in self._all() if t.credentials_id == cid), None)
+            task = self._task_of(cid)
+            if task is not None and task.credentials_id != cid:
+                task = None
             role = documents.task_role_arn(task.definition) if task is not None else None
             if task is None or role is None:
                 return _not_found()
