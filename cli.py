@@ -92,6 +92,24 @@ def main(ctx: click.Context, socket_path: str) -> None:
     type=click.IntRange(min=0),
     help="Network namespaces kept attached ahead of tasks (2; 0: none).",
 )
+@click.option("--cluster", help="Cluster name tasks are told (nstask).")
+@click.option("--region", help="Region in the tasks' ARNs (us-east-1).")
+@click.option("--account-id", help="Account in the tasks' ARNs (000000000000).")
+@click.option(
+    "--metadata-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Port of the bridge's gateway 169.254.170.2:80 is sent to (51679; 0: no endpoint).",
+)
+@click.option(
+    "--introspection-port",
+    type=click.IntRange(min=0, max=65535),
+    help="Introspection API port on 127.0.0.1 (51678; 0: off).",
+)
+@click.option(
+    "--metadata-host-mode/--no-metadata-host-mode",
+    default=None,
+    help="Host-mode tasks reach 169.254.170.2 too (a host-wide rule: one agent per host).",
+)
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
 @click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
 @click.pass_context
@@ -513,6 +531,70 @@ def secret_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
         except ApiError as e:
             _api_fail(e)
         click.echo(name)
+
+
+# -- task-role credentials -------------------------------------------------------------------
+@main.group()
+def credentials() -> None:
+    """Task-role credentials the metadata endpoint serves (root-only local store).
+
+    A task whose definition has a taskRoleArn gets AWS_CONTAINER_CREDENTIALS_RELATIVE_URI; the
+    SDKs in it then receive the keys stored here for that role."""
+
+
+@credentials.command("put")
+@click.argument("role_arn")
+@click.option("--file", "from_file", type=click.File("r"), help="Read the keys from a file.")
+@click.option("--profile", help="Take the keys of a profile of the shared credentials file.")
+@click.pass_context
+def credentials_put(ctx: click.Context, role_arn: str, from_file: Any, profile: str | None) -> None:
+    """Store keys for ROLE_ARN: JSON ({AccessKeyId, SecretAccessKey, Token, Expiration} or
+    `aws sts assume-role` output) or key=value lines, from stdin, --file, or --profile NAME
+    (~/.aws/credentials, or AWS_SHARED_CREDENTIALS_FILE)."""
+    if from_file is not None and profile:
+        fail("give --file or --profile, not both", 2)
+    if profile:
+        from agent.credentials import read_profile
+        from agent.errors import InvalidInput
+
+        try:
+            text, source = json.dumps(read_profile(profile)), f"profile {profile}"
+        except InvalidInput as e:
+            fail(e.message, 2)
+    elif from_file is not None:
+        text, source = from_file.read(), from_file.name
+    else:
+        text, source = sys.stdin.read(), "stdin"
+    try:
+        _client(ctx).call("PUT", f"/v1/credentials/{role_arn}", {"text": text, "source": source})
+    except ApiError as e:
+        _api_fail(e)
+    click.echo(role_arn)
+
+
+@credentials.command("ls")
+@click.pass_context
+def credentials_ls(ctx: click.Context) -> None:
+    """List roles with stored keys and when they expire (never the keys)."""
+    try:
+        for item in _client(ctx).call("GET", "/v1/credentials"):
+            click.echo(f"{item['roleArn']}\t{item.get('expiration') or '-'}")
+    except ApiError as e:
+        _api_fail(e)
+
+
+@credentials.command("rm")
+@click.argument("role_arns", nargs=-1, required=True)
+@click.pass_context
+def credentials_rm(ctx: click.Context, role_arns: tuple[str, ...]) -> None:
+    """Remove the stored keys of roles."""
+    client = _client(ctx)
+    for role in role_arns:
+        try:
+            client.call("DELETE", f"/v1/credentials/{role}")
+        except ApiError as e:
+            _api_fail(e)
+        click.echo(role)
 
 
 # -- images ----------------------------------------------------------------------------------

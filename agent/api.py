@@ -14,6 +14,9 @@
     GET    /v1/secrets                  -> [name]   (values are never returned)
     PUT    /v1/secrets/{name}           {value} -> 204
     DELETE /v1/secrets/{name}           -> 204
+    GET    /v1/credentials              -> [{roleArn, expiration}]   (keys are never returned)
+    PUT    /v1/credentials/{role arn}   {text, source?} -> 204   (JSON or key=value lines)
+    DELETE /v1/credentials/{role arn}   -> 204
     GET    /v1/metrics                  -> logging counters of running containers, totals
     GET    /v1/images                   -> [image]
     POST   /v1/images/import            {path} -> [image]
@@ -294,6 +297,30 @@ def build_app(engine: Engine) -> web.Application:
     @routes.delete("/v1/secrets/{name:.+}")
     async def secret_rm(request: web.Request) -> web.Response:
         engine.secrets.remove(request.match_info["name"])
+        return web.Response(status=204)
+
+    # Task-role credentials of the local store (agent.credentials): put and remove take
+    # keys, listing shows roles and expirations only; nothing here answers with a key.
+    @routes.get("/v1/credentials")
+    async def credentials_ls(_: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(engine.credentials.roles))
+
+    @routes.put("/v1/credentials/{role:.+}")
+    async def credentials_put(request: web.Request) -> web.Response:
+        from agent.credentials import check_role_arn, parse_credentials
+
+        role = check_role_arn(request.match_info["role"])
+        body = await _body(request)
+        text = body.get("text")
+        if not isinstance(text, str):
+            raise InvalidInput("text must be a string (JSON or key=value lines)")
+        fields = parse_credentials(text, where=str(body.get("source") or "the request"))
+        await asyncio.to_thread(engine.credentials.put, role, fields)
+        return web.Response(status=204)
+
+    @routes.delete("/v1/credentials/{role:.+}")
+    async def credentials_rm(request: web.Request) -> web.Response:
+        await asyncio.to_thread(engine.credentials.remove, request.match_info["role"])
         return web.Response(status=204)
 
     @routes.get("/v1/metrics")

@@ -56,10 +56,22 @@ class AgentConfig:
     # Network namespaces kept attached to the built-in network ahead of tasks (agent.warmpool);
     # 0: none. Never with a user's --conflist.
     warm_pool_size: int = 2
+    # What tasks are told about where they run (agent.metadata): ECS's cluster name, and the
+    # region and account their ARNs carry (defaults that parse as ECS's; nothing is called).
+    cluster: str = "nstask"
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+    availability_zone: str = ""  # empty: "<region>a"
+    # The metadata endpoint (169.254.170.2:80 in the tasks, DNATed per bridge to this port of
+    # the bridge's gateway address) and the introspection API (127.0.0.1 only; 0: off).
+    metadata_port: int = 51679
+    introspection_port: int = 51678
+    # Host-mode tasks reach 169.254.170.2 through a host-wide nat OUTPUT rule: one agent per
+    # host at most may own it, so it is off unless asked (see README, "Task metadata").
+    metadata_host_mode: bool = False
     # AWS (agent.aws): secrets from Secrets Manager / SSM Parameter Store and STS AssumeRole,
     # used only when the agent's own environment holds AWS credentials (botocore's chain).
-    # The region of bare SSM names, STS and ARNs without one.
-    region: str = "us-east-1"
+    # The region of bare SSM names, STS and ARNs without one: `region` above.
     # Where secrets[].valueFrom is looked up, in order: "local" (the store under state_dir),
     # "aws" (Secrets Manager or SSM, by the ARN).
     secret_sources: tuple[str, ...] = ("local", "aws")

@@ -246,6 +246,7 @@ def log_uri(
     log_path: str,
     options_file: Path,
     secret_options: dict[str, str] | None = None,
+    ecs_metadata: dict[str, str] | None = None,
 ) -> tuple[str | None, dict[str, str]]:
     """containerd's binary:// URI for the container's output: nstask's shim with the
     driver of the definition's logConfiguration; None for logDriver none.
@@ -280,6 +281,9 @@ def log_uri(
         options["fluentd-address"] = f"unix://{firelens_socket(task_dir)}"
         options["tag"] = f"{cdef.name}-firelens-{task_id}"
         options["fluentd-async"] = "true"
+        # ecs_cluster, ecs_task_arn, ecs_task_definition ("family:revision"), as FireLens adds
+        # them unless the router's enable-ecs-log-metadata is "false" (the caller decides).
+        options.update({f"label.{k}": v for k, v in (ecs_metadata or {}).items()})
     elif driver == "none":
         return None, {}
     if options:

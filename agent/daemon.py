@@ -32,6 +32,8 @@ from agent.errors import AgentRunning, NstaskError, StateError, Unavailable
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from agent.credentials import CredentialSource
+
 log = structlog.get_logger("nstask.agent")
 
 
@@ -124,6 +126,22 @@ def _private_file(path: Path, text: str) -> None:
         os.close(fd)
 
 
+def credential_sources(
+    config: AgentConfig, sts: CredentialSource | None = None
+) -> list[CredentialSource]:
+    """Where task-role credentials come from, in the order they are asked: the one place
+    the chain is built (a source added here is used by every task's credentials URI).
+    First the local per-role store (`nstask credentials put`), then, when given, a real STS
+    AssumeRole with the agent's own credentials (agent.aws; it answers nothing when the agent
+    has none or AWS is not in its secret sources)."""
+    from agent.credentials import LocalCredentialStore
+
+    sources: list[CredentialSource] = [LocalCredentialStore(config.state_dir / "credentials")]
+    if sts is not None:
+        sources.append(sts)
+    return sources
+
+
 async def run_agent(config: AgentConfig) -> None:
     from agent.api import serve, socket_in_use
     from agent.engine import Engine
@@ -153,6 +171,17 @@ async def run_agent(config: AgentConfig) -> None:
     from agent.warmpool import WarmPool
 
     warm_pool = WarmPool(config, store, network)  # attached netns ready ahead of tasks
+    from agent.api import VERSION
+    from agent.credentials import CredentialChain
+    from agent.metadata.server import MetadataServers
+
+    # 169.254.170.2 for the tasks (metadata, credentials) and the introspection API.
+    metadata = MetadataServers(
+        engine,
+        config,
+        CredentialChain(credential_sources(config, engine.ctx.secret_sources.sts)),
+        agent_version=VERSION,
+    )
     runner: web.AppRunner | None = None
     ours: int | None = None
     pidfile = config.run_dir / "agent.pid"
@@ -163,6 +192,8 @@ async def run_agent(config: AgentConfig) -> None:
         if warm_pool.size:
             engine.warm_pool = warm_pool  # tasks take their network from it
         await warm_pool.start()
+        await metadata.start()
+        engine.metadata = metadata
         runner = await serve(engine, config.socket)
         ours = os.stat(config.socket).st_ino
         _private_file(pidfile, f"{os.getpid()}\n")
@@ -193,10 +224,14 @@ async def run_agent(config: AgentConfig) -> None:
             )
         else:
             log.info("agent_stopping", note="tasks keep running; the next agent re-attaches")
+        await metadata.close()
         await engine.close()
         await warm_pool.close()
         if await network.remove_bridge_if_unused():
             log.info("bridge_removed", bridge=config.bridge, note="no task was attached")
+        # The endpoint's rules go with the bridge (tasks still running keep both).
+        with contextlib.suppress(NstaskError):
+            await asyncio.to_thread(metadata.remove_stale_of_ours)
         await client.close()  # type: ignore[attr-defined]
         store.close()
         with contextlib.suppress(FileNotFoundError):

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from agent import cgroups, seccomp
 from agent.config import AgentConfig, default_shim_path
 from agent.containerd import Containerd
+from agent.credentials import LocalCredentialStore
 from agent.errors import NstaskError
 from agent.lifecycle import accept, recovery, running, start, teardown
 from agent.lifecycle.runtime import (
@@ -33,6 +34,9 @@ from agent.network import TaskNetwork
 from agent.secrets import SecretStore
 from agent.store import Store, TaskRecord
 from shim.stats import stats_path
+
+if TYPE_CHECKING:
+    from agent.metadata.server import MetadataServers
 
 __all__ = [
     "DEPROVISIONING",
@@ -80,6 +84,10 @@ class Engine:
         self.client = client
         self.network = network
         self.secrets = SecretStore(config.state_dir / "secrets")
+        # Task-role credentials (`nstask credentials put`), and the metadata endpoint's
+        # listeners once the daemon started them (gc asks them about stale rules).
+        self.credentials = LocalCredentialStore(config.state_dir / "credentials")
+        self.metadata: MetadataServers | None = None
         seam_client: Client = client
         seam_network: NetworkSeam = network
         self.ctx = Context(

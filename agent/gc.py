@@ -142,6 +142,11 @@ async def find(
     # The loopback guard of a bridge that is gone (agent.hostguard).
     for chain in await asyncio.to_thread(engine.network.stale_guards):
         found.append(Orphan("guard", chain, "iptables loopback guard of a bridge that is gone"))
+    # The metadata endpoint's chains of a bridge that is gone (agent.metadata.netfilter).
+    metadata = getattr(engine, "metadata", None)
+    if metadata is not None:
+        for chain in await asyncio.to_thread(metadata.stale_chains):
+            found.append(Orphan("metadata-rules", chain, "metadata endpoint rules, bridge gone"))
     if cni_only:
         return found
     for name in await asyncio.to_thread(netns.list_netns, cfg.netns_prefix):
@@ -235,6 +240,10 @@ async def _remove(engine: Engine, o: Orphan) -> None:
         await teardown.remove(r, "netns", o.name)
     elif o.kind == "guard":
         await asyncio.to_thread(engine.network.remove_stale_guard, o.name)
+    elif o.kind == "metadata-rules":
+        metadata = getattr(engine, "metadata", None)
+        if metadata is not None:
+            await asyncio.to_thread(metadata.remove_stale, o.name)
     elif o.kind == "veth":
         await asyncio.to_thread(netns.NetlinkLinks().delete_link, o.name)
     elif o.kind == "container":

@@ -69,7 +69,9 @@ def default_conflist(config: AgentConfig) -> dict[str, Any]:
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{"subnet": config.subnet}]],
-                "routes": [{"dst": "0.0.0.0/0"}],
+                # The metadata endpoint by its own /32 via the gateway, as ECS routes it
+                # (agent.metadata.netfilter DNATs it on the bridge).
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "169.254.170.2/32"}],
                 "dataDir": str(config.ipam_data_dir),
             },
         }

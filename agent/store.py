@@ -74,6 +74,13 @@ MIGRATIONS = (
     ("containers", "health", "TEXT"),
     ("containers", "reason", "TEXT"),
     ("containers", "stop_signal", "INTEGER"),
+    # agent.metadata: the unguessable ids in a container's metadata URI and a task's
+    # credentials URI (kept so a restarted agent answers the same URIs).
+    ("containers", "metadata_id", "TEXT"),
+    ("tasks", "credentials_id", "TEXT"),
+    ("tasks", "pull_started_at", "REAL"),
+    ("tasks", "pull_stopped_at", "REAL"),
+    ("containers", "created_at", "REAL"),
 )
 
 
@@ -95,6 +102,8 @@ class ContainerRecord:
     health: str | None = None
     reason: str | None = None
     stop_signal: int | None = None
+    metadata_id: str | None = None  # never in to_dict: it is a capability
+    created_at: float | None = None  # containerd container created (metadata CreatedAt)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +141,9 @@ class TaskRecord:
     timings: dict[str, float] = field(default_factory=dict)
     ports: list[dict[str, Any]] = field(default_factory=list)
     containers: list[ContainerRecord] = field(default_factory=list)
+    credentials_id: str | None = None  # never in to_dict: it unlocks the role's credentials
+    pull_started_at: float | None = None  # the images step (metadata PullStartedAt/StoppedAt)
+    pull_stopped_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -251,7 +263,8 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO tasks (id, family, definition, source, overrides, last_status,"
-                " desired_status, created_at, timings) VALUES (?,?,?,?,?,?,?,?,?)",
+                " desired_status, created_at, timings, credentials_id)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     t.id,
                     t.family,
@@ -262,12 +275,13 @@ class Store:
                     t.desired_status,
                     t.created_at,
                     json.dumps(t.timings),
+                    t.credentials_id,
                 ),
             )
             for c in t.containers:
                 db.execute(
                     "INSERT INTO containers (task_id, name, position, containerd_id, image,"
-                    " last_status, log_path, essential) VALUES (?,?,?,?,?,?,?,?)",
+                    " last_status, log_path, essential, metadata_id) VALUES (?,?,?,?,?,?,?,?,?)",
                     (
                         t.id,
                         c.name,
@@ -277,6 +291,7 @@ class Store:
                         c.last_status,
                         c.log_path,
                         int(c.essential),
+                        c.metadata_id,
                     ),
                 )
 
@@ -287,7 +302,8 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "UPDATE tasks SET last_status=?, desired_status=?, started_at=?, stopped_at=?,"
-                " stop_reason=?, netns=?, ip=?, timings=?, ports=? WHERE id=?",
+                " stop_reason=?, netns=?, ip=?, timings=?, ports=?, pull_started_at=?,"
+                " pull_stopped_at=? WHERE id=?",
                 (
                     t.last_status,
                     t.desired_status,
@@ -298,6 +314,8 @@ class Store:
                     t.ip,
                     json.dumps(t.timings),
                     json.dumps(t.ports),
+                    t.pull_started_at,
+                    t.pull_stopped_at,
                     t.id,
                 ),
             )
@@ -306,8 +324,8 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "UPDATE containers SET last_status=?, exit_code=?, pid=?, started_at=?,"
-                " finished_at=?, image_digest=?, health=?, reason=?, stop_signal=?"
-                " WHERE task_id=? AND name=?",
+                " finished_at=?, image_digest=?, health=?, reason=?, stop_signal=?,"
+                " created_at=? WHERE task_id=? AND name=?",
                 (
                     c.last_status,
                     c.exit_code,
@@ -318,6 +336,7 @@ class Store:
                     c.health,
                     c.reason,
                     c.stop_signal,
+                    c.created_at,
                     c.task_id,
                     c.name,
                 ),
@@ -358,6 +377,9 @@ class Store:
             ip=row["ip"],
             timings=json.loads(row["timings"]),
             ports=json.loads(row["ports"]),
+            credentials_id=row["credentials_id"],
+            pull_started_at=row["pull_started_at"],
+            pull_stopped_at=row["pull_stopped_at"],
             containers=[
                 ContainerRecord(
                     task_id=c["task_id"],
@@ -376,6 +398,8 @@ class Store:
                     health=c["health"],
                     reason=c["reason"],
                     stop_signal=c["stop_signal"],
+                    metadata_id=c["metadata_id"],
+                    created_at=c["created_at"],
                 )
                 for c in crows
             ],

@@ -75,14 +75,22 @@ _MAX_TMPFS_MIB = 1024 * 1024  # not ECS's: 1 TiB (tmpfs and /dev/shm sizes)
 
 # Task-level and container-level keys ECS accepts. Those nstask acts on are parsed below;
 # the rest are accepted with a warning (one per field, naming it).
-_TASK_KEYS_USED = {"family", "networkMode", "containerDefinitions", "cpu", "memory", "volumes"}
-# executionRoleArn: the role the agent fetches secrets with (agent.secret_sources, issue 11).
-_TASK_KEYS_USED.add("executionRoleArn")
-_TASK_KEYS_IGNORED = {
+_TASK_KEYS_USED = {
+    "family",
+    "networkMode",
+    "containerDefinitions",
+    "cpu",
+    "memory",
+    "volumes",
+    # Read by agent.metadata (the credentials endpoint, /taskWithTags); checked there too.
     "taskRoleArn",
+    "tags",
+    # The role the agent fetches secrets with (agent.secret_sources, issue 11).
+    "executionRoleArn",
+}
+_TASK_KEYS_IGNORED = {
     "placementConstraints",
     "requiresCompatibilities",
-    "tags",
     "pidMode",
     "ipcMode",
     "proxyConfiguration",
@@ -472,6 +480,7 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         else:
             p.warnings.append(f"{key}: unknown task definition field; ignored")
 
+    _role_and_tags(p, data)
     family = _str(p, data, "family", "", required=False) or "nstask"
     _str(p, data, "executionRoleArn", "", required=False)  # read by the secrets step
     if family and not _NAME_RE.fullmatch(family):
@@ -657,6 +666,36 @@ def _kind(v: Any) -> str:
         float: "a number",
         type(None): "null",
     }.get(type(v), type(v).__name__)
+
+
+_ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+
+
+def _role_and_tags(p: _Problems, data: dict[str, Any]) -> None:
+    """taskRoleArn (an IAM role ARN, or empty: no role) and tags ([{key, value}], ECS's
+    limits: 50 tags, keys up to 128 and values up to 256 characters)."""
+    role = _str(p, data, "taskRoleArn", "", required=False)
+    if role and not _ROLE_ARN_RE.fullmatch(role):
+        p.add("taskRoleArn", "must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME)")
+    tags = data.get("tags")
+    if tags is None:
+        return
+    if not isinstance(tags, list):
+        p.add("tags", f"must be a list of {{key, value}} objects, not {_kind(tags)}")
+        return
+    if len(tags) > 50:
+        p.add("tags", f"has {len(tags)} tags; ECS allows at most 50")
+        return
+    for i, t in enumerate(tags):
+        at = f"tags[{i}]"
+        if not isinstance(t, dict):
+            p.add(at, f"must be a {{key, value}} object, not {_kind(t)}")
+            continue
+        key, value = t.get("key"), t.get("value", "")
+        if not isinstance(key, str) or not 1 <= len(key) <= 128:
+            p.add(f"{at}.key", "must be a string of 1-128 characters")
+        if not isinstance(value, str) or len(value) > 256:
+            p.add(f"{at}.value", "must be a string of at most 256 characters")
 
 
 def _str(

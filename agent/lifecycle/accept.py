@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import structlog
 from agent import containers, network, pull, spec
 from agent.errors import AlreadyExists, ImageNotFound, InvalidInput
 from agent.lifecycle.runtime import PROVISIONING, RUNNING, UNKNOWN, Context, ms
+from agent.metadata.documents import task_role_arn
 from agent.secrets import SecretNotFound
 from agent.store import ContainerRecord, TaskRecord
 from agent.taskdef import (
@@ -60,6 +62,7 @@ async def accept(
             log_path=str(log_dir / f"{i}-{re.sub(r'[^A-Za-z0-9_-]', '_', c.name)}.log"),
             essential=c.essential,
             health=UNKNOWN if has_check(c) else None,
+            metadata_id=secrets.token_hex(16),  # the container's metadata URI (agent.metadata)
         )
         for i, c in enumerate(td.containers)
     ]
@@ -77,6 +80,8 @@ async def accept(
         desired_status=RUNNING,
         created_at=time.time(),
         containers=records,
+        # The task's credentials URI, only with a taskRoleArn (agent.metadata).
+        credentials_id=str(uuid.uuid4()) if task_role_arn(definition) else None,
     )
     task.timings["accept"] = ms(t0)
     ctx.store.insert_task(task)

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from agent import containers, faults, health
+from agent import containers, faults, health, metadata
 from agent.errors import NstaskError
 from agent.images import ImageConfig
 from agent.lifecycle import running
@@ -136,6 +136,8 @@ async def start(
         cgroup_parent=ctx.cgroups.task_path(task.id),
     )
     with phase(task, f"container.{c.name}.create"):
+        # The metadata endpoint's variables (agent.metadata), after the definition's: ECS's win.
+        env = [*env, *metadata.container_environment(ctx.config, task, c)]
         oci = containers.build_spec(tctx, td, cdef, c.position, cid, image, env)
         c.stop_signal = containers.stop_signal(cdef, image)
         if not any(r.kind == "lease" for r in store.resources(task.id)):
@@ -161,6 +163,7 @@ async def start(
             )
         )
         store.created("container", cid)
+        c.created_at = time.time()  # the metadata endpoint's CreatedAt (saved at start)
         faults.point("container")
     with phase(task, f"container.{c.name}.start"):
         Path(c.log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -174,6 +177,7 @@ async def start(
             log_path=c.log_path,
             options_file=options_file,
             secret_options=log_secrets,
+            ecs_metadata=metadata.firelens_metadata(ctx.config, task, td),  # FireLens's fields
         )
         if log_options:
             containers.write_log_options(options_file, log_options)

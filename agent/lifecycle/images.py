@@ -3,6 +3,7 @@ starts, per the agent's pull behaviour (agent.pull)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from agent import faults, pull
@@ -38,10 +39,12 @@ class PullImages:
 
 async def ensure(ctx: Context, task: TaskRecord, td: TaskDefinition) -> dict[str, ImageConfig]:
     out: dict[str, ImageConfig] = {}
+    task.pull_started_at = time.time()  # the metadata endpoint's PullStartedAt
     with phase(task, "images"):
         for cdef in td.containers:
             if cdef.image not in out:
                 out[cdef.image] = await ctx.images.ensure(cdef.image)
+    task.pull_stopped_at = time.time()  # ... and PullStoppedAt (saved with the digests)
     for c in task.containers:
         c.image_digest = out[c.image].digest
     ctx.save(task)

@@ -189,15 +189,27 @@ def leaks(a: Agent) -> list[str]:
             for p in results.iterdir()
             if not (writing and p.name.startswith(".nstask-"))
         ]
-    # iptables rules of the portmap/firewall plugins for this network's addresses.
+    # iptables rules of the portmap/firewall plugins for this network's addresses. The
+    # metadata endpoint's chains (agent.metadata.netfilter) live while the agent runs, and go
+    # with its bridge: they count once the agent has stopped, whatever they hold.
+    from agent.metadata import netfilter
+
+    md_chains = {chain for _, chain in netfilter.chains(a.bridge).values()}
+    alive = _alive(a.pid)
     net_prefix = a.subnet.rsplit(".", 1)[0] + "."
     for table in ("filter", "nat"):
         rules = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True)
-        found += [
-            f"iptables {table}: {line}"
-            for line in rules.stdout.splitlines()
-            if line.startswith("-A") and (net_prefix in line or a.network in line)
-        ]
+        for line in rules.stdout.splitlines():
+            words = line.split()
+            metadata = any(c in words for c in md_chains) or any(
+                line.startswith(f":{c} ") for c in md_chains
+            )
+            if metadata and not alive:
+                found.append(f"iptables {table} (metadata endpoint): {line}")
+            elif (
+                not metadata and line.startswith("-A") and (net_prefix in line or a.network in line)
+            ):
+                found.append(f"iptables {table}: {line}")
     # The pool may be filling meanwhile: an entry recorded before or after the listing is
     # the pool's (the agent records an entry before it creates it).
     pool_after = warm_pool(a)

@@ -82,6 +82,14 @@ def test_app_lines_arrive_at_the_router_container(
     assert [r["log"] for r in records if r["source"] == "stdout"] == ["line-1", "line-2", "line-3"]
     assert [r["log"] for r in records if r["source"] == "stderr"] == ["oops"]
     assert all(r["container_name"] == "app" and r["Name"] == "cloudwatch" for r in records)
+    # FireLens's ECS metadata (enable-ecs-log-metadata defaults to "true"): the session
+    # agent's defaults, cluster nstask in us-east-1 of account 000000000000, revision "1".
+    assert all(r["ecs_cluster"] == "nstask" for r in records)
+    assert all(
+        r["ecs_task_arn"] == f"arn:aws:ecs:us-east-1:000000000000:task/nstask/{task_id}"
+        for r in records
+    )
+    assert all(r["ecs_task_definition"] == "firelens:1" for r in records)
     # EventTime: msgpack ext type 0, 8 bytes.
     assert all(isinstance(m[1], tuple) and m[1][0] == 0 and len(m[1][1]) == 8 for m in messages)
     assert "router listening" in agent.cli("logs", task_id, "log_router", check=True).stdout
@@ -148,3 +156,27 @@ def test_secret_options_reach_the_router_and_never_the_shims_argv(
         agent.cli("rm", task_id, check=True)
     finally:
         agent.cli("secret", "rm", "nstask-test/dd-key")
+
+
+def test_enable_ecs_log_metadata_false_leaves_the_ecs_fields_out(
+    agent: Agent, tmp_path: Path, router_image: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    td = _firelens_task(
+        "firelens-plain",
+        router_image,
+        out,
+        "sleep 0.5; echo plain; sleep 1",
+        {"logDriver": "awsfirelens", "options": {"Name": "null"}},
+    )
+    router = td["containerDefinitions"][0]
+    router["firelensConfiguration"]["options"] = {"enable-ecs-log-metadata": "false"}
+    task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+    agent.wait_status(task_id, "STOPPED", timeout=40)
+    unpacker = msgpack.Unpacker(raw=False, ext_hook=lambda code, data: (code, data))
+    unpacker.feed((out / "received").read_bytes())
+    records = [m[2] for m in unpacker]
+    assert [r["log"] for r in records] == ["plain"]
+    assert "ecs_cluster" not in records[0] and "ecs_task_arn" not in records[0]
+    agent.cli("rm", task_id, check=True)
