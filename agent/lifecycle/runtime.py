@@ -18,6 +18,7 @@ from agent.config import AgentConfig
 from agent.errors import TaskNotFound
 from agent.lifecycle.seams import CgroupSeam, Client, ImageSeam, NetworkSeam, PoolSeam
 from agent.secrets import SecretStore
+from agent.stats import History
 from agent.store import Store, TaskRecord
 
 log = structlog.get_logger("nstask.engine")
@@ -49,6 +50,8 @@ class TaskRuntime:
     health: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     oom: set[str] = field(default_factory=set)  # containerd ids with an OOM event
     retrying: bool = False
+    # agent.stats: each container's latest samples (precpu_stats/preread come from them).
+    stats: dict[str, History] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def changed(self) -> asyncio.Event:
