@@ -98,3 +98,33 @@ def test_stats_move_with_cpu_memory_and_traffic(agent: Agent, tmp_path: Path) ->
     agent.cli("rm", task["id"], check=True)
     status, body = api_get(agent, "/v1/tasks/nosuchtask/stats")
     assert status == 404 and body["error"]
+
+
+def test_stats_cli_no_stream_table_and_json(agent: Agent, tmp_path: Path) -> None:
+    task = run_burner(agent, tmp_path, "statscli")
+    wait_memory(agent, task["id"], 40 * MIB)
+    table = agent.cli("stats", "--no-stream", task["id"], check=True).stdout.splitlines()
+    head = ["TASK", "CONTAINER", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O"]
+    assert table[0].split("   ")[:1] == ["TASK"] and all(h in table[0] for h in head), table
+    assert table[0].rstrip().endswith("PIDS")
+    (row,) = table[1:]
+    assert row.startswith(task["id"][:12]) and "statscli" in row
+    # CPU % from two samples a second apart (one busy CPU), memory in MiB as docker shows it
+    cpu = float(row.split()[2].rstrip("%"))
+    assert cpu > 25, row
+    assert "MiB / " in row, row
+    proc = agent.cli("stats", "--no-stream", "--json", task["id"], check=True)
+    (one,) = json.loads(proc.stdout)
+    assert one["task"] == task["id"] and one["container"] == "statscli" and one["running"]
+    assert one["cpuPercent"] > 25 and one["memoryUsage"] >= 40 * MIB
+    assert one["memoryPercent"] == round(one["memoryUsage"] / one["memoryLimit"] * 100, 2)
+    assert one["pids"] >= 2 and one["stats"]["id"] == task["containers"][0]["containerdId"]
+    # Without TASK: every running task; a stopped one named is shown without numbers.
+    listed = json.loads(agent.cli("stats", "--no-stream", "--json", check=True).stdout)
+    assert task["id"] in {r["task"] for r in listed}
+    agent.cli("stop", "-t", "0", task["id"], check=True)
+    stopped = agent.cli("stats", "--no-stream", task["id"], check=True).stdout.splitlines()
+    assert "--" in stopped[1]
+    bad = agent.cli("stats", "--no-stream", "nosuchtask")
+    assert bad.returncode == 1 and "no such task" in bad.stderr
+    agent.cli("rm", task["id"], check=True)
