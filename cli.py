@@ -101,6 +101,15 @@ def main(ctx: click.Context, socket_path: str) -> None:
     type=click.IntRange(min=0),
     help="Network namespaces kept attached ahead of tasks (2; 0: none).",
 )
+@click.option(
+    "--metrics-address",
+    help="Serve Prometheus metrics at [HOST]:PORT/metrics (no HOST: 127.0.0.1; default off).",
+)
+@click.option(
+    "--otlp-endpoint",
+    help="Export each task's start as an OpenTelemetry trace to this OTLP/HTTP endpoint "
+    "(default: $OTEL_EXPORTER_OTLP_ENDPOINT, else off).",
+)
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
 @click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
 @click.pass_context

@@ -154,6 +154,7 @@ async def run_agent(config: AgentConfig) -> None:
 
     warm_pool = WarmPool(config, store, network)  # attached netns ready ahead of tasks
     runner: web.AppRunner | None = None
+    metrics_runner: web.AppRunner | None = None  # the Prometheus listener (agent.metrics)
     ours: int | None = None
     pidfile = config.run_dir / "agent.pid"
     # One way out for every exit after this point, a failed start included (a socket that
@@ -165,6 +166,10 @@ async def run_agent(config: AgentConfig) -> None:
         await warm_pool.start()
         runner = await serve(engine, config.socket)
         ours = os.stat(config.socket).st_ino
+        if config.metrics_address:  # prometheus_client is imported only then
+            from agent import metrics
+
+            metrics_runner, _ = await metrics.serve(engine, config.metrics_address)
         _private_file(pidfile, f"{os.getpid()}\n")
         log.info(
             "agent_ready",
@@ -180,6 +185,8 @@ async def run_agent(config: AgentConfig) -> None:
             loop.add_signal_handler(sig, done.set)
         await done.wait()
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         if runner is not None:
             await runner.cleanup()
         if config.stop_tasks_on_exit and runner is not None:

@@ -135,6 +135,17 @@ class Context:
         self.background: set[asyncio.Task[Any]] = set()
         # Set by the daemon once the warm pool runs (None: no pool, every task attaches).
         self.pool: PoolSeam | None = None
+        # Called when a task's start sequence ends, with None when every container started
+        # or the error: the Prometheus histograms (agent.metrics), the OTLP export
+        # (agent.tracing). Set by the daemon when those are configured.
+        self.start_observers: list[Callable[[TaskRecord, str | None], None]] = []
+
+    def start_ended(self, task: TaskRecord, error: str | None = None) -> None:
+        for observe in self.start_observers:
+            try:
+                observe(task, error)
+            except Exception as e:  # an observer's failure never touches the task
+                log.error("start_observer_failed", task=task.id, error=str(e), exc_info=e)
 
     @property
     def snapshotter(self) -> str:

@@ -63,6 +63,7 @@ async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
             task.last_status = RUNNING
         ctx.save(task)
         log.info("task_running", task=task.id, ip=task.ip, timings=task.timings)
+        ctx.start_ended(task)  # metrics and traces of the start (runtime.Context)
     except asyncio.CancelledError:
         raise  # a stop (or the agent's exit) took over
     except Exception as e:  # every failure to start ends in a full rollback
@@ -73,6 +74,7 @@ async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
             exc_info=e if not isinstance(e, NstaskError) else None,
         )
         ctx.stop_soon(task.id, f"failed to start: {e}", timeout=0)
+        ctx.start_ended(task, str(e))
         return
     # An essential container may have exited while the others were starting.
     if task.desired_status == RUNNING and any(

@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from conftest import start_agent, stop_agent
 from support import Agent, busybox_task, write_taskdef
 
 from agent import stats
@@ -128,3 +129,82 @@ def test_stats_cli_no_stream_table_and_json(agent: Agent, tmp_path: Path) -> Non
     bad = agent.cli("stats", "--no-stream", "nosuchtask")
     assert bad.returncode == 1 and "no such task" in bad.stderr
     agent.cli("rm", task["id"], check=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(url: str) -> dict[str, Any]:
+    """{family name: [(sample name, labels, value)]} parsed by prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    return {
+        fam.name: [(s.name, s.labels, s.value) for s in fam.samples]
+        for fam in text_string_to_metric_families(text)
+    }
+
+
+def test_prometheus_scrape_shows_tasks_phases_containers_and_logging(tmp_path: Path) -> None:
+    port = _free_port()
+    a, proc, base = start_agent(extra_env={"NSTASK_METRICS_ADDRESS": f"127.0.0.1:{port}"})
+    try:
+        td = busybox_task(
+            "promtask", ["sh", "-c", "for i in 1 2 3; do echo line$i; done; " + BURNER]
+        )
+        task_id = a.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+        a.wait_status(task_id, "RUNNING")
+        wait_memory(a, task_id, 40 * MIB)
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.monotonic() + 10
+        while True:  # the shim writes its counters about once a second
+            fams = _scrape(url)
+            logged = [
+                v for _, labels, v in fams.get("nstask_log_lines", []) if labels["task"] == task_id
+            ]
+            if (logged and logged[0] >= 3) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert logged == [3.0], fams.get("nstask_log_lines")
+        tasks = {labels["status"]: v for _, labels, v in fams["nstask_tasks"]}
+        assert tasks["RUNNING"] == 1.0 and tasks["STOPPED"] == 0.0
+        starts = {
+            labels["result"]: v
+            for n, labels, v in fams["nstask_task_starts"]
+            if n.endswith("_total")
+        }
+        assert starts == {"running": 1.0}
+        phases = {
+            labels["phase"]: v
+            for n, labels, v in fams["nstask_task_start_phase_seconds"]
+            if n.endswith("_count")
+        }
+        assert phases["container.start"] == 1.0 and phases["start_total"] == 1.0, phases
+        assert "images" in phases and "container.create" in phases
+        mine = {"task": task_id, "family": "promtask", "container": "promtask"}
+        (cpu,) = [v for _, labels, v in fams["nstask_container_cpu_seconds"] if labels == mine]
+        assert cpu > 0
+        (mem,) = [
+            v for _, labels, v in fams["nstask_container_memory_usage_bytes"] if labels == mine
+        ]
+        assert mem >= 40 * MIB
+        (pids,) = [v for _, labels, v in fams["nstask_container_pids"] if labels == mine]
+        assert pids >= 2
+        (rx,) = [
+            v
+            for _, labels, v in fams["nstask_task_network_receive_bytes"]
+            if labels == {"task": task_id, "family": "promtask", "interface": "eth0"}
+        ]
+        assert rx > 0
+        a.cli("stop", "-t", "0", task_id, check=True)
+        fams = _scrape(url)
+        tasks = {labels["status"]: v for _, labels, v in fams["nstask_tasks"]}
+        assert tasks["RUNNING"] == 0.0 and tasks["STOPPED"] == 1.0
+        assert not [1 for _, labels, _ in fams["nstask_container_cpu_seconds"] if labels == mine]
+    finally:
+        stop_agent(a, proc, base)
