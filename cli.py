@@ -486,13 +486,54 @@ def exec_command(
 
 @main.command()
 @click.argument("task")
+@click.option(
+    "--timeline", is_flag=True, help="Draw the start phases as a waterfall instead of JSON."
+)
 @click.pass_context
-def inspect(ctx: click.Context, task: str) -> None:
+def inspect(ctx: click.Context, task: str, timeline: bool) -> None:
     """Show a task as JSON, with per-phase timings in milliseconds."""
     try:
-        click.echo(json.dumps(_client(ctx).call("GET", f"/v1/tasks/{task}"), indent=2))
+        t = _client(ctx).call("GET", f"/v1/tasks/{task}")
     except ApiError as e:
         _api_fail(e)
+    if timeline:
+        import shutil
+
+        width = max(20, min(shutil.get_terminal_size((100, 24)).columns, 160) - 50)
+        utf8 = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
+        click.echo("\n".join(_timeline(t, width=width, bar="█" if utf8 else "#")))
+        return
+    click.echo(json.dumps(t, indent=2))
+
+
+def _timeline(t: dict[str, Any], *, width: int, bar: str = "#") -> list[str]:
+    """The task's phases as a waterfall: one row per phase in start order, its bar placed at
+    its start (ms after the task was created) and as long as it took, on one scale; bars that
+    overlap ran at the same time. Phases without a start (the stop's) are listed below."""
+    timings: dict[str, float] = t.get("timings") or {}
+    starts: dict[str, float] = {k: v for k, v in (t.get("timeline") or {}).items() if k in timings}
+    head = f"task {t['id'][:12]} ({t['family']}): start timeline, ms after the task was created"
+    if not starts:
+        return [head, "  (no timeline recorded: the task was started by an older agent)"]
+    origin = min(0.0, *starts.values())
+    end = max(starts[k] + timings[k] for k in starts)
+    span = max(end - origin, 0.001)
+    name_w = max(len(k) for k in starts)
+    right = f"{end:.0f} ms"
+    scale = f"{origin:.0f}".ljust(width - len(right)) + right
+    rows = [head, f"{'PHASE'.ljust(name_w)}  {'START':>9}  {'TOOK':>9}  |{scale}|"]
+    for name in sorted(starts, key=lambda k: (starts[k], k)):
+        begin, took = starts[name], timings[name]
+        col = int((begin - origin) / span * width)
+        length = max(1, round(took / span * width))
+        col = min(col, width - 1)
+        length = min(length, width - col)
+        cells = " " * col + bar * length + " " * (width - col - length)
+        rows.append(f"{name.ljust(name_w)}  {begin:9.1f}  {took:9.1f}  |{cells}|")
+    rest = [k for k in timings if k not in starts]
+    if rest:
+        rows.append("not on the timeline: " + ", ".join(f"{k} {timings[k]:.1f} ms" for k in rest))
+    return rows
 
 
 @main.command("stats")

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     netns TEXT,
     ip TEXT,
     timings TEXT NOT NULL DEFAULT '{}',
-    ports TEXT NOT NULL DEFAULT '[]'
+    ports TEXT NOT NULL DEFAULT '[]',
+    timeline TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS containers (
     task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
@@ -74,6 +75,7 @@ MIGRATIONS = (
     ("containers", "health", "TEXT"),
     ("containers", "reason", "TEXT"),
     ("containers", "stop_signal", "INTEGER"),
+    ("tasks", "timeline", "TEXT NOT NULL DEFAULT '{}'"),
 )
 
 
@@ -131,6 +133,8 @@ class TaskRecord:
     ip: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     ports: list[dict[str, Any]] = field(default_factory=list)
+    # When each phase of `timings` began: ms after created_at (runtime.phase records both).
+    timeline: dict[str, float] = field(default_factory=dict)
     containers: list[ContainerRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +152,7 @@ class TaskRecord:
             "networkMode": self.definition.get("networkMode", "awsvpc"),
             "source": self.source,
             "timings": self.timings,
+            "timeline": self.timeline,
             "ports": self.ports,
             "exitCode": self.exit_code,
             "containers": [c.to_dict() for c in self.containers],
@@ -245,7 +250,7 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO tasks (id, family, definition, source, overrides, last_status,"
-                " desired_status, created_at, timings) VALUES (?,?,?,?,?,?,?,?,?)",
+                " desired_status, created_at, timings, timeline) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     t.id,
                     t.family,
@@ -256,6 +261,7 @@ class Store:
                     t.desired_status,
                     t.created_at,
                     json.dumps(t.timings),
+                    json.dumps(t.timeline),
                 ),
             )
             for c in t.containers:
@@ -281,7 +287,7 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "UPDATE tasks SET last_status=?, desired_status=?, started_at=?, stopped_at=?,"
-                " stop_reason=?, netns=?, ip=?, timings=?, ports=? WHERE id=?",
+                " stop_reason=?, netns=?, ip=?, timings=?, ports=?, timeline=? WHERE id=?",
                 (
                     t.last_status,
                     t.desired_status,
@@ -292,6 +298,7 @@ class Store:
                     t.ip,
                     json.dumps(t.timings),
                     json.dumps(t.ports),
+                    json.dumps(t.timeline),
                     t.id,
                 ),
             )
@@ -352,6 +359,7 @@ class Store:
             ip=row["ip"],
             timings=json.loads(row["timings"]),
             ports=json.loads(row["ports"]),
+            timeline=json.loads(row["timeline"]),
             containers=[
                 ContainerRecord(
                     task_id=c["task_id"],

@@ -75,6 +75,7 @@ async def accept(
         containers=records,
     )
     task.timings["accept"] = ms(t0)
+    task.timeline["accept"] = -task.timings["accept"]  # validation ran before created_at
     ctx.store.insert_task(task)
     log.info("task_accepted", task=task_id, family=td.family, source=source)
     return Accepted(task, td, env_files)

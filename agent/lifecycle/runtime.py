@@ -227,9 +227,15 @@ def ms(t0: float) -> float:
     return round((time.monotonic() - t0) * 1000, 2)
 
 
+def offset_ms(task: TaskRecord) -> float:
+    """Now, in ms after the task's creation: where a phase starts on its timeline."""
+    return round((time.time() - task.created_at) * 1000, 2)
+
+
 @contextlib.contextmanager
 def phase(task: TaskRecord, name: str) -> Iterator[None]:
     t0 = time.monotonic()
+    task.timeline[name] = offset_ms(task)  # when it began (inspect --timeline, OTLP spans)
     try:
         yield
     finally:

@@ -29,6 +29,8 @@ def launch(ctx: Context, accepted: Accepted) -> TaskRuntime:
 async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
     task, td = rt.task, accepted.definition
     t_start = time.monotonic()
+    # Where start_total begins on the task's timeline (runtime.offset_ms, inlined).
+    task.timeline["start_total"] = round((time.time() - task.created_at) * 1000, 2)
     try:
         await host.provision(ctx, task, td)
         await network.provision(ctx, task, td)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import start_agent, stop_agent
-from support import Agent, busybox_task, write_taskdef
+from support import TEST_IMAGE, Agent, busybox_task, write_taskdef
 
 from agent import stats
 
@@ -208,3 +208,31 @@ def test_prometheus_scrape_shows_tasks_phases_containers_and_logging(tmp_path: P
         assert not [1 for _, labels, _ in fams["nstask_container_cpu_seconds"] if labels == mine]
     finally:
         stop_agent(a, proc, base)
+
+
+def test_inspect_timeline_draws_the_start_phases_in_order(agent: Agent, tmp_path: Path) -> None:
+    td = busybox_task("timeline", ["sleep", "30"])
+    td["containerDefinitions"].append(  # type: ignore[attr-defined]
+        {"name": "second", "image": TEST_IMAGE, "essential": False, "command": ["sleep", "30"]}
+    )
+    task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+    task = agent.wait_status(task_id, "RUNNING")
+    starts, took = task["timeline"], task["timings"]
+    assert set(starts) <= set(took) and "container.second.start" in starts
+    # the sequence: network, then images, then each container after the one before it
+    net = starts.get("network.pool", starts.get("network.cni"))
+    assert net is not None and net < starts["images"] < starts["container.timeline.create"]
+    first_done = starts["container.timeline.start"] + took["container.timeline.start"]
+    assert starts["container.second.create"] >= first_done - 0.1
+    out = agent.cli("inspect", "--timeline", task_id, check=True).stdout.splitlines()
+    assert out[0].startswith(f"task {task_id[:12]} (timeline)")
+    names = [line.split()[0] for line in out[2:]]
+    assert names == sorted(starts, key=lambda k: (starts[k], k))
+    bars = {line.split()[0]: line.split("|")[1] for line in out[2:]}
+    width = len(bars["images"])
+    assert all(len(b) == width for b in bars.values())
+    # the later container's bar begins right of the earlier one's
+    assert bars["container.second.start"].index(bars["container.second.start"].strip()[0]) > (
+        bars["container.timeline.create"].index(bars["container.timeline.create"].strip()[0])
+    )
+    agent.cli("rm", "-f", task_id, check=True)
