@@ -32,6 +32,8 @@ from agent.errors import AgentRunning, NstaskError, StateError, Unavailable
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from agent.tracing import StartTraces
+
 log = structlog.get_logger("nstask.agent")
 
 
@@ -155,11 +157,17 @@ async def run_agent(config: AgentConfig) -> None:
     warm_pool = WarmPool(config, store, network)  # attached netns ready ahead of tasks
     runner: web.AppRunner | None = None
     metrics_runner: web.AppRunner | None = None  # the Prometheus listener (agent.metrics)
+    traces: StartTraces | None = None  # when an OTLP endpoint is configured
     ours: int | None = None
     pidfile = config.run_dir / "agent.pid"
     # One way out for every exit after this point, a failed start included (a socket that
     # cannot be bound, say): the pool is drained and the bridge removed when no task uses it.
     try:
+        from agent import tracing
+
+        if url := tracing.traces_url(config):  # opentelemetry is imported only then
+            traces = tracing.StartTraces(url)
+            engine.ctx.start_observers.append(traces.observe)
         await engine.start()
         if warm_pool.size:
             engine.warm_pool = warm_pool  # tasks take their network from it
@@ -201,6 +209,8 @@ async def run_agent(config: AgentConfig) -> None:
         else:
             log.info("agent_stopping", note="tasks keep running; the next agent re-attaches")
         await engine.close()
+        if traces is not None:
+            await asyncio.to_thread(traces.close)  # send the spans still queued
         await warm_pool.close()
         if await network.remove_bridge_if_unused():
             log.info("bridge_removed", bridge=config.bridge, note="no task was attached")

@@ -236,3 +236,86 @@ def test_inspect_timeline_draws_the_start_phases_in_order(agent: Agent, tmp_path
         bars["container.timeline.create"].index(bars["container.timeline.create"].strip()[0])
     )
     agent.cli("rm", "-f", task_id, check=True)
+
+
+class _OtlpReceiver:
+    """A small OTLP/HTTP trace receiver on loopback: keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        import gzip
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        self.spans: list[Any] = []
+        self.paths: list[str] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                req = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+                receiver.paths.append(self.path)
+                for rs in req.resource_spans:
+                    for ss in rs.scope_spans:
+                        receiver.spans.extend(ss.spans)
+                answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_task_start_arrives_as_an_otlp_trace_one_span_per_phase(tmp_path: Path) -> None:
+    receiver = _OtlpReceiver()
+    try:
+        a, proc, base = start_agent(
+            extra_env={"NSTASK_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}"}
+        )
+        try:
+            td = busybox_task("traced", ["sleep", "30"])
+            task_id = a.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+            task = a.wait_status(task_id, "RUNNING")
+            deadline = time.monotonic() + 15
+            while not any(s.name == "task.start" for s in receiver.spans):
+                assert time.monotonic() < deadline, f"no trace arrived: {receiver.spans}"
+                time.sleep(0.1)
+            a.cli("rm", "-f", task_id, check=True)
+        finally:
+            stop_agent(a, proc, base)
+    finally:
+        receiver.close()
+    assert set(receiver.paths) == {"/v1/traces"}
+    (root,) = [s for s in receiver.spans if s.name == "task.start"]
+    children = [s for s in receiver.spans if s.trace_id == root.trace_id and s is not root]
+    attrs = {kv.key: kv.value.string_value for kv in root.attributes}
+    assert attrs["nstask.task.id"] == task_id and attrs["nstask.task.family"] == "traced"
+    want = {k for k in task["timeline"] if k != "start_total"}
+    assert {s.name for s in children} == want
+    assert {"accept", "images", "container.traced.create", "container.traced.start"} <= want
+    assert all(s.parent_span_id == root.span_id for s in children)
+    assert not root.parent_span_id
+    created_ns = int(task["createdAt"] * 1e9)
+    for s in children:
+        # real times: where the phase began on the task's timeline, as long as it took
+        assert abs(s.start_time_unix_nano - created_ns - task["timeline"][s.name] * 1e6) < 1e6
+        took_ns = s.end_time_unix_nano - s.start_time_unix_nano
+        assert abs(took_ns - task["timings"][s.name] * 1e6) < 1e6
+        assert root.start_time_unix_nano <= s.start_time_unix_nano
+        assert s.end_time_unix_nano <= root.end_time_unix_nano

@@ -56,3 +56,19 @@ def test_agent_and_cli_import_neither_prometheus_nor_opentelemetry() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_otlp_endpoint_from_config_or_the_standard_variables() -> None:
+    from agent.config import AgentConfig
+    from agent.tracing import traces_url
+
+    none = AgentConfig()
+    assert traces_url(none, {}) is None
+    base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318/"}
+    assert traces_url(none, base) == "http://127.0.0.1:4318/v1/traces"
+    signal = {**base, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://h:1/custom"}
+    assert traces_url(none, signal) == "http://h:1/custom"  # the signal's own: used as is
+    ours = AgentConfig(otlp_endpoint="http://127.0.0.1:9999")
+    assert traces_url(ours, signal) == "http://127.0.0.1:9999/v1/traces"
+    full = AgentConfig(otlp_endpoint="http://127.0.0.1:9999/v1/traces")
+    assert traces_url(full, {}) == "http://127.0.0.1:9999/v1/traces"
