@@ -9,9 +9,11 @@ import json
 import socket
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import start_agent, stop_agent
 from support import TEST_IMAGE, Agent, busybox_task, write_taskdef
 
@@ -47,9 +49,22 @@ def api_get(a: Agent, path: str) -> tuple[int, Any]:
         conn.close()
 
 
-def run_burner(a: Agent, tmp_path: Path, family: str = "burner") -> dict[str, Any]:
+@pytest.fixture
+def cleanup(agent: Agent) -> Iterator[list[str]]:
+    """Task ids to remove (stopping them first) when the test ends, passed or failed: a
+    task left running would show in the next tests' leak checks and listings."""
+    ids: list[str] = []
+    yield ids
+    for task_id in ids:
+        agent.cli("rm", "-f", task_id)
+
+
+def run_burner(
+    a: Agent, tmp_path: Path, cleanup: list[str], family: str = "burner"
+) -> dict[str, Any]:
     td = busybox_task(family, ["sh", "-c", BURNER])
     task_id = a.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+    cleanup.append(task_id)
     return a.wait_status(task_id, "RUNNING")
 
 
@@ -65,8 +80,10 @@ def wait_memory(a: Agent, task_id: str, at_least: int) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def test_stats_move_with_cpu_memory_and_traffic(agent: Agent, tmp_path: Path) -> None:
-    task = run_burner(agent, tmp_path)
+def test_stats_move_with_cpu_memory_and_traffic(
+    agent: Agent, tmp_path: Path, cleanup: list[str]
+) -> None:
+    task = run_burner(agent, tmp_path, cleanup)
     cid = task["containers"][0]["containerdId"]
     first = wait_memory(agent, task["id"], 40 * MIB)
     assert first["id"] == cid and first["name"] == "/burner"
@@ -82,8 +99,10 @@ def test_stats_move_with_cpu_memory_and_traffic(agent: Agent, tmp_path: Path) ->
     status, body = api_get(agent, f"/v1/tasks/{task['id']}/stats")
     assert status == 200
     second = body[cid]
-    # precpu is the previous sample of this container: docker stats' CPU % works on one answer
-    assert second["preread"] == first["read"] or second["preread"] > first["read"]
+    # precpu is an earlier sample of this container (the latest one at least MIN_GAP_S older:
+    # wait_memory polled): docker stats' CPU % works on one answer
+    assert second["preread"] != stats.ZERO_TIME and second["preread"] < second["read"]
+    assert second["read"] > first["read"]
     assert (
         second["cpu_stats"]["cpu_usage"]["total_usage"]
         > first["cpu_stats"]["cpu_usage"]["total_usage"]
@@ -101,8 +120,10 @@ def test_stats_move_with_cpu_memory_and_traffic(agent: Agent, tmp_path: Path) ->
     assert status == 404 and body["error"]
 
 
-def test_stats_cli_no_stream_table_and_json(agent: Agent, tmp_path: Path) -> None:
-    task = run_burner(agent, tmp_path, "statscli")
+def test_stats_cli_no_stream_table_and_json(
+    agent: Agent, tmp_path: Path, cleanup: list[str]
+) -> None:
+    task = run_burner(agent, tmp_path, cleanup, "statscli")
     wait_memory(agent, task["id"], 40 * MIB)
     table = agent.cli("stats", "--no-stream", task["id"], check=True).stdout.splitlines()
     head = ["TASK", "CONTAINER", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O"]
@@ -210,12 +231,15 @@ def test_prometheus_scrape_shows_tasks_phases_containers_and_logging(tmp_path: P
         stop_agent(a, proc, base)
 
 
-def test_inspect_timeline_draws_the_start_phases_in_order(agent: Agent, tmp_path: Path) -> None:
+def test_inspect_timeline_draws_the_start_phases_in_order(
+    agent: Agent, tmp_path: Path, cleanup: list[str]
+) -> None:
     td = busybox_task("timeline", ["sleep", "30"])
     td["containerDefinitions"].append(  # type: ignore[attr-defined]
         {"name": "second", "image": TEST_IMAGE, "essential": False, "command": ["sleep", "30"]}
     )
     task_id = agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+    cleanup.append(task_id)
     task = agent.wait_status(task_id, "RUNNING")
     starts, took = task["timeline"], task["timings"]
     assert set(starts) <= set(took) and "container.second.start" in starts
