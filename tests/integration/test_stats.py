@@ -68,6 +68,19 @@ def run_burner(
     return a.wait_status(task_id, "RUNNING")
 
 
+def fetch_bytes(url: str, timeout: float = 15) -> bytes:
+    """The body at `url`, retried while nothing listens yet (httpd starts after dd)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return bytes(r.read())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def wait_memory(a: Agent, task_id: str, at_least: int) -> dict[str, Any]:
     deadline = time.monotonic() + 20
     while True:
@@ -92,8 +105,7 @@ def test_stats_move_with_cpu_memory_and_traffic(
     rx0, tx0 = stats.net_io(first)
     assert list(first["networks"]) == ["eth0"]
     # Traffic into and out of the task netns: the host fetches a 1+ MiB file from httpd.
-    with urllib.request.urlopen(f"http://{task['ip']}:8080/bin/busybox", timeout=10) as r:
-        size = len(r.read())
+    size = len(fetch_bytes(f"http://{task['ip']}:8080/bin/busybox"))
     assert size > MIB
     time.sleep(1.0)
     status, body = api_get(agent, f"/v1/tasks/{task['id']}/stats")
