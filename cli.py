@@ -110,6 +110,15 @@ def main(ctx: click.Context, socket_path: str) -> None:
     default=None,
     help="Host-mode tasks reach 169.254.170.2 too (a host-wide rule: one agent per host).",
 )
+@click.option(
+    "--metrics-address",
+    help="Serve Prometheus metrics at [HOST]:PORT/metrics (no HOST: 127.0.0.1; default off).",
+)
+@click.option(
+    "--otlp-endpoint",
+    help="Export each task's start as an OpenTelemetry trace to this OTLP/HTTP endpoint "
+    "(default: $OTEL_EXPORTER_OTLP_ENDPOINT, else off).",
+)
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
 @click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
 @click.pass_context
@@ -417,13 +426,187 @@ def exec_command(
 
 @main.command()
 @click.argument("task")
+@click.option(
+    "--timeline", is_flag=True, help="Draw the start phases as a waterfall instead of JSON."
+)
 @click.pass_context
-def inspect(ctx: click.Context, task: str) -> None:
+def inspect(ctx: click.Context, task: str, timeline: bool) -> None:
     """Show a task as JSON, with per-phase timings in milliseconds."""
     try:
-        click.echo(json.dumps(_client(ctx).call("GET", f"/v1/tasks/{task}"), indent=2))
+        t = _client(ctx).call("GET", f"/v1/tasks/{task}")
     except ApiError as e:
         _api_fail(e)
+    if timeline:
+        import shutil
+
+        width = max(20, min(shutil.get_terminal_size((100, 24)).columns, 160) - 50)
+        utf8 = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
+        click.echo("\n".join(_timeline(t, width=width, bar="█" if utf8 else "#")))
+        return
+    click.echo(json.dumps(t, indent=2))
+
+
+def _timeline(t: dict[str, Any], *, width: int, bar: str = "#") -> list[str]:
+    """The task's phases as a waterfall: one row per phase in start order, its bar placed at
+    its start (ms after the task was created) and as long as it took, on one scale; bars that
+    overlap ran at the same time. Phases without a start (the stop's) are listed below."""
+    timings: dict[str, float] = t.get("timings") or {}
+    starts: dict[str, float] = {k: v for k, v in (t.get("timeline") or {}).items() if k in timings}
+    head = f"task {t['id'][:12]} ({t['family']}): start timeline, ms after the task was created"
+    if not starts:
+        return [head, "  (no timeline recorded: the task was started by an older agent)"]
+    origin = min(0.0, *starts.values())
+    end = max(starts[k] + timings[k] for k in starts)
+    span = max(end - origin, 0.001)
+    name_w = max(len(k) for k in starts)
+    right = f"{end:.0f} ms"
+    scale = f"{origin:.0f}".ljust(width - len(right)) + right
+    rows = [head, f"{'PHASE'.ljust(name_w)}  {'START':>9}  {'TOOK':>9}  |{scale}|"]
+    for name in sorted(starts, key=lambda k: (starts[k], k)):
+        begin, took = starts[name], timings[name]
+        col = int((begin - origin) / span * width)
+        length = max(1, round(took / span * width))
+        col = min(col, width - 1)
+        length = min(length, width - col)
+        cells = " " * col + bar * length + " " * (width - col - length)
+        rows.append(f"{name.ljust(name_w)}  {begin:9.1f}  {took:9.1f}  |{cells}|")
+    rest = [k for k in timings if k not in starts]
+    if rest:
+        rows.append("not on the timeline: " + ", ".join(f"{k} {timings[k]:.1f} ms" for k in rest))
+    return rows
+
+
+@main.command("stats")
+@click.argument("tasks", nargs=-1)
+@click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one array per sample).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=1.0,
+    show_default=True,
+    help="Seconds between samples.",
+)
+@click.pass_context
+def stats_command(
+    ctx: click.Context, tasks: tuple[str, ...], no_stream: bool, as_json: bool, interval: float
+) -> None:
+    """Live CPU, memory, network, block I/O and pids of the containers of running tasks (all,
+    or TASK...), as `docker stats` shows them. CPU % needs two samples: the first table comes
+    after one interval."""
+    import time
+
+    client = _client(ctx)
+    first = True
+    try:
+        _stats_sample(client, tasks)  # the baseline of the first CPU %
+        while True:
+            time.sleep(interval)
+            rows = _stats_sample(client, tasks)
+            _print_stats(rows, as_json=as_json, no_stream=no_stream, clear=not first)
+            first = False
+            if no_stream:
+                return
+    except ApiError as e:
+        _api_fail(e)
+    except KeyboardInterrupt:
+        return
+
+
+def _stats_sample(client: Client, refs: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per container of the tasks (named, else every task not stopped)."""
+    from agent import stats
+
+    if refs:
+        tasks = [client.call("GET", f"/v1/tasks/{ref}") for ref in refs]
+    else:
+        tasks = [t for t in client.call("GET", "/v1/tasks") if t["lastStatus"] == "RUNNING"]
+    rows = []
+    for t in tasks:
+        try:
+            by_id = client.call("GET", f"/v1/tasks/{t['id']}/stats")
+        except ApiError as e:
+            if refs or e.status != 404:
+                raise
+            continue  # removed since the listing
+        for c in t["containers"]:
+            s = by_id.get(c["containerdId"])
+            row: dict[str, Any] = {"task": t["id"], "container": c["name"], "running": bool(s)}
+            if s:
+                used, limit = stats.memory_usage(s)
+                (rx, tx), (rd, wr) = stats.net_io(s), stats.block_io(s)
+                row.update(
+                    cpuPercent=round(stats.cpu_percent(s), 2),
+                    memoryUsage=used,
+                    memoryLimit=limit,
+                    memoryPercent=round(used / limit * 100, 2) if limit else 0.0,
+                    netRx=rx,
+                    netTx=tx,
+                    blockRead=rd,
+                    blockWrite=wr,
+                    pids=s["pids_stats"].get("current", 0),
+                    stats=s,
+                )
+            rows.append(row)
+    return rows
+
+
+def _print_stats(
+    rows: list[dict[str, Any]], *, as_json: bool, no_stream: bool, clear: bool
+) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2) if no_stream else json.dumps(rows))
+        return
+    lines = _stats_table(rows)
+    if no_stream or not sys.stdout.isatty():
+        click.echo("\n".join(lines) + ("" if no_stream else "\n"))
+        return
+    # Redraw in place, as docker stats does: home, table, clear the rest of the screen.
+    sys.stdout.write("\x1b[H" + ("" if clear else "\x1b[2J"))
+    sys.stdout.write("\n".join(line + "\x1b[K" for line in lines) + "\n\x1b[J")
+    sys.stdout.flush()
+
+
+def _stats_table(rows: list[dict[str, Any]]) -> list[str]:
+    head = ("TASK", "CONTAINER", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O")
+    table = [(*head, "PIDS")]
+    for r in rows:
+        if not r["running"]:
+            table.append((r["task"][:12], r["container"], "--", "-- / --", "--", "--", "--", "--"))
+            continue
+        table.append(
+            (
+                r["task"][:12],
+                r["container"],
+                f"{r['cpuPercent']:.2f}%",
+                f"{_binary(r['memoryUsage'])} / {_binary(r['memoryLimit'])}",
+                f"{r['memoryPercent']:.2f}%",
+                f"{_decimal(r['netRx'])} / {_decimal(r['netTx'])}",
+                f"{_decimal(r['blockRead'])} / {_decimal(r['blockWrite'])}",
+                str(r["pids"]),
+            )
+        )
+    cells = [tuple(cli_fast._cell(v) for v in r) for r in table]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return ["   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+
+
+def _binary(n: float) -> str:
+    """Bytes in binary units, 4 significant digits (docker's MEM USAGE: 47.5MiB)."""
+    return _units(n, 1024.0, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"))
+
+
+def _decimal(n: float) -> str:
+    """Bytes in decimal units, 4 significant digits (docker's NET I/O, BLOCK I/O: 1.05MB)."""
+    return _units(n, 1000.0, ("B", "kB", "MB", "GB", "TB", "PB"))
+
+
+def _units(n: float, base: float, names: tuple[str, ...]) -> str:
+    i = 0
+    while n >= base and i < len(names) - 1:
+        n /= base
+        i += 1
+    return f"{n:.4g}{names[i]}"
 
 
 @main.command()

@@ -5,6 +5,7 @@
     GET    /v1/tasks?all=1              -> [task]
     GET    /v1/tasks/{id}               -> task (id or unique prefix)
     GET    /v1/tasks/{id}/wait          -> task, once STOPPED
+    GET    /v1/tasks/{id}/stats         -> {DockerId: Docker stats JSON | null} (agent.stats)
     POST   /v1/tasks/{id}/stop          {timeout?} -> task (STOPPED)
     DELETE /v1/tasks/{id}?force=1       -> 204
     POST   /v1/tasks/{id}/exec          {command, container?, environment?} -> NDJSON
@@ -186,6 +187,14 @@ def build_app(engine: Engine) -> web.Application:
         for c in task["containers"]:
             c["logging"] = logging_stats(c["logPath"])  # the shim's counters
         return web.json_response(task)
+
+    @routes.get("/v1/tasks/{id}/stats")
+    async def task_stats(request: web.Request) -> web.Response:
+        from agent import stats
+
+        return web.json_response(
+            await stats.task_stats(engine.ctx, engine.get(request.match_info["id"]))
+        )
 
     @routes.get("/v1/tasks/{id}/wait")
     async def wait(request: web.Request) -> web.Response:

@@ -82,6 +82,12 @@ class AgentConfig:
     # STS AssumeRole: the credentials' lifetime, and how long before expiry they are renewed.
     sts_duration: int = 3600
     sts_refresh_margin: float = 300.0
+    # Prometheus metrics listener (agent.metrics), off when empty. "9464" or ":9464" binds
+    # 127.0.0.1; a named address ("0.0.0.0:9464") is taken as the user's choice.
+    metrics_address: str = ""
+    # OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318) that gets each task's start as a trace
+    # (agent.tracing); empty: OTEL_EXPORTER_OTLP_ENDPOINT if set, else no export.
+    otlp_endpoint: str = ""
 
     @property
     def db_path(self) -> Path:
@@ -139,7 +145,30 @@ def _env_overrides() -> dict[str, Any]:
 
 def load_config(**flags: Any) -> AgentConfig:
     """Defaults, then NSTASK_* variables, then command-line flags."""
-    return AgentConfig().with_overrides(**_env_overrides()).with_overrides(**flags)
+    config = AgentConfig().with_overrides(**_env_overrides()).with_overrides(**flags)
+    if config.metrics_address:
+        listen_address(config.metrics_address)  # refused at start, with the setting named
+    return config
+
+
+def listen_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """`[host]:port` of the metrics listener as (host, port); no host means loopback."""
+    import ipaddress
+
+    raw = text.strip()
+    host, sep, port_text = raw.rpartition(":")
+    if not sep:
+        host, port_text = "", raw
+    host = host.strip("[]") or default_host
+    where = f"metrics_address (NSTASK_METRICS_ADDRESS, --metrics-address) {text!r}"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidInput(f"{where}: the port must be a number from 1 to 65535")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise InvalidInput(f"{where}: {host!r} is not an IP address") from None
+    return host, int(port_text)
 
 
 def default_shim_path() -> Path:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from agent.credentials import CredentialSource
+    from agent.tracing import StartTraces
 
 log = structlog.get_logger("nstask.agent")
 
@@ -183,11 +184,18 @@ async def run_agent(config: AgentConfig) -> None:
         agent_version=VERSION,
     )
     runner: web.AppRunner | None = None
+    metrics_runner: web.AppRunner | None = None  # the Prometheus listener (agent.metrics)
+    traces: StartTraces | None = None  # when an OTLP endpoint is configured
     ours: int | None = None
     pidfile = config.run_dir / "agent.pid"
     # One way out for every exit after this point, a failed start included (a socket that
     # cannot be bound, say): the pool is drained and the bridge removed when no task uses it.
     try:
+        from agent import tracing
+
+        if url := tracing.traces_url(config):  # opentelemetry is imported only then
+            traces = tracing.StartTraces(url)
+            engine.ctx.start_observers.append(traces.observe)
         await engine.start()
         if warm_pool.size:
             engine.warm_pool = warm_pool  # tasks take their network from it
@@ -196,6 +204,10 @@ async def run_agent(config: AgentConfig) -> None:
         engine.metadata = metadata
         runner = await serve(engine, config.socket)
         ours = os.stat(config.socket).st_ino
+        if config.metrics_address:  # prometheus_client is imported only then
+            from agent import metrics
+
+            metrics_runner, _ = await metrics.serve(engine, config.metrics_address)
         _private_file(pidfile, f"{os.getpid()}\n")
         log.info(
             "agent_ready",
@@ -211,6 +223,8 @@ async def run_agent(config: AgentConfig) -> None:
             loop.add_signal_handler(sig, done.set)
         await done.wait()
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         if runner is not None:
             await runner.cleanup()
         if config.stop_tasks_on_exit and runner is not None:
@@ -226,6 +240,8 @@ async def run_agent(config: AgentConfig) -> None:
             log.info("agent_stopping", note="tasks keep running; the next agent re-attaches")
         await metadata.close()
         await engine.close()
+        if traces is not None:
+            await asyncio.to_thread(traces.close)  # send the spans still queued
         await warm_pool.close()
         if await network.remove_bridge_if_unused():
             log.info("bridge_removed", bridge=config.bridge, note="no task was attached")

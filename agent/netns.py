@@ -38,6 +38,7 @@ __all__ = [
     "VethPair",
     "create_netns",
     "host_veth_name",
+    "interface_counters",
     "list_netns",
     "netns_exists",
     "netns_path",
@@ -248,6 +249,58 @@ def _info(msg: Any) -> LinkInfo:
 def _split_cidr(cidr: str) -> tuple[str, int]:
     iface = ipaddress.ip_interface(cidr)
     return str(iface.ip), iface.network.prefixlen
+
+
+# -- interface counters (stats) ---------------------------------------------------------
+
+# /proc/net/dev columns after "<ifname>:", in order; the names are Docker's stats JSON keys.
+_DEV_RX = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped")
+_DEV_TX = ("tx_bytes", "tx_packets", "tx_errors", "tx_dropped")
+
+
+def parse_net_dev(text: str) -> dict[str, dict[str, int]]:
+    """/proc/net/dev as {ifname: {rx_bytes, rx_packets, rx_errors, rx_dropped, tx_...}}."""
+    out: dict[str, dict[str, int]] = {}
+    for line in text.splitlines()[2:]:
+        name, sep, rest = line.partition(":")
+        cols = rest.split()
+        if not sep or len(cols) < 16:
+            continue
+        nums = [int(c) for c in cols]
+        # receive: bytes packets errs drop fifo frame compressed multicast; transmit: 8 more
+        out[name.strip()] = dict(zip(_DEV_RX + _DEV_TX, nums[0:4] + nums[8:12], strict=True))
+    return out
+
+
+def _read_net_dev_in(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    # thread-self: /proc/net (= /proc/self/net) shows the netns of the main thread, not ours.
+    with open("/proc/thread-self/net/dev") as f:
+        return f.read()
+
+
+def interface_counters(netns_path: str) -> dict[str, dict[str, int]]:
+    """The traffic counters of every interface in the netns at `netns_path` (lo included),
+    or {} when the netns is gone (a task stopping). Read from /proc/net/dev in a thread that
+    joined the netns: about 6x cheaper than a netlink dump through pyroute2 (measured
+    here: 0.21 ms against 1.28 ms per call, most of it pyroute2's IPRoute set-up)."""
+    if not _is_netns(netns_path):
+        return {}
+    try:
+        text = _in_fresh_thread(lambda: _read_net_dev_in(netns_path))
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise NetworkError(
+            f"read interface counters in {netns_path}: {exc.strerror}", object=netns_path
+        ) from exc
+    return parse_net_dev(text)
 
 
 # -- links ------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     netns TEXT,
     ip TEXT,
     timings TEXT NOT NULL DEFAULT '{}',
-    ports TEXT NOT NULL DEFAULT '[]'
+    ports TEXT NOT NULL DEFAULT '[]',
+    timeline TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS containers (
     task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
@@ -81,6 +82,7 @@ MIGRATIONS = (
     ("tasks", "pull_started_at", "REAL"),
     ("tasks", "pull_stopped_at", "REAL"),
     ("containers", "created_at", "REAL"),
+    ("tasks", "timeline", "TEXT NOT NULL DEFAULT '{}'"),
 )
 
 
@@ -140,6 +142,8 @@ class TaskRecord:
     ip: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     ports: list[dict[str, Any]] = field(default_factory=list)
+    # When each phase of `timings` began: ms after created_at (runtime.phase records both).
+    timeline: dict[str, float] = field(default_factory=dict)
     containers: list[ContainerRecord] = field(default_factory=list)
     credentials_id: str | None = None  # never in to_dict: it unlocks the role's credentials
     pull_started_at: float | None = None  # the images step (metadata PullStartedAt/StoppedAt)
@@ -160,6 +164,7 @@ class TaskRecord:
             "networkMode": self.definition.get("networkMode", "awsvpc"),
             "source": self.source,
             "timings": self.timings,
+            "timeline": self.timeline,
             "ports": self.ports,
             "exitCode": self.exit_code,
             "containers": [c.to_dict() for c in self.containers],
@@ -263,8 +268,8 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO tasks (id, family, definition, source, overrides, last_status,"
-                " desired_status, created_at, timings, credentials_id)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " desired_status, created_at, timings, credentials_id, timeline)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     t.id,
                     t.family,
@@ -276,6 +281,7 @@ class Store:
                     t.created_at,
                     json.dumps(t.timings),
                     t.credentials_id,
+                    json.dumps(t.timeline),
                 ),
             )
             for c in t.containers:
@@ -303,7 +309,7 @@ class Store:
             db.execute(
                 "UPDATE tasks SET last_status=?, desired_status=?, started_at=?, stopped_at=?,"
                 " stop_reason=?, netns=?, ip=?, timings=?, ports=?, pull_started_at=?,"
-                " pull_stopped_at=? WHERE id=?",
+                " pull_stopped_at=?, timeline=? WHERE id=?",
                 (
                     t.last_status,
                     t.desired_status,
@@ -316,6 +322,7 @@ class Store:
                     json.dumps(t.ports),
                     t.pull_started_at,
                     t.pull_stopped_at,
+                    json.dumps(t.timeline),
                     t.id,
                 ),
             )
@@ -380,6 +387,7 @@ class Store:
             credentials_id=row["credentials_id"],
             pull_started_at=row["pull_started_at"],
             pull_stopped_at=row["pull_stopped_at"],
+            timeline=json.loads(row["timeline"]),
             containers=[
                 ContainerRecord(
                     task_id=c["task_id"],

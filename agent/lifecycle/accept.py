@@ -84,6 +84,7 @@ async def accept(
         credentials_id=str(uuid.uuid4()) if task_role_arn(definition) else None,
     )
     task.timings["accept"] = ms(t0)
+    task.timeline["accept"] = -task.timings["accept"]  # validation ran before created_at
     ctx.store.insert_task(task)
     log.info("task_accepted", task=task_id, family=td.family, source=source)
     return Accepted(task, td, env_files)

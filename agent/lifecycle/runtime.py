@@ -19,6 +19,7 @@ from agent.errors import TaskNotFound
 from agent.lifecycle.seams import CgroupSeam, Client, ImageSeam, NetworkSeam, PoolSeam
 from agent.secret_sources import SecretSources
 from agent.secrets import SecretStore
+from agent.stats import History
 from agent.store import Store, TaskRecord
 
 log = structlog.get_logger("nstask.engine")
@@ -50,6 +51,8 @@ class TaskRuntime:
     health: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     oom: set[str] = field(default_factory=set)  # containerd ids with an OOM event
     retrying: bool = False
+    # agent.stats: each container's latest samples (precpu_stats/preread come from them).
+    stats: dict[str, History] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def changed(self) -> asyncio.Event:
@@ -135,6 +138,17 @@ class Context:
         self.background: set[asyncio.Task[Any]] = set()
         # Set by the daemon once the warm pool runs (None: no pool, every task attaches).
         self.pool: PoolSeam | None = None
+        # Called when a task's start sequence ends, with None when every container started
+        # or the error: the Prometheus histograms (agent.metrics), the OTLP export
+        # (agent.tracing). Set by the daemon when those are configured.
+        self.start_observers: list[Callable[[TaskRecord, str | None], None]] = []
+
+    def start_ended(self, task: TaskRecord, error: str | None = None) -> None:
+        for observe in self.start_observers:
+            try:
+                observe(task, error)
+            except Exception as e:  # an observer's failure never touches the task
+                log.error("start_observer_failed", task=task.id, error=str(e), exc_info=e)
 
     @property
     def snapshotter(self) -> str:
@@ -216,9 +230,15 @@ def ms(t0: float) -> float:
     return round((time.monotonic() - t0) * 1000, 2)
 
 
+def offset_ms(task: TaskRecord) -> float:
+    """Now, in ms after the task's creation: where a phase starts on its timeline."""
+    return round((time.time() - task.created_at) * 1000, 2)
+
+
 @contextlib.contextmanager
 def phase(task: TaskRecord, name: str) -> Iterator[None]:
     t0 = time.monotonic()
+    task.timeline[name] = offset_ms(task)  # when it began (inspect --timeline, OTLP spans)
     try:
         yield
     finally:

@@ -38,6 +38,8 @@ def launch(ctx: Context, accepted: Accepted) -> TaskRuntime:
 async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
     task, td = rt.task, accepted.definition
     t_start = time.monotonic()
+    # Where start_total begins on the task's timeline (runtime.offset_ms, inlined).
+    task.timeline["start_total"] = round((time.time() - task.created_at) * 1000, 2)
     try:
         await host.provision(ctx, task, td)
         # The network and the images need nothing of each other: both lanes run at once
@@ -80,6 +82,7 @@ async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
             task.last_status = RUNNING
         ctx.save(task)
         log.info("task_running", task=task.id, ip=task.ip, timings=task.timings)
+        ctx.start_ended(task)  # metrics and traces of the start (runtime.Context)
     except asyncio.CancelledError:
         raise  # a stop (or the agent's exit) took over
     except Exception as e:  # every failure to start ends in a full rollback
@@ -90,6 +93,7 @@ async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
             exc_info=e if not isinstance(e, NstaskError) else None,
         )
         ctx.stop_soon(task.id, f"failed to start: {e}", timeout=0)
+        ctx.start_ended(task, str(e))
         return
     # An essential container may have exited while the others were starting.
     if task.desired_status == RUNNING and any(

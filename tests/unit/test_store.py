@@ -130,3 +130,30 @@ def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.insecure_registries == ("reg.example:5000", "10.0.0.1:80")
     assert cfg.stop_timeout == 12.5 and cfg.stop_tasks_on_exit is True
     assert cfg.namespace == "mine"
+
+
+def test_timeline_is_kept_and_an_older_store_gains_the_column(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    old = sqlite3.connect(db)  # a store from before the timeline column
+    old.executescript(
+        "CREATE TABLE tasks (id TEXT PRIMARY KEY, family TEXT NOT NULL, definition TEXT NOT NULL,"
+        " source TEXT NOT NULL DEFAULT '', overrides TEXT NOT NULL DEFAULT '{}', last_status"
+        " TEXT NOT NULL, desired_status TEXT NOT NULL, created_at REAL NOT NULL, started_at"
+        " REAL, stopped_at REAL, stop_reason TEXT, netns TEXT, ip TEXT, timings TEXT NOT NULL"
+        " DEFAULT '{}');"
+        "INSERT INTO tasks (id, family, definition, last_status, desired_status, created_at)"
+        " VALUES ('old', 'f', '{}', 'STOPPED', 'STOPPED', 1.0);"
+    )
+    old.close()
+    s = Store(db)
+    before = s.get_task("old")
+    assert before is not None and before.timeline == {}
+    t = _task()
+    t.timeline = {"accept": -1.5}
+    s.insert_task(t)
+    t.timings, t.timeline = {"images": 3.0}, {"accept": -1.5, "images": 7.25}
+    s.update_task(t)
+    s.close()
+    again = Store(db).get_task("t1")
+    assert again is not None and again.timeline == {"accept": -1.5, "images": 7.25}
+    assert again.to_dict()["timeline"] == again.timeline
