@@ -34,9 +34,11 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
+from agent import stats
 from agent.config import AgentConfig
 from agent.credentials import CredentialSource
 from agent.errors import NetworkError, NstaskError, TaskNotFound
+from agent.lifecycle.runtime import Context
 from agent.metadata import documents, netfilter
 from agent.metadata.documents import Platform
 from agent.metadata.env import enabled
@@ -55,6 +57,9 @@ class Tasks(Protocol):
 
     def list_tasks(self, *, all_tasks: bool = False) -> list[TaskRecord]: ...
     def get(self, ref: str) -> TaskRecord: ...
+
+    @property
+    def ctx(self) -> Context: ...  # what agent.stats reads a task's stats with
 
 
 def _has_container(task: TaskRecord, docker_id: str) -> bool:
@@ -192,12 +197,44 @@ class MetadataServers:
             async def task_with_tags(request: web.Request) -> web.Response:
                 return await self._task_answer(request, with_tags=True)
 
+            @routes.get(f"/{version}/{{id}}/stats")
+            async def container_stats(request: web.Request) -> web.Response:
+                task, c = self._container_of(request)
+                found = await stats.container_stats(self.tasks.ctx, task, c)
+                return web.json_response(found if found is not None else {})
+
+            @routes.get(f"/{version}/{{id}}/task/stats")
+            async def task_stats(request: web.Request) -> web.Response:
+                task, _ = self._container_of(request)
+                return web.json_response(await stats.task_stats(self.tasks.ctx, task))
+
         @routes.get("/v2/metadata")
         async def v2_metadata(request: web.Request) -> web.Response:
             task = self._task_by_address(request.remote or "")
             if task is None:
                 return _not_found()
             return await self._task_json(task, with_tags=False)
+
+        @routes.get("/v2/stats")
+        async def v2_stats(request: web.Request) -> web.Response:
+            task = self._task_by_address(request.remote or "")
+            if task is None:
+                return _not_found()
+            return web.json_response(await stats.task_stats(self.tasks.ctx, task))
+
+        @routes.get("/v2/stats/{docker_id}")
+        async def v2_container_stats(request: web.Request) -> web.Response:
+            task = self._task_by_address(request.remote or "")
+            wanted = request.match_info["docker_id"]
+            c = (
+                next((c for c in task.containers if c.containerd_id == wanted), None)
+                if task
+                else None
+            )
+            if task is None or c is None:
+                return _not_found()
+            found = await stats.container_stats(self.tasks.ctx, task, c)
+            return web.json_response(found if found is not None else {})
 
         @routes.get("/v2/credentials/{id}")
         async def credentials(request: web.Request) -> web.Response:

@@ -487,3 +487,34 @@ def test_task_role_credentials_come_from_sts_and_change_at_refresh(tmp_path: Pat
             a.cli("rm", "-f", task_id)
         stop_agent(a, proc, base)
         moto.stop()
+
+
+def test_stats_paths_answer_the_tasks_own_containers_in_dockers_shape(
+    md_agent: Agent, tmp_path: Path
+) -> None:
+    a = md_agent
+    first = run(a, tmp_path, task_def("md-stats"), "stats.json")
+    other = run(a, tmp_path, task_def("md-stats-other"), "stats-other.json")
+    try:
+        (cid,) = [c["containerdId"] for c in first["containers"]]
+        one = get_json(a, first["id"], "$ECS_CONTAINER_METADATA_URI_V4/stats")
+        assert one["id"] == cid and one["name"] == "/app"
+        for key in ("read", "preread", "cpu_stats", "precpu_stats", "memory_stats", "pids_stats"):
+            assert key in one, key
+        assert one["memory_stats"]["usage"] > 0 and one["pids_stats"]["current"] >= 1
+        assert one["networks"]["eth0"]["rx_packets"] >= 0 and "network_rate_stats" in one
+        for url in (
+            "$ECS_CONTAINER_METADATA_URI_V4/task/stats",
+            "$ECS_CONTAINER_METADATA_URI/task/stats",
+            "http://169.254.170.2/v2/stats",
+        ):
+            by_id = get_json(a, first["id"], url)
+            assert list(by_id) == [cid] and by_id[cid]["id"] == cid, url
+        assert get_json(a, first["id"], f"http://169.254.170.2/v2/stats/{cid}")["id"] == cid
+        # Another task: not with the first's URI, not by the first's container id.
+        uri = env_of(a, first["id"])["ECS_CONTAINER_METADATA_URI_V4"]
+        for url in (uri + "/stats", uri + "/task/stats", f"http://169.254.170.2/v2/stats/{cid}"):
+            out = sh(a, other["id"], f"timeout 5 wget -S -O- {url} 2>&1")
+            assert out.returncode != 0 and "404" in out.stdout, (url, out.stdout)
+    finally:
+        finish(a, first["id"], other["id"])
