@@ -72,6 +72,7 @@ def main() -> int:
             web = inspect(web_id)
         url = f"http://{web['ip']}:8080/"
         sh("ps")
+        sh("stats", "--no-stream")
         hello = sh("run", "-e", f"WEB_URL={url}", "examples/hello.json", check=False, capture=True)
         hello_tasks = json.loads(
             subprocess.run(
@@ -88,11 +89,14 @@ def main() -> int:
         sh("logs", web_id)
         sh("rm", web_id, capture=True)
         web_id = None
-        ok = hello.returncode == 0 and "hello from the web task" in (hello.stdout or "")
+        out = hello.stdout or ""
+        ok = hello.returncode == 0 and "hello from the web task" in out
+        ok = ok and '"TaskARN": "arn:aws:ecs:' in out  # its own metadata, at 169.254.170.2
         print(
             "\ndemo: "
             + (
-                "OK: the hello task fetched the web task's page over the task network"
+                "OK: the hello task read its own task metadata at 169.254.170.2 and fetched "
+                "the web task's page over the task network"
                 if ok
                 else f"FAILED (hello exited {hello.returncode})"
             )
