@@ -557,7 +557,7 @@ def _print_stats(
     if as_json:
         click.echo(json.dumps(rows, indent=2) if no_stream else json.dumps(rows))
         return
-    lines = _stats_table(rows)
+    lines = [_host_summary(rows, _host_memory(), os.cpu_count() or 1), "", *_stats_table(rows)]
     if no_stream or not sys.stdout.isatty():
         click.echo("\n".join(lines) + ("" if no_stream else "\n"))
         return
@@ -565,6 +565,32 @@ def _print_stats(
     sys.stdout.write("\x1b[H" + ("" if clear else "\x1b[2J"))
     sys.stdout.write("\n".join(line + "\x1b[K" for line in lines) + "\n\x1b[J")
     sys.stdout.flush()
+
+
+def _host_memory() -> tuple[int, int]:
+    """(total, in use) bytes of the host's memory, as `free` counts them (/proc/meminfo)."""
+    info: dict[str, int] = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            info[key] = int(value.split()[0]) * 1024
+    total = info.get("MemTotal", 0)
+    return total, total - info.get("MemAvailable", total)
+
+
+def _host_summary(rows: list[dict[str, Any]], memory: tuple[int, int], cores: int) -> str:
+    """One line on the host, as a Container Insights cluster view would put it: tasks and
+    containers running, what they use of its CPUs and memory, and the memory the host uses."""
+    live = [r for r in rows if r["running"]]
+    tasks = len({r["task"] for r in rows})
+    cpu = sum(r["cpuPercent"] for r in live) / cores
+    mem = sum(r["memoryUsage"] for r in live)
+    total, used = memory
+    return (
+        f"host: {tasks} task(s), {len(live)} of {len(rows)} container(s) running; "
+        f"CPU {cpu:.2f}% of {cores} core(s); memory {_binary(mem)} in containers, "
+        f"host {_binary(used)} / {_binary(total)} in use"
+    )
 
 
 def _stats_table(rows: list[dict[str, Any]]) -> list[str]:

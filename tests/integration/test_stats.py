@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import time
 import urllib.request
@@ -137,7 +138,12 @@ def test_stats_cli_no_stream_table_and_json(
 ) -> None:
     task = run_burner(agent, tmp_path, cleanup, "statscli")
     wait_memory(agent, task["id"], 40 * MIB)
-    table = agent.cli("stats", "--no-stream", task["id"], check=True).stdout.splitlines()
+    host, blank, *table = agent.cli(
+        "stats", "--no-stream", task["id"], check=True
+    ).stdout.splitlines()
+    # The host line first: this task's one busy container counts against the host's cores.
+    assert host.startswith("host: 1 task(s), 1 of 1 container(s) running; CPU ") and not blank
+    assert f"of {os.cpu_count()} core(s)" in host and "MiB in containers" in host, host
     head = ["TASK", "CONTAINER", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O"]
     assert table[0].split("   ")[:1] == ["TASK"] and all(h in table[0] for h in head), table
     assert table[0].rstrip().endswith("PIDS")
@@ -158,7 +164,7 @@ def test_stats_cli_no_stream_table_and_json(
     assert task["id"] in {r["task"] for r in listed}
     agent.cli("stop", "-t", "0", task["id"], check=True)
     stopped = agent.cli("stats", "--no-stream", task["id"], check=True).stdout.splitlines()
-    assert "--" in stopped[1]
+    assert "0 of 1 container(s) running" in stopped[0] and "--" in stopped[3]
     bad = agent.cli("stats", "--no-stream", "nosuchtask")
     assert bad.returncode == 1 and "no such task" in bad.stderr
     agent.cli("rm", task["id"], check=True)

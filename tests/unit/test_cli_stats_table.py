@@ -33,3 +33,30 @@ def test_units_switch_at_their_base() -> None:
     assert cli._binary(1023) == "1023B"
     assert cli._binary(1024) == "1KiB" and cli._binary(1536 << 20) == "1.5GiB"
     assert cli._decimal(999) == "999B" and cli._decimal(1000) == "1kB"
+
+
+def test_host_line_sums_the_containers_against_the_hosts_cores_and_memory() -> None:
+    rows = [
+        {
+            "task": "t1",
+            "container": "a",
+            "running": True,
+            "cpuPercent": 150.0,
+            "memoryUsage": 1 << 30,
+        },
+        {
+            "task": "t1",
+            "container": "b",
+            "running": True,
+            "cpuPercent": 50.0,
+            "memoryUsage": 1 << 30,
+        },
+        {"task": "t2", "container": "c", "running": False},
+    ]
+    line = cli._host_summary(rows, (16 << 30, 4 << 30), 4)
+    assert line == (
+        "host: 2 task(s), 2 of 3 container(s) running; CPU 50.00% of 4 core(s); "
+        "memory 2GiB in containers, host 4GiB / 16GiB in use"
+    )
+    total, used = cli._host_memory()
+    assert total > used > 0
