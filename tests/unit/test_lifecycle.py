@@ -728,7 +728,7 @@ def test_repository_credentials_that_are_no_json_fail_the_start_without_the_valu
         )
         task = await w.engine.submit(td)
         await until("STOPPED", lambda: status(w, task) == "STOPPED")
-        reason = w.engine.get(task.id).stop_reason
+        reason = w.engine.get(task.id).stop_reason or ""
         assert "repositoryCredentials reg/plain" in reason and "username" in reason
         assert "hunter2" not in reason
         assert not w.images.asked  # nothing pulled
