@@ -90,6 +90,13 @@ def run_helper(
 ) -> Credentials | None:
     """`docker-credential-<name> get` for `registry`; None when it holds nothing for it."""
     helper = HELPER_PREFIX + name
+    if not name or "/" in name or name != name.strip():
+        raise CredentialHelperError(
+            f"registry {registry}: config.json names credential helper {name!r}: a helper "
+            "is a name (docker-credential-<name> on the agent's PATH), not a path",
+            registry=registry,
+            helper=helper,
+        )
     if runner is None:
         if shutil.which(helper) is None:
             raise CredentialHelperError(

@@ -90,6 +90,9 @@ def test_helper_failures_are_clear_errors_without_secrets(tmp_path: Path) -> Non
     missing = _write(tmp_path, {"credHelpers": {"reg.example.com": "nstask-absent"}})
     with pytest.raises(CredentialHelperError, match="docker-credential-nstask-absent is not on"):
         dockerconfig.credentials_for("reg.example.com", missing)
+    pathy = _write(tmp_path, {"credsStore": "../../tmp/x"})
+    with pytest.raises(CredentialHelperError, match="not a path"):
+        dockerconfig.credentials_for("reg.example.com", pathy, runner=run)
     assert issubclass(CredentialHelperError, AuthError)
 
 
