@@ -261,6 +261,7 @@ class RegistryClient:
         plain = hostname in ("localhost", "127.0.0.1", "::1") or host in marked
         self.base = f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}"
         self._auth: str | None = None
+        self._basic_asked = False
 
     @property
     def image(self) -> str:
@@ -305,7 +306,12 @@ class RegistryClient:
             ) from None
 
     def _auth_error(self, status: int) -> AuthError:
-        if self.creds is not None and not self.creds.username:
+        if self.creds is not None and not self.creds.username and self._basic_asked:
+            why = (
+                f"registry {self.ref.registry} wants Basic auth (a user name and password) "
+                f"for {self.image}; the credentials found hold only an identity token"
+            )
+        elif self.creds is not None and not self.creds.username:
             why = f"registry {self.ref.registry} refused the identity token for {self.image}"
         elif self.creds is None:
             why = (
@@ -326,6 +332,7 @@ class RegistryClient:
         """Answer a WWW-Authenticate challenge; False when there is nothing to try."""
         scheme, params = parse_challenge(challenge)
         if scheme == "basic":
+            self._basic_asked = True
             if self.creds is None or not self.creds.username or self._auth is not None:
                 return False
             self._auth = _basic(self.creds)

@@ -338,3 +338,27 @@ def test_which_pull_failures_fall_back_to_a_cached_image() -> None:
     ]
     assert all(falls_back(e) for e in registry_side)
     assert not any(falls_back(e) for e in containerd_side)
+
+
+def test_an_identity_token_alone_cannot_answer_basic_auth() -> None:
+    async def main() -> None:
+        async def manifest(_: web.Request) -> web.Response:
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+
+        app = web.Application()
+        app.router.add_get("/v2/team/app/manifests/{ref}", manifest)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                ref = registry.parse_reference(f"127.0.0.1:{port}/team/app:1")
+                creds = Credentials("", "", identity_token="RT")
+                with pytest.raises(AuthError, match="wants Basic auth"):
+                    await RegistryClient(ref, session, creds=creds).manifest("1")
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
