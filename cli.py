@@ -70,6 +70,11 @@ def main(ctx: click.Context, socket_path: str) -> None:
     help="Image pull behaviour, as ECS's (default here: prefer-cached).",
 )
 @click.option(
+    "--docker-config",
+    help="The docker config.json with registry credentials, or its directory "
+    "(default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json).",
+)
+@click.option(
     "--stop-tasks-on-exit",
     is_flag=True,
     default=None,
@@ -216,6 +221,8 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     if config.stop_tasks_on_exit:
         argv.append("--stop-tasks-on-exit")
     argv += ["--pull-policy", config.pull_policy]
+    if config.docker_config:
+        argv += ["--docker-config", config.docker_config]
     for path in config.allow_host_paths:
         argv += ["--allow-host-path", path]
     argv += ["--pids-limit", str(config.pids_limit)]

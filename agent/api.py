@@ -408,6 +408,7 @@ def build_app(engine: Engine) -> web.Application:
                 creds=creds,
                 insecure=engine.config.insecure_registries,
                 progress=keep,
+                docker_config=engine.config.docker_config or None,
             )
         )
         if not body.get("progress"):

@@ -44,6 +44,9 @@ class AgentConfig:
     pull_policy: str = "prefer-cached"
     # Registries spoken to over plain HTTP (localhost and 127.0.0.1 always are).
     insecure_registries: tuple[str, ...] = ()
+    # The docker config.json with registry credentials (auths, credsStore, credHelpers), or
+    # its directory; empty: $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
+    docker_config: str = ""
     netns_prefix: str = "nstask-"
     # Host paths a task's host volumes may bind although they hold the agent's or
     # containerd's own state (refused by default: such a task could drive them).

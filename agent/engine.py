@@ -101,6 +101,7 @@ class Engine:
                 policy=config.pull_policy,
                 snapshotter=config.snapshotter,
                 insecure=config.insecure_registries,
+                docker_config=config.docker_config,
             ),
             cgroups=cgroups_seam or cgroups,
             secrets=self.secrets,

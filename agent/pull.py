@@ -16,8 +16,10 @@ deletes the lease and runs containerd's GC, leaving no image record and no conte
 a lease.
 
 Pull behaviour (as the ECS agent's ECS_IMAGE_PULL_BEHAVIOR): `default` (always pull; fall
-back to the cached image when the registry cannot be reached), `always`, `once` (pull when
-absent), `prefer-cached` (use the cached image when present, else pull).
+back to the cached image when the pull fails for any registry-side reason: unreachable,
+timed out, auth refused, manifest unknown, bad content; logged as a warning), `always`,
+`once` (pull when absent), `prefer-cached` (use the cached image when present, else pull).
+A failure of containerd itself never falls back: it is raised as containerd's error.
 """
 
 from __future__ import annotations
@@ -28,14 +30,30 @@ import json
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import structlog
 
 from agent import images
-from agent.containerd import Containerd, ContainerdAlreadyExists, ContentWriter, Descriptor
-from agent.errors import ContainerdError, ImageNotFound, InvalidInput, Unavailable
+from agent.containerd import (
+    Containerd,
+    ContainerdAlreadyExists,
+    ContainerdUnavailable,
+    ContentWriter,
+    Descriptor,
+)
+from agent.dockerconfig import credentials_for
+from agent.errors import (
+    AlreadyExists,
+    ContainerdError,
+    ImageNotFound,
+    InvalidInput,
+    NotFound,
+    NstaskError,
+    Unavailable,
+)
 from agent.registry import (
     DOCKER_HUB,
     INDEX_TYPES,
@@ -45,7 +63,7 @@ from agent.registry import (
     PullError,
     Reference,
     RegistryClient,
-    credentials_for,
+    RegistryUnavailable,
     is_local,
     normalize_ref,
     parse_reference,
@@ -62,6 +80,7 @@ __all__ = [
     "Reference",
     "credentials_for",
     "ensure_image",
+    "falls_back",
     "is_local",
     "normalize_ref",
     "parse_reference",
@@ -144,10 +163,13 @@ async def pull(
     creds: Credentials | None = None,
     insecure: Sequence[str] = (),
     progress: ProgressCallback | None = None,
+    docker_config: str | Path | None = None,
 ) -> images.ImageRef:
     """Pull `ref_text` into containerd and unpack it; returns the image record (named by
-    the normalised reference). Raises ImageNotFound, AuthError, Unavailable or PullError
-    (see agent.registry), InvalidInput for a malformed reference."""
+    the normalised reference). Without `creds`, config.json (`docker_config`, see
+    agent.dockerconfig) is asked. Raises ImageNotFound, AuthError, RegistryUnavailable or
+    PullError (see agent.registry), InvalidInput for a malformed reference, containerd's
+    errors as they are."""
     if is_local(ref_text):
         raise ImageNotFound(
             f"image {ref_text} is a local name (.local): it is never pulled; "
@@ -155,7 +177,8 @@ async def pull(
             image=ref_text,
         )
     ref = parse_reference(ref_text)
-    creds = creds or credentials_for(ref.registry)
+    if creds is None:  # helpers are processes: off the event loop
+        creds = await asyncio.to_thread(credentials_for, ref.registry, docker_config)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
     connector = aiohttp.TCPConnector(limit=_PARALLEL + 2)
     async with (
@@ -375,7 +398,7 @@ async def _copy(
             if len(buf) >= _CHUNK:
                 await _flush(buf, writer, b, state, progress)
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
-        raise Unavailable(
+        raise RegistryUnavailable(
             f"image {reg.image}: the download of blob {b.digest} broke off at "
             f"{writer.offset + len(buf)} of {b.size} bytes: {e or type(e).__name__}",
             image=reg.image,
@@ -456,6 +479,18 @@ async def _cached_name(client: Containerd, name: str) -> str | None:
     return None
 
 
+def falls_back(e: NstaskError) -> bool:
+    """Whether a failed pull may fall back to a cached image under `default`: any failure
+    of the registry side (unreachable, timeout, auth, unknown manifest, bad content, a
+    credential helper), never one of containerd's (it would fail the cached image too, or
+    worse: hide a broken containerd behind a stale image), nor a malformed reference."""
+    if isinstance(e, ContainerdUnavailable | ContainerdError | InvalidInput):
+        return False
+    if isinstance(e, NotFound | AlreadyExists) and not isinstance(e, ImageNotFound):
+        return False  # ContainerdNotFound / ContainerdAlreadyExists
+    return isinstance(e, PullError | RegistryUnavailable | ImageNotFound)
+
+
 async def ensure_image(
     client: Containerd,
     name: str,
@@ -466,10 +501,12 @@ async def ensure_image(
     auth: Credentials | None = None,
     progress: ProgressCallback | None = None,
     memo: images.UnpackedMemo | None = None,
+    docker_config: str | Path | None = None,
 ) -> images.ImageConfig:
     """The image's config, present and unpacked per the pull behaviour `policy`.
-    Local (.local) names are never pulled. Under `default` an Unavailable registry falls
-    back to the cached image (logged); every other failure is raised."""
+    Local (.local) names are never pulled. Under `default` any registry-side pull failure
+    falls back to the cached image (logged as a warning, as ECS does); containerd's own
+    failures, and every failure without a cached image, are raised."""
     if policy not in POLICIES:
         raise InvalidInput(f"pull behaviour {policy!r}: expected one of {', '.join(POLICIES)}")
     cached = await _cached_name(client, name)
@@ -485,11 +522,23 @@ async def ensure_image(
         return await images.ensure_unpacked(client, cached, snapshotter=snapshotter, memo=memo)
     try:
         ref = await pull(
-            client, name, snapshotter=snapshotter, creds=auth, insecure=insecure, progress=progress
+            client,
+            name,
+            snapshotter=snapshotter,
+            creds=auth,
+            insecure=insecure,
+            progress=progress,
+            docker_config=docker_config,
         )
-    except Unavailable as e:
-        if cached is None or policy != "default":
+    except NstaskError as e:
+        if cached is None or policy != "default" or not falls_back(e):
             raise
-        log.warning("image.pull_failed_using_cached", image=name, cached=cached, error=str(e))
+        log.warning(
+            "image.pull_failed_using_cached",
+            image=name,
+            cached=cached,
+            error=e.message,
+            kind=e.kind,
+        )
         return await images.ensure_unpacked(client, cached, snapshotter=snapshotter, memo=memo)
     return await images.ensure_unpacked(client, ref.name, snapshotter=snapshotter, memo=memo)

@@ -3,14 +3,16 @@
 References follow Docker's normalisation (`busybox` -> `docker.io/library/busybox:latest`).
 The API is spoken over HTTPS with the system CA store, or plain HTTP for localhost and the
 registries the user marks insecure. Auth: anonymous, the Bearer-token challenge flow (with
-or without credentials) and Basic, with credentials given by the caller (`--user`) or
-found in a docker-style config.json. Manifests are fetched with the OCI and Docker
+or without credentials; with an identity token, the OAuth2 refresh-token grant of the
+Docker token spec: POST to the realm) and Basic, with credentials given by the caller
+(`--user`, repositoryCredentials) or found in a docker-style config.json (agent.dockerconfig:
+auths, credsStore, credHelpers). Manifests are fetched with the OCI and Docker
 schema-2 media types; schema 1 is refused, as containerd refuses it.
 
 Errors name the image and the cause: ImageNotFound (unknown repository, tag, digest or
-blob), AuthError (credentials missing or refused), Unavailable (the registry cannot be
-reached, or answers 5xx / 429: worth a retry, and where the `default` pull behaviour
-falls back to a cached image), PullError (anything else wrong with what it serves).
+blob), AuthError (credentials missing or refused), RegistryUnavailable (the registry cannot
+be reached, or answers 5xx / 429: worth a retry), PullError (anything else wrong with what
+it serves).
 """
 
 from __future__ import annotations
@@ -18,12 +20,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -39,6 +39,7 @@ __all__ = [
     "PullError",
     "Reference",
     "RegistryClient",
+    "RegistryUnavailable",
     "credentials_for",
     "is_local",
     "normalize_ref",
@@ -83,6 +84,14 @@ class PullError(NstaskError):
     verification, an unsupported media type, a schema-1 manifest, an unexpected answer."""
 
     kind = "pull_failed"
+
+
+class RegistryUnavailable(Unavailable):
+    """The registry (or its token service) cannot be reached, timed out, or answers 5xx /
+    429. Not containerd's ContainerdUnavailable: the `default` pull behaviour falls back to a
+    cached image on this, never on containerd's failures."""
+
+    kind = "registry_unavailable"
 
 
 class AuthError(PullError):
@@ -184,56 +193,28 @@ def is_local(name: str) -> bool:
 
 @dataclass(frozen=True)
 class Credentials:
-    """A user name and password (or token) for one registry."""
+    """A user name and password (or token) for one registry; `identity_token` is an OAuth2
+    refresh token for the registry's token service (config.json `identitytoken`, or a
+    credential helper's `<token>` answer), traded for access tokens by POST to the realm."""
 
     username: str
     password: str
+    identity_token: str | None = None
 
     def __repr__(self) -> str:  # never print a password into a log
-        return f"Credentials(username={self.username!r}, password=***)"
+        token = ", identity_token=***" if self.identity_token else ""
+        return f"Credentials(username={self.username!r}, password=***{token})"
 
 
 AuthConfig = Credentials
 
 
-def _config_path() -> Path:
-    base = os.environ.get("DOCKER_CONFIG")
-    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
-
-
 def credentials_for(registry: str, config_path: Path | None = None) -> Credentials | None:
-    """The credentials a docker-style config.json holds for `registry` (`auths` entries
-    keyed by host or URL, with base64 `auth` = user:password, or username/password)."""
-    path = config_path or _config_path()
-    try:
-        auths = json.loads(path.read_text()).get("auths", {})
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(auths, Mapping):
-        return None
-    keys = [registry, f"https://{registry}", f"http://{registry}"]
-    if registry == DOCKER_HUB:
-        keys += ["https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"]
-    for key in keys:
-        entry = auths.get(key) or auths.get(key + "/")
-        if isinstance(entry, Mapping):
-            found = _entry_credentials(entry)
-            if found:
-                return found
-    return None
+    """The credentials a docker-style config.json gives `registry`: credHelpers, credsStore,
+    auths (agent.dockerconfig)."""
+    from agent import dockerconfig
 
-
-def _entry_credentials(entry: Mapping[str, Any]) -> Credentials | None:
-    if entry.get("auth"):
-        try:
-            raw = base64.b64decode(str(entry["auth"])).decode()
-        except (ValueError, UnicodeDecodeError):
-            return None
-        user, sep, password = raw.partition(":")
-        return Credentials(user, password) if sep else None
-    if entry.get("username"):
-        return Credentials(str(entry["username"]), str(entry.get("password", "")))
-    return None
+    return dockerconfig.credentials_for(registry, config_path)
 
 
 def _basic(creds: Credentials) -> str:
@@ -280,6 +261,7 @@ class RegistryClient:
         plain = hostname in ("localhost", "127.0.0.1", "::1") or host in marked
         self.base = f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}"
         self._auth: str | None = None
+        self._basic_asked = False
 
     @property
     def image(self) -> str:
@@ -317,17 +299,25 @@ class RegistryClient:
                 image=self.image,
             ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise Unavailable(
+            raise RegistryUnavailable(
                 f"image {self.image}: registry {self.ref.registry} is unreachable: "
                 f"{e or type(e).__name__}",
                 image=self.image,
             ) from None
 
     def _auth_error(self, status: int) -> AuthError:
-        if self.creds is None:
+        if self.creds is not None and not self.creds.username and self._basic_asked:
+            why = (
+                f"registry {self.ref.registry} wants Basic auth (a user name and password) "
+                f"for {self.image}; the credentials found hold only an identity token"
+            )
+        elif self.creds is not None and not self.creds.username:
+            why = f"registry {self.ref.registry} refused the identity token for {self.image}"
+        elif self.creds is None:
             why = (
                 f"registry {self.ref.registry} needs credentials for {self.image} "
-                "(nstask image pull --user, or a docker config.json)"
+                "(nstask image pull --user, repositoryCredentials, or the agent's docker "
+                "config.json)"
             )
         else:
             why = (
@@ -342,7 +332,8 @@ class RegistryClient:
         """Answer a WWW-Authenticate challenge; False when there is nothing to try."""
         scheme, params = parse_challenge(challenge)
         if scheme == "basic":
-            if self.creds is None or self._auth is not None:
+            self._basic_asked = True
+            if self.creds is None or not self.creds.username or self._auth is not None:
                 return False
             self._auth = _basic(self.creds)
             return True
@@ -356,8 +347,10 @@ class RegistryClient:
         query = {"scope": params.get("scope") or f"repository:{self.ref.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
-        headers = {"Authorization": _basic(self.creds)} if self.creds else {}
         realm = params["realm"]
+        if self.creds is not None and self.creds.identity_token:
+            return await self._refresh_grant(realm, query, self.creds.identity_token)
+        headers = {"Authorization": _basic(self.creds)} if self.creds else {}
         try:
             async with self.session.get(realm, params=query, headers=headers) as resp:
                 if resp.status in (401, 403):
@@ -369,7 +362,7 @@ class RegistryClient:
                     )
                 body = await resp.json(content_type=None)
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise Unavailable(
+            raise RegistryUnavailable(
                 f"image {self.image}: token service {realm} is unreachable: {e}",
                 image=self.image,
             ) from None
@@ -384,6 +377,50 @@ class RegistryClient:
             )
         return str(token)
 
+    async def _refresh_grant(self, realm: str, query: Mapping[str, str], token: str) -> str:
+        """The OAuth2 refresh-token grant of Docker's token spec: POST to the realm a form of
+        grant_type=refresh_token, the identity token, service, scope and client_id; the
+        answer's access_token is the Bearer token (a new refresh_token it may carry is not
+        kept: config.json is the user's)."""
+        form = {"grant_type": "refresh_token", "refresh_token": token, "client_id": "nstask"}
+        form |= query
+        try:
+            async with self.session.post(realm, data=form) as resp:
+                if resp.status in (400, 401, 403):
+                    raise AuthError(
+                        f"registry {self.ref.registry}: token service {realm} refused the "
+                        f"identity token for {self.image} (HTTP {resp.status})",
+                        image=self.image,
+                    )
+                if resp.status == 429 or resp.status >= 500:
+                    raise RegistryUnavailable(
+                        f"image {self.image}: token service {realm} answered HTTP {resp.status}",
+                        image=self.image,
+                    )
+                if resp.status >= 400:
+                    raise PullError(
+                        f"image {self.image}: token service {realm} answered HTTP {resp.status} "
+                        "to the refresh-token grant",
+                        image=self.image,
+                    )
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise RegistryUnavailable(
+                f"image {self.image}: token service {realm} is unreachable: {e}",
+                image=self.image,
+            ) from None
+        except ValueError:
+            raise PullError(
+                f"image {self.image}: token service {realm} answered no JSON", image=self.image
+            ) from None
+        access = body.get("access_token") if isinstance(body, dict) else None
+        if not access:
+            raise PullError(
+                f"image {self.image}: token service {realm} gave no access_token",
+                image=self.image,
+            )
+        return str(access)
+
     def _status_error(self, status: int, body: bytes, what: str) -> NstaskError:
         """The error for a failed manifest or blob request."""
         code = _error_code(body)
@@ -394,7 +431,7 @@ class RegistryClient:
             }.get(code, "it is not in the registry")
             return ImageNotFound(f"image {self.image}: {what}: {cause}", image=self.image)
         if status == 429 or status >= 500:
-            return Unavailable(
+            return RegistryUnavailable(
                 f"image {self.image}: registry {self.ref.registry} answered HTTP {status} "
                 f"{code} for {what}".rstrip(),
                 image=self.image,

@@ -46,11 +46,14 @@ def check_sources(sources: Iterable[str]) -> tuple[str, ...]:
 
 
 def wanted(td: TaskDefinition) -> list[str]:
-    """Every distinct valueFrom of the task: container secrets and log secretOptions."""
+    """Every distinct valueFrom of the task: container secrets, log secretOptions and
+    repositoryCredentials' credentialsParameter."""
     out: dict[str, None] = {}
     for c in td.containers:
         for s in c.secrets:
             out[s.value_from] = None
+        if c.repository_credentials:
+            out[c.repository_credentials] = None
         if c.log_configuration is not None:
             for s in c.log_configuration.secret_options:
                 out[s.value_from] = None

@@ -152,9 +152,9 @@ _CONTAINER_KEYS_USED = {
     "firelensConfiguration",
     "stopSignal",
     "dockerSecurityOptions",
+    "repositoryCredentials",
 }
 _CONTAINER_KEYS_IGNORED = {
-    "repositoryCredentials",
     "links",
     "dnsSearchDomains",
     "disableNetworking",
@@ -344,6 +344,9 @@ class ContainerDefinition:
     firelens: FirelensConfiguration | None = None
     # dockerSecurityOptions seccomp: None = the default profile, "unconfined", or a file path.
     seccomp: str | None = None
+    # repositoryCredentials.credentialsParameter: the secret (ARN or name) holding the
+    # registry's {"username", "password"}, resolved like secrets[].valueFrom.
+    repository_credentials: str | None = None
 
 
 @_record
@@ -608,6 +611,9 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     volumes_from = _volumes_from(p, c.get("volumesFrom"), f"{at}.volumesFrom")
     firelens = _firelens(p, c.get("firelensConfiguration"), f"{at}.firelensConfiguration")
     seccomp = _security_options(p, c.get("dockerSecurityOptions"), f"{at}.dockerSecurityOptions")
+    repo_creds = _repository_credentials(
+        p, c.get("repositoryCredentials"), f"{at}.repositoryCredentials"
+    )
     if len(p.items) > before or name is None or image is None:
         return None
     if essential and (linux is None or not linux.init_process_enabled):
@@ -645,6 +651,7 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         volumes_from=volumes_from,
         firelens=firelens,
         seccomp=seccomp,
+        repository_credentials=repo_creds,
     )
 
 
@@ -1678,3 +1685,29 @@ def _find_cycle(containers: list[ContainerDefinition]) -> list[str]:
                 path.append(m)
                 todo.append(0)
     return []
+
+
+def _repository_credentials(p: _Problems, v: Any, at: str) -> str | None:
+    """repositoryCredentials {"credentialsParameter": <secret ARN or name>}: checked as a
+    secret's valueFrom is (the secret must hold JSON {"username", "password"})."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        p.add(at, f"must be an object, not {_kind(v)}")
+        return None
+    param = _str(p, v, "credentialsParameter", at)
+    for key in v:
+        if key != "credentialsParameter":
+            p.warnings.append(f"{at}.{key}: unknown field; ignored")
+    if param is None:
+        return None
+    if param.startswith("arn:") and local_secret_name(param) == param:
+        p.add(
+            f"{at}.credentialsParameter",
+            f"is neither a Secrets Manager nor an SSM parameter ARN: {param!r}",
+        )
+        return None
+    if not _LOCAL_NAME.fullmatch(local_secret_name(param)):
+        p.add(f"{at}.credentialsParameter", f"is not a valid secret name: {param!r}")
+        return None
+    return param

@@ -17,6 +17,7 @@ from agent.containerd import (
     Version,
 )
 from agent.images import ImageConfig
+from agent.registry import Credentials
 from agent.warmpool import Taken
 
 
@@ -63,7 +64,9 @@ class CgroupSeam(Protocol):
 
 
 class ImageSeam(Protocol):
-    async def ensure(self, image: str) -> ImageConfig: ...
+    async def ensure(self, image: str, *, auth: Credentials | None = None) -> ImageConfig:
+        """`auth`: the container's repositoryCredentials (else config.json is asked)."""
+        ...
 
 
 class KillClient(Protocol):

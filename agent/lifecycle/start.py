@@ -47,7 +47,7 @@ async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
         lane = asyncio.ensure_future(_network(ctx, task, td))
         try:
             resolved = await secrets.resolve(ctx, task, td, accepted.env_files)  # may ask AWS
-            configs = await images.ensure(ctx, task, td)
+            configs = await images.ensure(ctx, task, td, resolved.registry_auth)
             await lane
         except BaseException:
             # A failure (or a stop) in one lane ends the other before the rollback, so

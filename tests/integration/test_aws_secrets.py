@@ -370,3 +370,22 @@ def test_a_denied_aws_secret_stops_the_task_naming_it_with_nothing_created(
             stop_agent(a, proc, base)
     finally:
         server.stop()
+
+
+def test_repository_credentials_resolve_from_secrets_manager(
+    moto: MotoServer, aws_objects: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """repositoryCredentials.credentialsParameter is looked up as a valueFrom is: its
+    Secrets Manager JSON {"username", "password"} becomes the image's registry credentials."""
+    from agent.lifecycle.secrets import registry_auth
+    from agent.registry import Credentials
+
+    o = aws_objects
+    td = parse_task_definition(
+        busybox_task("aws", ["true"], repositoryCredentials={"credentialsParameter": o["json_arn"]})
+    )
+    sources = _sources(moto, tmp_path, monkeypatch)
+    values = asyncio.run(sources.resolve(td, execution_role=None))
+    got = registry_auth(td, values)
+    assert got == {"aws": Credentials(o["user"], o["password"])}
+    assert o["password"] not in repr(got)

@@ -34,11 +34,12 @@ def _free_port() -> int:
 
 
 class Registry:
-    def __init__(self, base: Path, *, htpasswd: Path | None = None) -> None:
+    def __init__(self, base: Path, *, htpasswd: Path | None = None, auth: str = "") -> None:
+        """`auth`: an `auth:` section of the registry's config of the caller's own."""
         base.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.storage = base / "data"
-        auth = (
+        auth = auth or (
             f"auth:\n  htpasswd:\n    realm: nstask-test\n    path: {htpasswd}\n"
             if htpasswd
             else ""

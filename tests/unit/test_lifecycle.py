@@ -34,6 +34,7 @@ from agent.errors import ContainerdError, ImageNotFound, NotFound
 from agent.images import ImageConfig
 from agent.lifecycle.teardown import TEARDOWN_ORDER
 from agent.network import TaskNetwork
+from agent.registry import Credentials
 from agent.store import Store, TaskRecord
 from shim.stats import stats_path
 
@@ -289,11 +290,13 @@ class FakeCgroups:
 class FakeImages:
     def __init__(self) -> None:
         self.asked: list[str] = []
+        self.auth: dict[str, Credentials | None] = {}
         self.fail: Exception | None = None
         self.fail_after: asyncio.Event | None = None  # fail once this is set
 
-    async def ensure(self, image: str) -> ImageConfig:
+    async def ensure(self, image: str, *, auth: Credentials | None = None) -> ImageConfig:
         self.asked.append(image)
+        self.auth[image] = auth
         if self.fail is not None:
             if self.fail_after is not None:
                 await self.fail_after.wait()
@@ -697,5 +700,38 @@ def test_an_unexpected_teardown_error_is_logged_with_its_cause_and_not_retried(
         assert rt is not None and not rt.retrying  # a bug is not retried
         # Every other resource went; the container's record stays for the next attempt.
         assert [r.kind for r in w.store.resources(task.id)] == ["container"]
+
+    run(tmp_path, scenario)
+
+
+# -- images: repositoryCredentials -----------------------------------------------------------
+def test_repository_credentials_from_the_secret_store_reach_the_pull(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:reg/creds-AbCdEf"
+        w.engine.secrets.put("reg/creds", json.dumps({"username": "ann", "password": "pw1"}))
+        td = definition(container("app", repositoryCredentials={"credentialsParameter": arn}))
+        task = await w.engine.submit(td)
+        await until("RUNNING", lambda: status(w, task) == "RUNNING")
+        assert w.images.auth[IMAGE] == Credentials("ann", "pw1")
+        await w.engine.stop(task.id)
+
+    run(tmp_path, scenario)
+
+
+def test_repository_credentials_that_are_no_json_fail_the_start_without_the_value(
+    tmp_path: Path,
+) -> None:
+    async def scenario(w: World) -> None:
+        w.engine.secrets.put("reg/plain", "hunter2-not-json")
+        td = definition(
+            container("app", repositoryCredentials={"credentialsParameter": "reg/plain"})
+        )
+        task = await w.engine.submit(td)
+        await until("STOPPED", lambda: status(w, task) == "STOPPED")
+        reason = w.engine.get(task.id).stop_reason or ""
+        assert "repositoryCredentials reg/plain" in reason and "username" in reason
+        assert "hunter2" not in reason
+        assert not w.images.asked  # nothing pulled
+        assert not w.held()
 
     run(tmp_path, scenario)

@@ -125,11 +125,13 @@ class FakeRegistry:
     def __init__(self, *, private: bool) -> None:
         self.private = private
         self.token_requests: list[dict[str, str]] = []
+        self.refresh_forms: list[dict[str, str]] = []
         self.port = 0
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/token", self.token)
+        app.router.add_post("/token", self.refresh)
         app.router.add_get("/v2/team/app/manifests/{ref}", self.manifest)
         app.router.add_get("/v2/team/app/blobs/{digest}", self.blob)
         return app
@@ -140,6 +142,14 @@ class FakeRegistry:
         if self.private and request.headers.get("Authorization") != wanted:
             return web.Response(status=401)
         return web.json_response({"token": "T0KEN"})
+
+    async def refresh(self, request: web.Request) -> web.Response:
+        """The OAuth2 refresh-token grant: identity token REFRESH-1 is good."""
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.refresh_forms.append(form)
+        if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != "REFRESH-1":
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        return web.json_response({"access_token": "T0KEN", "refresh_token": "REFRESH-2"})
 
     def _challenge(self) -> web.Response:
         realm = f"http://127.0.0.1:{self.port}/token"
@@ -276,5 +286,79 @@ def test_plain_http_only_for_loopback_and_insecure_registries() -> None:
             assert base("reg.example.com/a").startswith("https://")
             assert base("reg.example.com/a", ("reg.example.com",)).startswith("http://")
             assert base("busybox") == "https://registry-1.docker.io/v2/library/busybox"
+
+    asyncio.run(main())
+
+
+def test_an_identity_token_is_traded_for_an_access_token_by_the_refresh_grant() -> None:
+    fake = FakeRegistry(private=True)
+
+    async def body(client: Callable[..., RegistryClient]) -> None:
+        good = Credentials("", "", identity_token="REFRESH-1")
+        desc, _ = await client(creds=good).manifest("1")
+        assert desc.digest == MANIFEST_DIGEST
+        bad = Credentials("", "", identity_token="expired")
+        with pytest.raises(AuthError, match="refused the identity token") as err:
+            await client(creds=bad).manifest("1")
+        assert "expired" not in str(err.value)
+
+    _against(fake, body)
+    assert not fake.token_requests  # no GET with Basic: the POST grant only
+    assert fake.refresh_forms[0] == {
+        "grant_type": "refresh_token",
+        "refresh_token": "REFRESH-1",
+        "client_id": "nstask",
+        "service": "fake",
+        "scope": "repository:team/app:pull",
+    }
+    assert "identity_token=***" in repr(Credentials("", "", identity_token="REFRESH-1"))
+    assert "REFRESH-1" not in repr(Credentials("", "", identity_token="REFRESH-1"))
+
+
+def test_which_pull_failures_fall_back_to_a_cached_image() -> None:
+    from agent.containerd import ContainerdNotFound, ContainerdTimeout, ContainerdUnavailable
+    from agent.dockerconfig import CredentialHelperError
+    from agent.errors import ContainerdError
+    from agent.pull import falls_back
+    from agent.registry import RegistryUnavailable
+
+    registry_side = [
+        RegistryUnavailable("unreachable"),
+        AuthError("refused"),
+        ImageNotFound("manifest unknown"),
+        PullError("bad blob"),
+        CredentialHelperError("helper failed"),
+    ]
+    containerd_side = [
+        ContainerdUnavailable("down"),
+        ContainerdError("refused"),
+        ContainerdTimeout("slow"),
+        ContainerdNotFound("lease"),
+        InvalidInput("bad reference"),
+    ]
+    assert all(falls_back(e) for e in registry_side)
+    assert not any(falls_back(e) for e in containerd_side)
+
+
+def test_an_identity_token_alone_cannot_answer_basic_auth() -> None:
+    async def main() -> None:
+        async def manifest(_: web.Request) -> web.Response:
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="r"'})
+
+        app = web.Application()
+        app.router.add_get("/v2/team/app/manifests/{ref}", manifest)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                ref = registry.parse_reference(f"127.0.0.1:{port}/team/app:1")
+                creds = Credentials("", "", identity_token="RT")
+                with pytest.raises(AuthError, match="wants Basic auth"):
+                    await RegistryClient(ref, session, creds=creds).manifest("1")
+        finally:
+            await runner.cleanup()
 
     asyncio.run(main())

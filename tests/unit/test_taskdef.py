@@ -1042,3 +1042,18 @@ def test_model_values_are_frozen_comparable_and_replaceable() -> None:
     t1 = TaskDefinition("f", "awsvpc", (), warnings=("w",))
     assert t1 == TaskDefinition("f", "awsvpc", ())  # warnings are not part of the value
     assert "HealthCheck(command=('CMD', 'true'), interval=30" in repr(a)
+
+
+def test_repository_credentials_are_accepted_and_checked() -> None:
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:reg/creds-AbCdEf"
+    td = parse_task_definition(one(repositoryCredentials={"credentialsParameter": arn}))
+    assert td.containers[0].repository_credentials == arn
+    assert not [w for w in td.warnings if "repositoryCredentials" in w]
+    for bad, why in (
+        ({"credentialsParameter": "arn:aws:s3:::bucket"}, "neither a Secrets Manager"),
+        ({}, "credentialsParameter: is required"),
+        ("reg/creds", "must be an object"),
+    ):
+        with pytest.raises(TaskDefinitionError, match=why) as e:
+            parse_task_definition(one(repositoryCredentials=bad))
+        assert "containerDefinitions[0].repositoryCredentials" in str(e.value)
