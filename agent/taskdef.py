@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any, TypeVar, dataclass_transform
 
+from agent import fields
 from agent.errors import TaskDefinitionError
 
 __all__ = [
@@ -73,100 +74,7 @@ _MAX_CONTAINER_CPU = 10 * 1024  # ECS: 10 vCPU for one container
 _MAX_MEMORY_MIB = 120 * 1024  # Fargate's largest task: 120 GB; bounds container memory too
 _MAX_TMPFS_MIB = 1024 * 1024  # not ECS's: 1 TiB (tmpfs and /dev/shm sizes)
 
-# Task-level and container-level keys ECS accepts. Those nstask acts on are parsed below;
-# the rest are accepted with a warning (one per field, naming it).
-_TASK_KEYS_USED = {
-    "family",
-    "networkMode",
-    "containerDefinitions",
-    "cpu",
-    "memory",
-    "volumes",
-    # Read by agent.metadata (the credentials endpoint, /taskWithTags); checked there too.
-    "taskRoleArn",
-    "tags",
-    # The role the agent fetches secrets with (agent.secret_sources, issue 11).
-    "executionRoleArn",
-}
-_TASK_KEYS_IGNORED = {
-    "placementConstraints",
-    "requiresCompatibilities",
-    "pidMode",
-    "ipcMode",
-    "proxyConfiguration",
-    "inferenceAccelerators",
-    "ephemeralStorage",
-    "runtimePlatform",
-    "revision",
-    "taskDefinitionArn",
-    "status",
-    "compatibilities",
-    "registeredAt",
-    "registeredBy",
-    "requiresAttributes",
-    "deregisteredAt",
-    "enableFaultInjection",
-}
-_TASK_KEYS_SILENT = {
-    # describe-task-definition bookkeeping: not settings, so no warning.
-    "revision",
-    "taskDefinitionArn",
-    "status",
-    "compatibilities",
-    "registeredAt",
-    "registeredBy",
-    "requiresAttributes",
-    "deregisteredAt",
-    "requiresCompatibilities",
-}
-_CONTAINER_KEYS_USED = {
-    "name",
-    "image",
-    "command",
-    "entryPoint",
-    "environment",
-    "essential",
-    "portMappings",
-    "cpu",
-    "memory",
-    "memoryReservation",
-    "stopTimeout",
-    "workingDirectory",
-    "user",
-    "hostname",
-    "readonlyRootFilesystem",
-    "dockerLabels",
-    "healthCheck",
-    "environmentFiles",
-    "secrets",
-    "dependsOn",
-    "startTimeout",
-    "logConfiguration",
-    "linuxParameters",
-    "ulimits",
-    "privileged",
-    "dnsServers",
-    "extraHosts",
-    "volumesFrom",
-    "mountPoints",
-    "firelensConfiguration",
-    "stopSignal",
-    "dockerSecurityOptions",
-}
-_CONTAINER_KEYS_IGNORED = {
-    "repositoryCredentials",
-    "links",
-    "dnsSearchDomains",
-    "disableNetworking",
-    "interactive",
-    "pseudoTerminal",
-    "systemControls",
-    "resourceRequirements",
-    "credentialSpecs",
-    "gpu",
-    "restartPolicy",
-    "versionConsistency",
-}
+# Which fields nstask acts on, and what it says about the others: agent.fields (issue 12).
 
 
 _T = TypeVar("_T")
@@ -470,15 +378,12 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
     if shape is not None:
         raise TaskDefinitionError([shape], source=source)
     for key in data:
-        if key in _TASK_KEYS_USED:
-            continue
-        if key in _TASK_KEYS_SILENT:
-            continue
-        if key in _TASK_KEYS_IGNORED:
-            if not _asks_nothing(data[key]):
-                p.warnings.append(f"{key}: accepted but not supported by nstask yet; ignored")
-        else:
+        # The verdict of each field is in agent.fields (issue 12).
+        note = fields.unused_warning(key)
+        if note is None:
             p.warnings.append(f"{key}: unknown task definition field; ignored")
+        elif note and not _asks_nothing(data[key]):
+            p.warnings.append(f"{key}: {note}")
 
     _role_and_tags(p, data)
     family = _str(p, data, "family", "", required=False) or "nstask"
@@ -554,11 +459,11 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         return None
     before = len(p.items)
     for key in c:
-        if key in _CONTAINER_KEYS_IGNORED:
-            if not _asks_nothing(c[key]):
-                p.warnings.append(f"{at}.{key}: accepted but not supported by nstask yet; ignored")
-        elif key not in _CONTAINER_KEYS_USED:
+        note = fields.unused_warning(f"containerDefinitions.{key}")  # issue 12: agent.fields
+        if note is None:
             p.warnings.append(f"{at}.{key}: unknown container definition field; ignored")
+        elif note and not _asks_nothing(c[key]):
+            p.warnings.append(f"{at}.{key}: {note}")
     name = _str(p, c, "name", at)
     if name is not None and not _NAME_RE.fullmatch(name):
         p.add(f"{at}.name", "must be 1-255 letters, digits, hyphens or underscores")
@@ -835,17 +740,14 @@ def _ports(p: _Problems, v: Any, at: str, network_mode: str) -> tuple[PortMappin
     return tuple(out)
 
 
-_PORT_KEYS = ("containerPort", "hostPort", "protocol")
-_PORT_KEYS_IGNORED = ("name", "appProtocol", "containerPortRange")
-
-
 def _warn_port_keys(p: _Problems, item: dict[str, Any], here: str) -> None:
     """portMappings sub-fields ECS has for Service Connect and port ranges: accepted, unused."""
     for key in item:
-        if key in _PORT_KEYS_IGNORED and not _asks_nothing(item[key]):
-            p.warnings.append(f"{here}.{key}: accepted but not supported by nstask yet; ignored")
-        elif key not in _PORT_KEYS and key not in _PORT_KEYS_IGNORED:
+        note = fields.unused_warning(f"containerDefinitions.portMappings.{key}")
+        if note is None:
             p.warnings.append(f"{here}.{key}: unknown port mapping field; ignored")
+        elif note and not _asks_nothing(item[key]):
+            p.warnings.append(f"{here}.{key}: {note}")
 
 
 def _units(p: _Problems, v: Any, key: str, parse: Any) -> int | None:
@@ -1218,9 +1120,11 @@ def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
     if _too_many(p, at, v, _MAX_FIELDS, "fields"):
         return None
     for key in v:
-        known = ("initProcessEnabled", "capabilities", "sharedMemorySize", "tmpfs")
-        if key not in known and not _asks_nothing(v[key]):
-            p.warnings.append(f"{at}.{key}: accepted but not supported by nstask yet; ignored")
+        note = fields.unused_warning(f"containerDefinitions.linuxParameters.{key}")
+        if note is None and not _asks_nothing(v[key]):  # unknown keys: as before
+            note = "accepted but not supported by nstask yet; ignored"
+        if note and not _asks_nothing(v[key]):
+            p.warnings.append(f"{at}.{key}: {note}")
     caps = v.get("capabilities") or {}
     if not isinstance(caps, dict):
         p.add(f"{at}.capabilities", "must be an object with add and drop lists")
@@ -1468,16 +1372,10 @@ def _volumes(p: _Problems, v: Any) -> tuple[Volume, ...]:
                     f"{here}.host.sourcePath: {host_path} gives the task access to the host's "
                     f"{what}; accepted as in ECS"
                 )
-        for other in (
-            "efsVolumeConfiguration",
-            "fsxWindowsFileServerVolumeConfiguration",
-            "configuredAtLaunch",
-        ):
-            if other in item:
-                p.warnings.append(
-                    f"{here}.{other}: not supported by nstask; the volume is an "
-                    "empty task-scoped directory"
-                )
+        for other in item:  # the verdicts of agent.fields (issue 12)
+            note = fields.unused_warning(f"volumes.{other}")
+            if note:
+                p.warnings.append(f"{here}.{other}: {note}")
         dvc = item.get("dockerVolumeConfiguration")
         if isinstance(dvc, dict) and dvc.get("scope", "task") != "task":
             p.warnings.append(
