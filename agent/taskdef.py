@@ -574,13 +574,23 @@ def _kind(v: Any) -> str:
 
 
 _ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+# The same with any account (a placeholder such as ${AWS_ACCOUNT_ID}): a warning, not an error.
+_PLACEHOLDER_ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::[^:/]*:role/[\w+=,.@/${}-]{1,512}")
 
 
 def _role_and_tags(p: _Problems, data: dict[str, Any]) -> None:
     """taskRoleArn (an IAM role ARN, or empty: no role) and tags ([{key, value}], ECS's
     limits: 50 tags, keys up to 128 and values up to 256 characters)."""
     role = _str(p, data, "taskRoleArn", "", required=False)
-    if role and not _ROLE_ARN_RE.fullmatch(role):
+    if role and _PLACEHOLDER_ROLE_ARN_RE.fullmatch(role) and not _ROLE_ARN_RE.fullmatch(role):
+        # ECS registers it (issue 12: templates keep `${AWS_ACCOUNT_ID}` or `ACCOUNT`); the
+        # task's credentials request fails at run time instead.
+        p.warnings.append(
+            f"taskRoleArn: {role!r} has no 12-digit account (a placeholder?); accepted as "
+            "ECS does, but the task gets no credentials for it unless the local credential "
+            "store holds this exact ARN"
+        )
+    elif role and not _ROLE_ARN_RE.fullmatch(role):
         p.add("taskRoleArn", "must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME)")
     tags = data.get("tags")
     if tags is None:
@@ -766,7 +776,8 @@ def _parse_cpu(v: Any) -> int:
     if isinstance(v, int) and not isinstance(v, bool):
         n = float(max(min(v, 2 * _MAX_TASK_CPU), -1))  # 10**400 does not fit a float
     elif isinstance(v, str) and len(v) <= 64:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(vcpu)?\s*", v, re.IGNORECASE)
+        # ".25 vCPU" too: Fargate's own tables write the fractions that way (issue 12).
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(vcpus?)?\s*", v, re.IGNORECASE)
         if not m:
             raise ValueError(f"must be CPU units (e.g. 256) or vCPUs (e.g. '1 vCPU'), got {v!r}")
         n = float(m.group(1)) * (1024 if m.group(2) else 1)
@@ -790,7 +801,9 @@ def _parse_memory(v: Any) -> int:
     if isinstance(v, int) and not isinstance(v, bool):
         n = float(max(min(v, 2 * _MAX_MEMORY_MIB), -1))  # 10**400 does not fit a float
     elif isinstance(v, str) and len(v) <= 64:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(gb|mb|mib|gib)?\s*", v, re.IGNORECASE)
+        m = re.fullmatch(
+            r"\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(gb|mb|mib|gib)?\s*", v, re.IGNORECASE
+        )
         if not m:
             raise ValueError(f"must be MiB (e.g. 512) or a size like '0.5 GB', got {v!r}")
         n = float(m.group(1)) * (1024 if (m.group(2) or "").lower() in ("gb", "gib") else 1)
@@ -844,11 +857,13 @@ _SIGNAL_NAMES = (
     "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
     "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
 )  # fmt: skip
+# Region and account: anything without ':' (issue 12: ECS registers placeholders such as
+# ${AWS_REGION}; the local store goes by name, an AWS lookup refuses them clearly).
 _SECRETS_ARN = re.compile(
-    r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]*:[0-9]*:secret:(?P<name>[A-Za-z0-9/_+=.@-]+?)"
+    r"arn:aws[a-z-]*:secretsmanager:[^:]*:[^:]*:secret:(?P<name>[A-Za-z0-9/_+=.@-]+?)"
     r"(?:-[A-Za-z0-9]{6})?(?::(?P<key>[^:]*)(?::[^:]*(?::[^:]*)?)?)?"
 )
-_SSM_ARN = re.compile(r"arn:aws[a-z-]*:ssm:[a-z0-9-]*:[0-9]*:parameter(?P<name>/.+)")
+_SSM_ARN = re.compile(r"arn:aws[a-z-]*:ssm:[^:]*:[^:]*:parameter(?P<name>/.+)")
 _LOCAL_NAME = re.compile(r"[A-Za-z0-9/_+=.@:-]{1,512}")
 
 
@@ -1018,12 +1033,20 @@ def _health_check(p: _Problems, v: Any, at: str) -> HealthCheck | None:
         if "command" not in v:
             p.add(f"{at}.command", "is required")
         return None
-    if not command or command[0] not in ("CMD", "CMD-SHELL", "NONE"):
+    if not command:
         p.add(f"{at}.command", 'must start with "CMD", "CMD-SHELL" or "NONE"')
         return None
     if command[0] == "NONE":  # Docker's way to switch off the image's HEALTHCHECK
         return None
-    if len(command) < 2:
+    if command[0] not in ("CMD", "CMD-SHELL"):
+        # ECS registers it and Docker never runs a check of a type it does not know: the
+        # container's health stays UNKNOWN (issue 12). Kept, so the health is reported.
+        p.warnings.append(
+            f"{at}.command: starts with {command[0]!r}, not CMD or CMD-SHELL: the check is "
+            'never run and health stays UNKNOWN, as in Docker; write ["CMD-SHELL", '
+            f"{' '.join(command)!r}] to run it"
+        )
+    elif len(command) < 2:
         p.add(f"{at}.command", f"{command[0]} needs a command to run")
         return None
     interval = _int(p, v, "interval", at, lo=5, hi=300)
