@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from agent import containers, network, pull, spec
+from agent import containers, network, pull
 from agent.errors import AlreadyExists, ImageNotFound, InvalidInput
 from agent.lifecycle.runtime import PROVISIONING, RUNNING, UNKNOWN, Context, ms
 from agent.metadata.documents import task_role_arn
@@ -146,12 +146,7 @@ async def precheck(ctx: Context, td: TaskDefinition) -> dict[str, list[tuple[str
     env_files = await asyncio.to_thread(containers.read_environment_files, td)
     check_host_volumes(ctx, td)
     check_host_limits(td)
-    for i, c in enumerate(td.containers):
-        if c.user:
-            try:
-                spec.parse_user(c.user)
-            except InvalidInput as e:
-                raise InvalidInput(f"containerDefinitions[{i}].user: {e.message}") from None
+    # A user name is resolved from the image at container create (agent.users, issue 12).
     if td.network_mode in ("bridge", "host"):
         ports_for(ctx, td, check_only=True)
     return env_files

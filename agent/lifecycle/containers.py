@@ -138,7 +138,6 @@ async def start(
     with phase(task, f"container.{c.name}.create"):
         # The metadata endpoint's variables (agent.metadata), after the definition's: ECS's win.
         env = [*env, *metadata.container_environment(ctx.config, task, c)]
-        oci = containers.build_spec(tctx, td, cdef, c.position, cid, image, env)
         c.stop_signal = containers.stop_signal(cdef, image)
         if not any(r.kind == "lease" for r in store.resources(task.id)):
             store.intend("lease", lease, task.id)
@@ -149,6 +148,11 @@ async def start(
             client.prepare_snapshot(cid, image.chain_id, snapshotter=ctx.snapshotter, lease=lease)
         )
         store.created("snapshot", cid)
+        # The spec after the snapshot: a user name is resolved from the image's /etc/passwd
+        # and /etc/group, read through the snapshot's mounts (issue 12). An unknown user
+        # fails here; the rollback removes the recorded snapshot.
+        user = await asyncio.to_thread(containers.exec_user, cdef, image, mounts)
+        oci = containers.build_spec(tctx, td, cdef, c.position, cid, image, env, user=user)
         store.intend("container", cid, task.id)
         await uninterrupted(
             client.create_container(
