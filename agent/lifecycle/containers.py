@@ -15,7 +15,8 @@ from typing import Any
 import structlog
 
 from agent import containers, faults, health, metadata
-from agent.errors import NstaskError
+from agent.containerd import ContainerdTimeout
+from agent.errors import ContainerdError, InvalidInput, NstaskError
 from agent.images import ImageConfig
 from agent.lifecycle import running
 from agent.lifecycle.accept import has_check
@@ -29,6 +30,31 @@ log = structlog.get_logger("nstask.engine")
 
 class DependencyError(NstaskError):
     kind = "dependency_failed"
+
+
+CANNOT_START = "CannotStartContainerError"
+
+
+class CannotStart(NstaskError):
+    """The container's process could not be made (runc create or start refused it, or its
+    user is not in the image): ECS's CannotStartContainerError (issue 12). The start loop
+    stops the task for an essential container and records a non-essential one STOPPED."""
+
+    kind = "cannot_start_container"
+
+
+def _cannot_start(e: NstaskError) -> CannotStart:
+    detail = e.details.get("detail") if isinstance(e, ContainerdError) else None
+    return CannotStart(f"{CANNOT_START}: {detail or e.message}")
+
+
+def never_started(ctx: Context, rt: TaskRuntime, c: ContainerRecord, reason: str) -> None:
+    """A non-essential container that could not start, or whose dependency can never be met:
+    STOPPED without an exit code, with the reason; the task runs on (issue 12). Its recorded
+    resources (snapshot, container) go with the task, as in ECS."""
+    c.last_status, c.reason, c.finished_at = STOPPED, reason, time.time()
+    ctx.save(rt.task)  # wakes the dependents waiting on it
+    log.warning("container_not_started", task=rt.task.id, container=c.name, reason=reason)
 
 
 def dependency_verdict(condition: str, dep: ContainerRecord) -> bool | str | None:
@@ -151,7 +177,10 @@ async def start(
         # The spec after the snapshot: a user name is resolved from the image's /etc/passwd
         # and /etc/group, read through the snapshot's mounts (issue 12). An unknown user
         # fails here; the rollback removes the recorded snapshot.
-        user = await asyncio.to_thread(containers.exec_user, cdef, image, mounts)
+        try:
+            user = await asyncio.to_thread(containers.exec_user, cdef, image, mounts)
+        except InvalidInput as e:  # Docker finds an unknown user at start, too
+            raise _cannot_start(e) from None
         oci = containers.build_spec(tctx, td, cdef, c.position, cid, image, env, user=user)
         store.intend("container", cid, task.id)
         await uninterrupted(
@@ -192,6 +221,12 @@ async def start(
             await uninterrupted(
                 client.create_task(cid, rootfs=mounts, stdout=uri or "", stderr=uri or "")
             )
+        except ContainerdError as e:
+            # runc create refused the process (its command is not in the image, ...);
+            # a timeout is containerd's trouble, not the container's.
+            if isinstance(e, ContainerdTimeout):
+                raise
+            raise _cannot_start(e) from e
         finally:
             # The shim read its options before it signalled readiness, which
             # Tasks.Create waits for: the secrets need not stay on disk.
