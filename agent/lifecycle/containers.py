@@ -60,6 +60,10 @@ def never_started(ctx: Context, rt: TaskRuntime, c: ContainerRecord, reason: str
 def dependency_verdict(condition: str, dep: ContainerRecord) -> bool | str | None:
     """True: satisfied; a string: can never be satisfied (why); None: not yet."""
     stopped = dep.last_status == STOPPED
+    if stopped and dep.started_at is None and dep.exit_code is None:
+        # It could not start (issue 12): no condition can be met any more, as the ECS
+        # agent decides ("dependency will never start").
+        return f"it never started ({dep.reason})" if dep.reason else "it never started"
     if condition == "START":
         return True if dep.last_status in (RUNNING, STOPPED) else None
     if condition == "COMPLETE":
