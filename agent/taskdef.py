@@ -587,8 +587,7 @@ def _role_and_tags(p: _Problems, data: dict[str, Any]) -> None:
         # task's credentials request fails at run time instead.
         p.warnings.append(
             f"taskRoleArn: {role!r} has no 12-digit account (a placeholder?); accepted as "
-            "ECS does, but the task gets no credentials for it unless the local credential "
-            "store holds this exact ARN"
+            "ECS does, but the task's credentials requests will fail with an error naming it"
         )
     elif role and not _ROLE_ARN_RE.fullmatch(role):
         p.add("taskRoleArn", "must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME)")
