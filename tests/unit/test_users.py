@@ -113,3 +113,26 @@ def test_a_symbolic_link_in_the_image_is_never_followed(tmp_path: Path) -> None:
     for d in (linked, whole):
         mounts = [Mount(type="bind", source=str(d), options=("rbind",), target="")]
         assert read_image_file(mounts, "/etc/passwd") is None
+
+
+def test_the_definitions_user_else_the_images_user_is_resolved_from_the_rootfs(
+    tmp_path: Path,
+) -> None:
+    from agent import containers
+    from agent.images import ImageConfig
+    from agent.taskdef import ContainerDefinition
+
+    root = _layer(tmp_path, "root", {"etc/passwd": PASSWD, "etc/group": GROUP})
+    mounts = [Mount(type="bind", source=str(root), options=("rbind",), target="")]
+
+    def image(user: str) -> ImageConfig:
+        return ImageConfig("nginx:1", (), ("sh",), (), "/", user, "", {}, "c", "d", 1)
+
+    bare = ContainerDefinition(name="web", image="nginx:1")
+    assert containers.exec_user(bare, image("nginx"), mounts) == r("nginx")
+    assert containers.exec_user(bare, image(""), mounts) is None  # root, as before
+    mine = ContainerDefinition(name="web", image="nginx:1", user="app:staff")
+    assert containers.exec_user(mine, image("nginx"), mounts) == r("app:staff")
+    ghost = ContainerDefinition(name="web", image="nginx:1", user="ghost")
+    with pytest.raises(InvalidInput, match=r"container web: user 'ghost'.*nginx:1"):
+        containers.exec_user(ghost, image(""), mounts)
