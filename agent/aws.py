@@ -296,7 +296,8 @@ class ParameterRef:
     region: str
 
 
-_ARN = re.compile(r"arn:(aws[a-z-]*):([a-z0-9-]+):([a-z0-9-]*):([0-9]*):(.+)")
+_ARN = re.compile(r"arn:(aws[a-z-]*):([a-z0-9-]+):([^:]*):([^:]*):(.+)")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 
 
 def parse_ref(value_from: str, *, default_region: str) -> SecretsManagerRef | ParameterRef:
@@ -307,6 +308,12 @@ def parse_ref(value_from: str, *, default_region: str) -> SecretsManagerRef | Pa
             raise InvalidInput(f"{value_from}: not a Secrets Manager or SSM parameter ARN")
         return ParameterRef(value_from, value_from, default_region)
     service, region = m.group(2), m.group(3) or default_region
+    # Placeholders (${AWS_REGION}, ACCOUNT_ID) pass validation, as in ECS (issue 12); here,
+    # at run time, they are a clear error rather than a botocore endpoint failure.
+    if m.group(3) and not _REGION.fullmatch(m.group(3)):
+        raise InvalidInput(f"{value_from}: region {m.group(3)!r} is not an AWS region")
+    if m.group(4) and not re.fullmatch(r"[0-9]{12}", m.group(4)):
+        raise InvalidInput(f"{value_from}: account {m.group(4)!r} is not a 12-digit account id")
     if service == "ssm" and m.group(5).startswith("parameter/"):
         return ParameterRef(value_from, value_from, region)
     if service == "secretsmanager" and m.group(5).startswith("secret:"):

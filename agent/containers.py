@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import seccomp, secrets, spec
+from agent import seccomp, secrets, spec, users
 from agent.errors import InvalidInput
 from agent.images import ImageConfig
 from agent.taskdef import ContainerDefinition, TaskDefinition
@@ -142,6 +142,23 @@ def write_files(ctx: TaskContext, cdef: ContainerDefinition, index: int) -> dict
     }
 
 
+def exec_user(
+    cdef: ContainerDefinition, image: ImageConfig, mounts: list[Any]
+) -> users.ExecUser | None:
+    """The definition's user (else the image's USER) resolved from the image's /etc/passwd
+    and /etc/group, read through the container's prepared rootfs `mounts` (issue 12); None
+    when no user is set. Blocking (reads two small files)."""
+    user = cdef.user or image.user
+    if not user:
+        return None
+    passwd = users.read_image_file(mounts, "/etc/passwd")
+    group = users.read_image_file(mounts, "/etc/group")
+    try:
+        return users.resolve(user, passwd, group, image=cdef.image)
+    except InvalidInput as e:
+        raise InvalidInput(f"container {cdef.name}: {e.message}") from None
+
+
 def seccomp_profile(cdef: ContainerDefinition) -> seccomp.Profile | None:
     """The default profile, unless the container is privileged (no filter, as Docker does) or
     asks otherwise in dockerSecurityOptions (seccomp=unconfined, or a profile file)."""
@@ -160,7 +177,11 @@ def build_spec(
     containerd_id: str,
     image: ImageConfig,
     env: list[str],
+    *,
+    user: users.ExecUser | None = None,
 ) -> dict[str, Any]:
+    """The container's OCI spec. `user`: the definition's (or image's) user resolved from the
+    image's files (agent.users); None: only a numeric user (or none) is applied."""
     args = spec.resolve_args(
         image_entrypoint=image.entrypoint,
         image_cmd=image.cmd,
@@ -198,7 +219,9 @@ def build_spec(
         spec.with_process_args(args),
         spec.with_env([*image.env, f"HOSTNAME={hostname}", *env]),
         spec.with_cwd(cdef.working_directory or image.workdir),
-        spec.with_user(cdef.user or image.user),
+        spec.with_user(cdef.user or image.user)
+        if user is None
+        else spec.with_exec_user(user.uid, user.gid, user.additional_gids, user.home),
         spec.with_hostname(hostname),
         spec.with_netns(ctx.netns),
         spec.with_readonly_rootfs(cdef.readonly_root_filesystem),

@@ -182,15 +182,15 @@ def with_cwd(cwd: str | None) -> SpecOpt:
 
 
 def parse_user(user: str) -> tuple[int, int]:
-    """Numeric `uid` or `uid:gid`, or root. Names would need the image's /etc/passwd, which
-    nstask does not read yet: they are refused with a clear error instead of guessed."""
+    """Numeric `uid` or `uid:gid`, or root. Names are resolved from the image's files by
+    agent.users at container create (issue 12); here they are refused."""
     uid, _, gid = user.partition(":")
     uid = "0" if uid == "root" else uid
     gid = "0" if gid == "root" else gid
     if not (uid.isascii() and uid.isdigit()) or (gid and not (gid.isascii() and gid.isdigit())):
         raise InvalidInput(
-            f"user {user!r}: only numeric uid[:gid] (or root) is supported; "
-            "user names are not resolved from the image yet"
+            f"user {user!r}: only numeric uid[:gid] (or root) here; names need the image's "
+            "/etc/passwd (agent.users)"
         )
     return int(uid), int(gid or uid)
 
@@ -203,6 +203,22 @@ def with_user(user: str | None) -> SpecOpt:
             return
         uid, gid = parse_user(user)
         spec["process"]["user"] = {"uid": uid, "gid": gid}
+
+    return opt
+
+
+def with_exec_user(uid: int, gid: int, additional_gids: tuple[int, ...], home: str) -> SpecOpt:
+    """A user resolved from the image's /etc/passwd and /etc/group (agent.users, issue 12):
+    uid, primary gid, supplementary groups, and HOME when the environment has none."""
+
+    def opt(spec: Spec) -> None:
+        user: dict[str, Any] = {"uid": uid, "gid": gid}
+        if additional_gids:
+            user["additionalGids"] = list(additional_gids)
+        spec["process"]["user"] = user
+        env = spec["process"].setdefault("env", [])
+        if not any(e.startswith("HOME=") for e in env):
+            env.append(f"HOME={home}")
 
     return opt
 

@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any, TypeVar, dataclass_transform
 
+from agent import fields
 from agent.errors import TaskDefinitionError
 
 __all__ = [
@@ -73,100 +74,7 @@ _MAX_CONTAINER_CPU = 10 * 1024  # ECS: 10 vCPU for one container
 _MAX_MEMORY_MIB = 120 * 1024  # Fargate's largest task: 120 GB; bounds container memory too
 _MAX_TMPFS_MIB = 1024 * 1024  # not ECS's: 1 TiB (tmpfs and /dev/shm sizes)
 
-# Task-level and container-level keys ECS accepts. Those nstask acts on are parsed below;
-# the rest are accepted with a warning (one per field, naming it).
-_TASK_KEYS_USED = {
-    "family",
-    "networkMode",
-    "containerDefinitions",
-    "cpu",
-    "memory",
-    "volumes",
-    # Read by agent.metadata (the credentials endpoint, /taskWithTags); checked there too.
-    "taskRoleArn",
-    "tags",
-    # The role the agent fetches secrets with (agent.secret_sources, issue 11).
-    "executionRoleArn",
-}
-_TASK_KEYS_IGNORED = {
-    "placementConstraints",
-    "requiresCompatibilities",
-    "pidMode",
-    "ipcMode",
-    "proxyConfiguration",
-    "inferenceAccelerators",
-    "ephemeralStorage",
-    "runtimePlatform",
-    "revision",
-    "taskDefinitionArn",
-    "status",
-    "compatibilities",
-    "registeredAt",
-    "registeredBy",
-    "requiresAttributes",
-    "deregisteredAt",
-    "enableFaultInjection",
-}
-_TASK_KEYS_SILENT = {
-    # describe-task-definition bookkeeping: not settings, so no warning.
-    "revision",
-    "taskDefinitionArn",
-    "status",
-    "compatibilities",
-    "registeredAt",
-    "registeredBy",
-    "requiresAttributes",
-    "deregisteredAt",
-    "requiresCompatibilities",
-}
-_CONTAINER_KEYS_USED = {
-    "name",
-    "image",
-    "command",
-    "entryPoint",
-    "environment",
-    "essential",
-    "portMappings",
-    "cpu",
-    "memory",
-    "memoryReservation",
-    "stopTimeout",
-    "workingDirectory",
-    "user",
-    "hostname",
-    "readonlyRootFilesystem",
-    "dockerLabels",
-    "healthCheck",
-    "environmentFiles",
-    "secrets",
-    "dependsOn",
-    "startTimeout",
-    "logConfiguration",
-    "linuxParameters",
-    "ulimits",
-    "privileged",
-    "dnsServers",
-    "extraHosts",
-    "volumesFrom",
-    "mountPoints",
-    "firelensConfiguration",
-    "stopSignal",
-    "dockerSecurityOptions",
-    "repositoryCredentials",
-}
-_CONTAINER_KEYS_IGNORED = {
-    "links",
-    "dnsSearchDomains",
-    "disableNetworking",
-    "interactive",
-    "pseudoTerminal",
-    "systemControls",
-    "resourceRequirements",
-    "credentialSpecs",
-    "gpu",
-    "restartPolicy",
-    "versionConsistency",
-}
+# Which fields nstask acts on, and what it says about the others: agent.fields (issue 12).
 
 
 _T = TypeVar("_T")
@@ -473,15 +381,12 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
     if shape is not None:
         raise TaskDefinitionError([shape], source=source)
     for key in data:
-        if key in _TASK_KEYS_USED:
-            continue
-        if key in _TASK_KEYS_SILENT:
-            continue
-        if key in _TASK_KEYS_IGNORED:
-            if not _asks_nothing(data[key]):
-                p.warnings.append(f"{key}: accepted but not supported by nstask yet; ignored")
-        else:
+        # The verdict of each field is in agent.fields (issue 12).
+        note = fields.unused_warning(key)
+        if note is None:
             p.warnings.append(f"{key}: unknown task definition field; ignored")
+        elif note and not _asks_nothing(data[key]):
+            p.warnings.append(f"{key}: {note}")
 
     _role_and_tags(p, data)
     family = _str(p, data, "family", "", required=False) or "nstask"
@@ -557,11 +462,11 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         return None
     before = len(p.items)
     for key in c:
-        if key in _CONTAINER_KEYS_IGNORED:
-            if not _asks_nothing(c[key]):
-                p.warnings.append(f"{at}.{key}: accepted but not supported by nstask yet; ignored")
-        elif key not in _CONTAINER_KEYS_USED:
+        note = fields.unused_warning(f"containerDefinitions.{key}")  # issue 12: agent.fields
+        if note is None:
             p.warnings.append(f"{at}.{key}: unknown container definition field; ignored")
+        elif note and not _asks_nothing(c[key]):
+            p.warnings.append(f"{at}.{key}: {note}")
     name = _str(p, c, "name", at)
     if name is not None and not _NAME_RE.fullmatch(name):
         p.add(f"{at}.name", "must be 1-255 letters, digits, hyphens or underscores")
@@ -676,13 +581,22 @@ def _kind(v: Any) -> str:
 
 
 _ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+# The same with any account (a placeholder such as ${AWS_ACCOUNT_ID}): a warning, not an error.
+_PLACEHOLDER_ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::[^:/]*:role/[\w+=,.@/${}-]{1,512}")
 
 
 def _role_and_tags(p: _Problems, data: dict[str, Any]) -> None:
     """taskRoleArn (an IAM role ARN, or empty: no role) and tags ([{key, value}], ECS's
     limits: 50 tags, keys up to 128 and values up to 256 characters)."""
     role = _str(p, data, "taskRoleArn", "", required=False)
-    if role and not _ROLE_ARN_RE.fullmatch(role):
+    if role and _PLACEHOLDER_ROLE_ARN_RE.fullmatch(role) and not _ROLE_ARN_RE.fullmatch(role):
+        # ECS registers it (issue 12: templates keep `${AWS_ACCOUNT_ID}` or `ACCOUNT`); the
+        # task's credentials request fails at run time instead.
+        p.warnings.append(
+            f"taskRoleArn: {role!r} has no 12-digit account (a placeholder?); accepted as "
+            "ECS does, but the task's credentials requests will fail with an error naming it"
+        )
+    elif role and not _ROLE_ARN_RE.fullmatch(role):
         p.add("taskRoleArn", "must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME)")
     tags = data.get("tags")
     if tags is None:
@@ -842,17 +756,14 @@ def _ports(p: _Problems, v: Any, at: str, network_mode: str) -> tuple[PortMappin
     return tuple(out)
 
 
-_PORT_KEYS = ("containerPort", "hostPort", "protocol")
-_PORT_KEYS_IGNORED = ("name", "appProtocol", "containerPortRange")
-
-
 def _warn_port_keys(p: _Problems, item: dict[str, Any], here: str) -> None:
     """portMappings sub-fields ECS has for Service Connect and port ranges: accepted, unused."""
     for key in item:
-        if key in _PORT_KEYS_IGNORED and not _asks_nothing(item[key]):
-            p.warnings.append(f"{here}.{key}: accepted but not supported by nstask yet; ignored")
-        elif key not in _PORT_KEYS and key not in _PORT_KEYS_IGNORED:
+        note = fields.unused_warning(f"containerDefinitions.portMappings.{key}")
+        if note is None:
             p.warnings.append(f"{here}.{key}: unknown port mapping field; ignored")
+        elif note and not _asks_nothing(item[key]):
+            p.warnings.append(f"{here}.{key}: {note}")
 
 
 def _units(p: _Problems, v: Any, key: str, parse: Any) -> int | None:
@@ -871,7 +782,8 @@ def _parse_cpu(v: Any) -> int:
     if isinstance(v, int) and not isinstance(v, bool):
         n = float(max(min(v, 2 * _MAX_TASK_CPU), -1))  # 10**400 does not fit a float
     elif isinstance(v, str) and len(v) <= 64:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(vcpu)?\s*", v, re.IGNORECASE)
+        # ".25 vCPU" too: Fargate's own tables write the fractions that way (issue 12).
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(vcpus?)?\s*", v, re.IGNORECASE)
         if not m:
             raise ValueError(f"must be CPU units (e.g. 256) or vCPUs (e.g. '1 vCPU'), got {v!r}")
         n = float(m.group(1)) * (1024 if m.group(2) else 1)
@@ -895,7 +807,9 @@ def _parse_memory(v: Any) -> int:
     if isinstance(v, int) and not isinstance(v, bool):
         n = float(max(min(v, 2 * _MAX_MEMORY_MIB), -1))  # 10**400 does not fit a float
     elif isinstance(v, str) and len(v) <= 64:
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(gb|mb|mib|gib)?\s*", v, re.IGNORECASE)
+        m = re.fullmatch(
+            r"\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(gb|mb|mib|gib)?\s*", v, re.IGNORECASE
+        )
         if not m:
             raise ValueError(f"must be MiB (e.g. 512) or a size like '0.5 GB', got {v!r}")
         n = float(m.group(1)) * (1024 if (m.group(2) or "").lower() in ("gb", "gib") else 1)
@@ -949,11 +863,13 @@ _SIGNAL_NAMES = (
     "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
     "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
 )  # fmt: skip
+# Region and account: anything without ':' (issue 12: ECS registers placeholders such as
+# ${AWS_REGION}; the local store goes by name, an AWS lookup refuses them clearly).
 _SECRETS_ARN = re.compile(
-    r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]*:[0-9]*:secret:(?P<name>[A-Za-z0-9/_+=.@-]+?)"
+    r"arn:aws[a-z-]*:secretsmanager:[^:]*:[^:]*:secret:(?P<name>[A-Za-z0-9/_+=.@-]+?)"
     r"(?:-[A-Za-z0-9]{6})?(?::(?P<key>[^:]*)(?::[^:]*(?::[^:]*)?)?)?"
 )
-_SSM_ARN = re.compile(r"arn:aws[a-z-]*:ssm:[a-z0-9-]*:[0-9]*:parameter(?P<name>/.+)")
+_SSM_ARN = re.compile(r"arn:aws[a-z-]*:ssm:[^:]*:[^:]*:parameter(?P<name>/.+)")
 _LOCAL_NAME = re.compile(r"[A-Za-z0-9/_+=.@:-]{1,512}")
 
 
@@ -1123,12 +1039,20 @@ def _health_check(p: _Problems, v: Any, at: str) -> HealthCheck | None:
         if "command" not in v:
             p.add(f"{at}.command", "is required")
         return None
-    if not command or command[0] not in ("CMD", "CMD-SHELL", "NONE"):
+    if not command:
         p.add(f"{at}.command", 'must start with "CMD", "CMD-SHELL" or "NONE"')
         return None
     if command[0] == "NONE":  # Docker's way to switch off the image's HEALTHCHECK
         return None
-    if len(command) < 2:
+    if command[0] not in ("CMD", "CMD-SHELL"):
+        # ECS registers it and Docker never runs a check of a type it does not know: the
+        # container's health stays UNKNOWN (issue 12). Kept, so the health is reported.
+        p.warnings.append(
+            f"{at}.command: starts with {command[0]!r}, not CMD or CMD-SHELL: the check is "
+            'never run and health stays UNKNOWN, as in Docker; write ["CMD-SHELL", '
+            f"{' '.join(command)!r}] to run it"
+        )
+    elif len(command) < 2:
         p.add(f"{at}.command", f"{command[0]} needs a command to run")
         return None
     interval = _int(p, v, "interval", at, lo=5, hi=300)
@@ -1225,9 +1149,11 @@ def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
     if _too_many(p, at, v, _MAX_FIELDS, "fields"):
         return None
     for key in v:
-        known = ("initProcessEnabled", "capabilities", "sharedMemorySize", "tmpfs")
-        if key not in known and not _asks_nothing(v[key]):
-            p.warnings.append(f"{at}.{key}: accepted but not supported by nstask yet; ignored")
+        note = fields.unused_warning(f"containerDefinitions.linuxParameters.{key}")
+        if note is None and not _asks_nothing(v[key]):  # unknown keys: as before
+            note = "accepted but not supported by nstask yet; ignored"
+        if note and not _asks_nothing(v[key]):
+            p.warnings.append(f"{at}.{key}: {note}")
     caps = v.get("capabilities") or {}
     if not isinstance(caps, dict):
         p.add(f"{at}.capabilities", "must be an object with add and drop lists")
@@ -1475,16 +1401,10 @@ def _volumes(p: _Problems, v: Any) -> tuple[Volume, ...]:
                     f"{here}.host.sourcePath: {host_path} gives the task access to the host's "
                     f"{what}; accepted as in ECS"
                 )
-        for other in (
-            "efsVolumeConfiguration",
-            "fsxWindowsFileServerVolumeConfiguration",
-            "configuredAtLaunch",
-        ):
-            if other in item:
-                p.warnings.append(
-                    f"{here}.{other}: not supported by nstask; the volume is an "
-                    "empty task-scoped directory"
-                )
+        for other in item:  # the verdicts of agent.fields (issue 12)
+            note = fields.unused_warning(f"volumes.{other}")
+            if note:
+                p.warnings.append(f"{here}.{other}: {note}")
         dvc = item.get("dockerVolumeConfiguration")
         if isinstance(dvc, dict) and dvc.get("scope", "task") != "task":
             p.warnings.append(

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from agent import containers, network, pull, spec
+from agent import containers, network, pull
 from agent.errors import AlreadyExists, ImageNotFound, InvalidInput
 from agent.lifecycle.runtime import PROVISIONING, RUNNING, UNKNOWN, Context, ms
 from agent.metadata.documents import task_role_arn
@@ -61,7 +61,7 @@ async def accept(
             image=c.image,
             log_path=str(log_dir / f"{i}-{re.sub(r'[^A-Za-z0-9_-]', '_', c.name)}.log"),
             essential=c.essential,
-            health=UNKNOWN if has_check(c) else None,
+            health=UNKNOWN if c.health_check is not None else None,  # run or not: UNKNOWN
             metadata_id=secrets.token_hex(16),  # the container's metadata URI (agent.metadata)
         )
         for i, c in enumerate(td.containers)
@@ -96,7 +96,8 @@ def containerd_id(task_id: str, index: int, name: str) -> str:
 
 
 def has_check(cdef: ContainerDefinition) -> bool:
-    return cdef.health_check is not None and cdef.health_check.command[:1] != ("NONE",)
+    """A check nstask runs: CMD or CMD-SHELL (another type is never run, as Docker does)."""
+    return cdef.health_check is not None and cdef.health_check.command[0] in ("CMD", "CMD-SHELL")
 
 
 def stop_plan_of(td: TaskDefinition) -> dict[str, Any]:
@@ -145,12 +146,7 @@ async def precheck(ctx: Context, td: TaskDefinition) -> dict[str, list[tuple[str
     env_files = await asyncio.to_thread(containers.read_environment_files, td)
     check_host_volumes(ctx, td)
     check_host_limits(td)
-    for i, c in enumerate(td.containers):
-        if c.user:
-            try:
-                spec.parse_user(c.user)
-            except InvalidInput as e:
-                raise InvalidInput(f"containerDefinitions[{i}].user: {e.message}") from None
+    # A user name is resolved from the image at container create (agent.users, issue 12).
     if td.network_mode in ("bridge", "host"):
         ports_for(ctx, td, check_only=True)
     return env_files

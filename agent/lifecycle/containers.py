@@ -15,7 +15,8 @@ from typing import Any
 import structlog
 
 from agent import containers, faults, health, metadata
-from agent.errors import NstaskError
+from agent.containerd import ContainerdTimeout
+from agent.errors import ContainerdError, InvalidInput, NstaskError
 from agent.images import ImageConfig
 from agent.lifecycle import running
 from agent.lifecycle.accept import has_check
@@ -31,9 +32,38 @@ class DependencyError(NstaskError):
     kind = "dependency_failed"
 
 
+CANNOT_START = "CannotStartContainerError"
+
+
+class CannotStart(NstaskError):
+    """The container's process could not be made (runc create or start refused it, or its
+    user is not in the image): ECS's CannotStartContainerError (issue 12). The start loop
+    stops the task for an essential container and records a non-essential one STOPPED."""
+
+    kind = "cannot_start_container"
+
+
+def _cannot_start(e: NstaskError) -> CannotStart:
+    detail = e.details.get("detail") if isinstance(e, ContainerdError) else None
+    return CannotStart(f"{CANNOT_START}: {detail or e.message}")
+
+
+def never_started(ctx: Context, rt: TaskRuntime, c: ContainerRecord, reason: str) -> None:
+    """A non-essential container that could not start, or whose dependency can never be met:
+    STOPPED without an exit code, with the reason; the task runs on (issue 12). Its recorded
+    resources (snapshot, container) go with the task, as in ECS."""
+    c.last_status, c.reason, c.finished_at = STOPPED, reason, time.time()
+    ctx.save(rt.task)  # wakes the dependents waiting on it
+    log.warning("container_not_started", task=rt.task.id, container=c.name, reason=reason)
+
+
 def dependency_verdict(condition: str, dep: ContainerRecord) -> bool | str | None:
     """True: satisfied; a string: can never be satisfied (why); None: not yet."""
     stopped = dep.last_status == STOPPED
+    if stopped and dep.started_at is None and dep.exit_code is None:
+        # It could not start (issue 12): no condition can be met any more, as the ECS
+        # agent decides ("dependency will never start").
+        return f"it never started ({dep.reason})" if dep.reason else "it never started"
     if condition == "START":
         return True if dep.last_status in (RUNNING, STOPPED) else None
     if condition == "COMPLETE":
@@ -138,7 +168,6 @@ async def start(
     with phase(task, f"container.{c.name}.create"):
         # The metadata endpoint's variables (agent.metadata), after the definition's: ECS's win.
         env = [*env, *metadata.container_environment(ctx.config, task, c)]
-        oci = containers.build_spec(tctx, td, cdef, c.position, cid, image, env)
         c.stop_signal = containers.stop_signal(cdef, image)
         if not any(r.kind == "lease" for r in store.resources(task.id)):
             store.intend("lease", lease, task.id)
@@ -149,6 +178,14 @@ async def start(
             client.prepare_snapshot(cid, image.chain_id, snapshotter=ctx.snapshotter, lease=lease)
         )
         store.created("snapshot", cid)
+        # The spec after the snapshot: a user name is resolved from the image's /etc/passwd
+        # and /etc/group, read through the snapshot's mounts (issue 12). An unknown user
+        # fails here; the rollback removes the recorded snapshot.
+        try:
+            user = await asyncio.to_thread(containers.exec_user, cdef, image, mounts)
+        except InvalidInput as e:  # Docker finds an unknown user at start, too
+            raise _cannot_start(e) from None
+        oci = containers.build_spec(tctx, td, cdef, c.position, cid, image, env, user=user)
         store.intend("container", cid, task.id)
         await uninterrupted(
             client.create_container(
@@ -188,6 +225,12 @@ async def start(
             await uninterrupted(
                 client.create_task(cid, rootfs=mounts, stdout=uri or "", stderr=uri or "")
             )
+        except ContainerdError as e:
+            # runc create refused the process (its command is not in the image, ...);
+            # a timeout is containerd's trouble, not the container's.
+            if isinstance(e, ContainerdTimeout):
+                raise
+            raise _cannot_start(e) from e
         finally:
             # The shim read its options before it signalled readiness, which
             # Tasks.Create waits for: the secrets need not stay on disk.

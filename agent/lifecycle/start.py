@@ -60,20 +60,29 @@ async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
             if task.desired_status != RUNNING:
                 return
             cdef = td.container(name)
-            with phase(task, f"container.{name}.dependencies"):
-                await containers.wait_dependencies(ctx, rt, td, cdef)
-            if task.desired_status != RUNNING:
-                return
-            await containers.start(
-                ctx,
-                rt,
-                by_name[name],
-                cdef,
-                configs[cdef.image],
-                td,
-                resolved.environment[name],
-                resolved.log_secrets[name],
-            )
+            try:
+                with phase(task, f"container.{name}.dependencies"):
+                    await containers.wait_dependencies(ctx, rt, td, cdef)
+                if task.desired_status != RUNNING:
+                    return
+                await containers.start(
+                    ctx,
+                    rt,
+                    by_name[name],
+                    cdef,
+                    configs[cdef.image],
+                    td,
+                    resolved.environment[name],
+                    resolved.log_secrets[name],
+                )
+            except (containers.CannotStart, containers.DependencyError) as e:
+                # Issue 12: only an essential container that cannot start (or whose
+                # dependency cannot be met) fails the task; a non-essential one ends
+                # STOPPED with the reason and the others start and run on.
+                by_name[name].reason = str(e)
+                if cdef.essential:
+                    raise
+                containers.never_started(ctx, rt, by_name[name], str(e))
         # Every container started (some may already have exited, and the task be on its
         # way to STOPPED: it still ran, as ECS reports it).
         task.started_at = time.time()
@@ -92,7 +101,9 @@ async def _run(ctx: Context, rt: TaskRuntime, accepted: Accepted) -> None:
             error=str(e),
             exc_info=e if not isinstance(e, NstaskError) else None,
         )
-        ctx.stop_soon(task.id, f"failed to start: {e}", timeout=0)
+        # ECS's reason as it is for a container that cannot start (issue 12).
+        reason = str(e) if isinstance(e, containers.CannotStart) else f"failed to start: {e}"
+        ctx.stop_soon(task.id, reason, timeout=0)
         ctx.start_ended(task, str(e))
         return
     # An essential container may have exited while the others were starting.

@@ -19,6 +19,7 @@ from agent.config import AgentConfig
 from agent.containerd import (
     Container,
     Containerd,
+    ContainerdTimeout,
     Descriptor,
     Event,
     ExitStatus,
@@ -732,6 +733,93 @@ def test_repository_credentials_that_are_no_json_fail_the_start_without_the_valu
         assert "repositoryCredentials reg/plain" in reason and "username" in reason
         assert "hunter2" not in reason
         assert not w.images.asked  # nothing pulled
+
+
+# -- a container that cannot start (issue 12) ----------------------------------------------
+RUNC_REFUSAL = 'failed to create shim task: OCI runtime create failed: exec: "/nope": not found'
+
+
+def _refuse_create(w: World, name: str, error: Exception | None = None) -> None:
+    """runc create refusing one container's process, as containerd reports it."""
+    orig = w.client.create_task
+
+    async def refusing(container_id: str, **kw: Any) -> int:
+        if container_id.endswith(f"-{name}"):
+            raise error or ContainerdError(
+                f"containerd Tasks.Create on task {container_id!r} failed: UNKNOWN: x",
+                detail=RUNC_REFUSAL,
+            )
+        return await orig(container_id, **kw)
+
+    w.client.create_task = refusing  # type: ignore[method-assign]
+
+
+def test_a_non_essential_container_that_cannot_start_leaves_the_task_running(
+    tmp_path: Path,
+) -> None:
+    async def scenario(w: World) -> None:
+        _refuse_create(w, "broken")
+        td = definition(
+            container("broken", essential=False),
+            container(
+                "on-start",
+                essential=False,
+                dependsOn=[{"containerName": "broken", "condition": "START"}],
+            ),
+            container(
+                "on-success",
+                essential=False,
+                dependsOn=[{"containerName": "broken", "condition": "SUCCESS"}],
+            ),
+            container("main"),
+        )
+        task = await w.engine.submit(td)
+        await until("RUNNING", lambda: status(w, task) == "RUNNING")
+        cs = {c.name: c for c in w.engine.get(task.id).containers}
+        assert cs["broken"].last_status == "STOPPED"
+        assert cs["broken"].reason == f"CannotStartContainerError: {RUNC_REFUSAL}"
+        assert cs["broken"].exit_code is None and cs["broken"].started_at is None
+        started = {k.rsplit("-", 1)[-1] for m, k in w.client.calls if m == "start_task"}
+        assert started == {"main"}
+        # No condition is met by a container that will never start (the ECS agent's rule):
+        # a non-essential dependent ends STOPPED, not started, and the task runs on.
+        for name in ("on-start", "on-success"):
+            assert cs[name].last_status == "STOPPED" and cs[name].started_at is None
+            assert "never started" in (cs[name].reason or "")
+        await asyncio.sleep(0.05)
+        assert status(w, task) == "RUNNING"
+        await w.engine.stop(task.id)
+        assert not w.held()
+
+    run(tmp_path, scenario)
+
+
+def test_an_essential_container_that_cannot_start_stops_the_task_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    async def scenario(w: World) -> None:
+        _refuse_create(w, "main")
+        task = await w.engine.submit(
+            definition(container("side", essential=False), container("main"))
+        )
+        await until("STOPPED", lambda: status(w, task) == "STOPPED")
+        t = w.engine.get(task.id)
+        assert t.stop_reason == f"CannotStartContainerError: {RUNC_REFUSAL}"
+        assert next(c for c in t.containers if c.name == "main").reason == t.stop_reason
+        assert not w.held()
+
+    run(tmp_path, scenario)
+
+
+def test_containerd_timing_out_is_not_a_container_that_cannot_start(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        _refuse_create(w, "helper", ContainerdTimeout("containerd Tasks.Create timed out"))
+        task = await w.engine.submit(
+            definition(container("helper", essential=False), container("main"))
+        )
+        await until("STOPPED", lambda: status(w, task) == "STOPPED")
+        t = w.engine.get(task.id)
+        assert t.stop_reason is not None and t.stop_reason.startswith("failed to start: ")
         assert not w.held()
 
     run(tmp_path, scenario)

@@ -1057,3 +1057,82 @@ def test_repository_credentials_are_accepted_and_checked() -> None:
         with pytest.raises(TaskDefinitionError, match=why) as e:
             parse_task_definition(one(repositoryCredentials=bad))
         assert "containerDefinitions[0].repositoryCredentials" in str(e.value)
+
+
+# -- what ECS registers is accepted here (issue 12) ------------------------------------------
+@pytest.mark.parametrize(
+    ("cpu", "memory", "units", "mib"),
+    [
+        ("1 vcpu", "2 GB", 1024, 2048),
+        ("1 vCPU", "2GB", 1024, 2048),
+        (".25 vCPU", ".5 GB", 256, 512),
+        ("0.25 vcpu", "0.5GB", 256, 512),
+        ("2 vcpus", "2048 MiB", 2048, 2048),
+        ("1024", "4 gb", 1024, 4096),
+    ],
+)
+def test_task_cpu_and_memory_in_every_form_ecs_accepts(
+    cpu: str, memory: str, units: int, mib: int
+) -> None:
+    td = parse_task_definition({**one(), "cpu": cpu, "memory": memory})
+    assert (td.cpu, td.memory) == (units, mib)
+    assert td.warnings == ()
+
+
+def test_a_health_check_without_cmd_prefix_is_accepted_with_a_warning_and_never_run() -> None:
+    from agent.lifecycle.accept import has_check
+
+    td = parse_task_definition(one(healthCheck={"command": ["curl", "-f", "http://localhost/"]}))
+    c = td.containers[0]
+    assert c.health_check is not None and c.health_check.command[0] == "curl"
+    assert not has_check(c)  # never run: health stays UNKNOWN, as Docker does
+    assert len(td.warnings) == 1
+    assert td.warnings[0].startswith("containerDefinitions[0].healthCheck.command: ")
+    assert "UNKNOWN" in td.warnings[0] and "CMD-SHELL" in td.warnings[0]
+    ok = parse_task_definition(one(healthCheck={"command": ["CMD", "true"]})).containers[0]
+    assert has_check(ok)
+    assert problems(one(healthCheck={"command": []}))[0][0] == (
+        "containerDefinitions[0].healthCheck.command"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value_from", "local"),
+    [
+        ("arn:aws:secretsmanager:${AWS_REGION}:${AWS_ACCOUNT_ID}:secret:db-AbCdEf", "db"),
+        ("arn:aws:secretsmanager:REGION:ACCOUNT_ID:secret:app/db:password::", "app/db:password"),
+        ("arn:aws:ssm:<region>:<account>:parameter/app/token", "app/token"),
+    ],
+)
+def test_secret_arns_with_placeholder_region_or_account_are_accepted(
+    value_from: str, local: str
+) -> None:
+    td = parse_task_definition(one(secrets=[{"name": "S", "valueFrom": value_from}]))
+    assert local_secret_name(td.containers[0].secrets[0].value_from) == local
+
+
+def test_placeholder_secret_arns_are_a_clear_error_when_asked_of_aws() -> None:
+    from agent.aws import parse_ref
+    from agent.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"region '\$\{AWS_REGION\}' is not an AWS region"):
+        parse_ref("arn:aws:ssm:${AWS_REGION}:123456789012:parameter/x", default_region="us-east-1")
+    with pytest.raises(InvalidInput, match="account 'ACCOUNT' is not a 12-digit account id"):
+        parse_ref("arn:aws:secretsmanager:eu-west-1:ACCOUNT:secret:x", default_region="us-east-1")
+    ok = parse_ref("arn:aws:ssm:eu-west-1:123456789012:parameter/x", default_region="us-east-1")
+    assert ok.region == "eu-west-1"
+
+
+def test_a_task_role_arn_with_a_placeholder_account_is_accepted_with_a_warning() -> None:
+    td = parse_task_definition(
+        {**one(), "taskRoleArn": "arn:aws:iam::${AWS_ACCOUNT_ID}:role/app-task"}
+    )
+    assert [w.split(":")[0] for w in td.warnings] == ["taskRoleArn"]
+    assert "placeholder" in td.warnings[0]
+    assert problems({**one(), "taskRoleArn": "not-an-arn"})[0][0] == "taskRoleArn"
+    assert (
+        parse_task_definition(
+            {**one(), "taskRoleArn": "arn:aws:iam::123456789012:role/app"}
+        ).warnings
+        == ()
+    )
