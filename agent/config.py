@@ -143,9 +143,17 @@ def _env_overrides() -> dict[str, Any]:
     return out
 
 
-def load_config(**flags: Any) -> AgentConfig:
-    """Defaults, then NSTASK_* variables, then command-line flags."""
-    config = AgentConfig().with_overrides(**_env_overrides()).with_overrides(**flags)
+def load_config(*, config_file: str | os.PathLike[str] | None = None, **flags: Any) -> AgentConfig:
+    """Defaults, then the config file (agent.config_file), then NSTASK_* variables, then
+    command-line flags."""
+    from agent.config_file import read_config_file
+
+    config = (
+        AgentConfig()
+        .with_overrides(**read_config_file(config_file))
+        .with_overrides(**_env_overrides())
+        .with_overrides(**flags)
+    )
     if config.metrics_address:
         listen_address(config.metrics_address)  # refused at start, with the setting named
     return config
