@@ -33,7 +33,7 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> tuple[Path | 
 
 
 def _line_of(text: str, key: str) -> int | None:
-    pat = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+    pat = re.compile(rf"^\s*(\[\s*)?[\"']?{re.escape(key)}[\"']?\s*[=\].]")
     for n, line in enumerate(text.splitlines(), 1):
         if pat.match(line):
             return n
