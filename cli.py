@@ -355,8 +355,10 @@ def _since(text: str) -> float:
 
 
 @main.command()
-@click.argument("task")
-@click.argument("container", required=False)
+@click.argument("task", shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
+@click.argument(
+    "container", required=False, shell_complete=lambda c, p, i: _complete_containers(c, p, i)
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the task stops.")
 @click.option("--tail", "-n", type=int, help="Only the last N lines of each container.")
 @click.option("--timestamps", "-t", is_flag=True, help="Prefix each line with its time.")
@@ -389,7 +391,9 @@ def logs(
 
 
 @main.command()
-@click.argument("tasks", nargs=-1, required=True)
+@click.argument(
+    "tasks", nargs=-1, required=True, shell_complete=lambda c, p, i: _complete_tasks(c, p, i)
+)
 @click.option(
     "--time",
     "-t",
@@ -414,7 +418,9 @@ def stop(ctx: click.Context, tasks: tuple[str, ...], timeout: float | None) -> N
 
 
 @main.command()
-@click.argument("tasks", nargs=-1, required=True)
+@click.argument(
+    "tasks", nargs=-1, required=True, shell_complete=lambda c, p, i: _complete_tasks(c, p, i)
+)
 @click.option("--force", "-f", is_flag=True, help="Stop running tasks first.")
 @click.pass_context
 def rm(ctx: click.Context, tasks: tuple[str, ...], force: bool) -> None:
@@ -432,9 +438,14 @@ def rm(ctx: click.Context, tasks: tuple[str, ...], force: bool) -> None:
 
 
 @main.command("exec", context_settings={"ignore_unknown_options": True})
-@click.argument("task")
+@click.argument("task", shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--container", "-c", help="Which container (needed when the task has several).")
+@click.option(
+    "--container",
+    "-c",
+    help="Which container (needed when the task has several).",
+    shell_complete=lambda c, p, i: _complete_containers(c, p, i),
+)
 @click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE")
 @click.pass_context
 def exec_command(
@@ -471,7 +482,7 @@ def exec_command(
 
 
 @main.command()
-@click.argument("task")
+@click.argument("task", shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
 @click.option(
     "--timeline", is_flag=True, help="Draw the start phases as a waterfall instead of JSON."
 )
@@ -523,7 +534,7 @@ def _timeline(t: dict[str, Any], *, width: int, bar: str = "#") -> list[str]:
 
 
 @main.command("stats")
-@click.argument("tasks", nargs=-1)
+@click.argument("tasks", nargs=-1, shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
 @click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one array per sample).")
 @click.option(
@@ -682,7 +693,7 @@ def _units(n: float, base: float, names: tuple[str, ...]) -> str:
 
 
 @main.command()
-@click.argument("task")
+@click.argument("task", shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
 @click.pass_context
 def wait(ctx: click.Context, task: str) -> None:
     """Wait for a task to stop; print its exit code."""
@@ -1249,6 +1260,47 @@ def _print_info(f: dict[str, Any]) -> None:
         rows += [("Tasks", _counts(ag["tasks"])), ("Images", str(ag["images"]))]
     for k, v in rows:
         click.echo(f"{k + ':':<13} {v}")
+
+
+# -- shell completion (click's; scripts from `_NSTASK_COMPLETE={bash,zsh,fish}_source nstask`) ----
+def _completion_client(ctx: click.Context) -> Client:
+    root = ctx.find_root()
+    sock = (root.params.get("socket_path") if root.params else None) or os.environ.get(
+        "NSTASK_SOCKET", DEFAULT_SOCKET
+    )
+    return Client(str(sock))
+
+
+def _complete_tasks(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[Any]:
+    """Task ids (the family as help) from the agent; nothing when no agent answers."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        resp = _completion_client(ctx).open("GET", "/v1/tasks?all=1", timeout=2)
+        tasks = json.loads(resp.read()) if resp.status == 200 else []
+    except (OSError, ValueError):
+        return []
+    return [
+        CompletionItem(str(t["id"]), help=str(t.get("family", "")))
+        for t in tasks
+        if str(t["id"]).startswith(incomplete)
+    ]
+
+
+def _complete_containers(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[Any]:
+    """The container names of the task given before (TASK), from the agent."""
+    from click.shell_completion import CompletionItem
+
+    task = ctx.params.get("task")
+    if not task:
+        return []
+    try:
+        resp = _completion_client(ctx).open("GET", f"/v1/tasks/{task}", timeout=2)
+        t = json.loads(resp.read()) if resp.status == 200 else {}
+    except (OSError, ValueError):
+        return []
+    names = [str(c["name"]) for c in t.get("containers", [])]
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from conftest import start_agent, stop_agent
-from support import NSTASK, WAIT_FOREVER, busybox_task, write_taskdef
+from support import NSTASK, WAIT_FOREVER, Agent, busybox_task, write_taskdef
 from test_daemon import _Detached
 
 
@@ -131,3 +131,37 @@ def test_info_check_healthy_then_with_a_dead_containerd(tmp_path: Path) -> None:
     assert [p["problem"].split(" (")[0] for p in js["problems"]] == [
         f"containerd does not answer on {dead}"
     ]
+
+
+def _complete(a: Agent, words: str) -> list[str]:
+    """What bash completion offers for the last word of `words` (click's bash_complete)."""
+    parts = words.split(" ")
+    out = subprocess.run(
+        [NSTASK],
+        env={
+            **a.env(),
+            "_NSTASK_COMPLETE": "bash_complete",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(parts) - 1),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return [line.partition(",")[2] for line in out.stdout.splitlines()]
+
+
+def test_completion_offers_task_ids_and_container_names(agent: Agent, tmp_path: Path) -> None:
+    td = write_taskdef(tmp_path, busybox_task("completeme", ["sh", "-c", WAIT_FOREVER]))
+    task_id = agent.cli("run", "-d", td, check=True).stdout.strip()
+    try:
+        agent.wait_status(task_id, "RUNNING")
+        assert task_id in _complete(agent, "nstask logs ")
+        assert _complete(agent, f"nstask stop {task_id[:6]}") == [task_id]
+        assert _complete(agent, f"nstask logs {task_id} ") == ["completeme"]
+        assert _complete(agent, f"nstask inspect {task_id[:8]}") == [task_id]
+        assert "agent" in _complete(agent, "nstask ag")
+        assert {"status", "stop"} <= set(_complete(agent, "nstask agent st"))
+    finally:
+        agent.cli("stop", "-t", "0", task_id, check=True)
