@@ -122,7 +122,12 @@ def main(ctx: click.Context, socket_path: str) -> None:
     "(default: $OTEL_EXPORTER_OTLP_ENDPOINT, else off).",
 )
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
-@click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    help="Where the agent logs, rotated by size (default: stderr; with --detach "
+    "<state-dir>/agent.log).",
+)
 @click.option(
     "--config",
     "config_file",
@@ -173,6 +178,12 @@ def agent(
     from agent.daemon import configure_logging
     from agent.daemon import main as agent_main
 
+    if log_file:  # before logging is configured: it writes to sys.stderr
+        from agent.logfile import RotatingLog
+
+        sys.stderr = RotatingLog(
+            log_file, max_bytes=config.log_max_bytes, max_files=config.log_max_files
+        )
     configure_logging(json_output=log_json)
     _set_process_title()
     sys.exit(agent_main(config))
@@ -268,6 +279,7 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     argv += ["--warm-pool-size", str(config.warm_pool_size)]
     if log_json:
         argv.append("--log-json")
+    argv += ["--log-file", os.path.abspath(log_path)]  # the agent rotates it (agent.logfile)
     # 0600: the log names tasks, images and errors; the agent fixes an older file's mode.
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     with open(fd, "ab") as out:

@@ -88,6 +88,10 @@ class AgentConfig:
     # OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318) that gets each task's start as a trace
     # (agent.tracing); empty: OTEL_EXPORTER_OTLP_ENDPOINT if set, else no export.
     otlp_endpoint: str = ""
+    # The agent's own log file (`--log-file`, and every `--detach`ed agent, agent.logfile):
+    # rotated past this many bytes (0: never), keeping this many old files.
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_max_files: int = 5
 
     @property
     def db_path(self) -> Path:

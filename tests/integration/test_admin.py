@@ -67,7 +67,9 @@ def test_agent_status_and_stop_leave_tasks_or_stop_them(tmp_path: Path) -> None:
 
         # Started again detached, as a user does: re-attaches, shows as nstask in ps, and
         # `agent stop --stop-tasks` stops the task before the agent.
+        # Its log (state dir's agent.log) rotated by size: small here, so it rotates at once.
         args, env = a.launch
+        env = {**env, "NSTASK_LOG_MAX_BYTES": "700", "NSTASK_LOG_MAX_FILES": "2"}
         out = subprocess.run(
             [*args, "--detach"], env=env, capture_output=True, text=True, timeout=60
         )
@@ -81,6 +83,13 @@ def test_agent_status_and_stop_leave_tasks_or_stop_them(tmp_path: Path) -> None:
         assert f"stopped task {task_id}" in out.stdout
         assert _gone(pid, timeout=1)
         assert a.cli("agent", "status").returncode == 1
+        logs = sorted(p.name for p in a.state_dir.glob("agent.log*"))
+        assert logs == ["agent.log", "agent.log.1", "agent.log.2"], logs
+        for name in logs:
+            p = a.state_dir / name
+            assert p.stat().st_size <= 700 + 2000 and (p.stat().st_mode & 0o777) == 0o600
+        text = "".join((a.state_dir / n).read_text() for n in logs)
+        assert "agent_stopping" in text  # the last lines went to the current file
     finally:
         stop_agent(a, running, base)  # type: ignore[arg-type]
 
