@@ -1216,8 +1216,11 @@ def info_command(ctx: click.Context, as_json: bool, check: bool) -> None:
     from agent import hostinfo
 
     config = _host_config(ctx)
+    running = _agent_facts(_client(ctx))
+    if running is not None:  # the running agent's own settings, not this shell's
+        config = _running_config(config, running.pop("settings"))
     facts = hostinfo.info(config)
-    facts["agent"] = _agent_facts(_client(ctx))
+    facts["agent"] = running
     problems = hostinfo.check(config, facts) if check else []
     if as_json:
         out = facts | ({"problems": [p.to_json() for p in problems]} if check else {})
@@ -1244,7 +1247,24 @@ def _agent_facts(client: Client) -> dict[str, Any] | None:
         images = json.loads(imgs.read()) if imgs.status == 200 else []
     except (OSError, ValueError):
         return None
-    return {"pid": body["pid"], "tasks": body["tasks"], "images": len(images)}
+    return {"pid": body["pid"], "tasks": body["tasks"], "images": len(images), "settings": body}
+
+
+def _running_config(config: Any, st: dict[str, Any]) -> Any:
+    from pathlib import Path
+
+    conflist = st.get("conflistFile")
+    return config.with_overrides(
+        namespace=st.get("namespace"),
+        bridge=st.get("bridge"),
+        subnet=st.get("subnet"),
+        state_dir=Path(st["stateDir"]) if st.get("stateDir") else None,
+        containerd_address=st.get("containerd", {}).get("address"),
+        snapshotter=st.get("snapshotter"),
+        cni_path=tuple(st["cniPath"]) if st.get("cniPath") else None,
+        chained_plugins=tuple(st["chainedPlugins"]) if "chainedPlugins" in st else None,
+        conflist_file=Path(conflist) if conflist else None,
+    )
 
 
 def _print_info(f: dict[str, Any]) -> None:

@@ -59,6 +59,12 @@ def test_agent_status_and_stop_leave_tasks_or_stop_them(tmp_path: Path) -> None:
             "RUNNING": 1
         }
 
+        facts = json.loads(a.cli("info", "--json", check=True).stdout)
+        assert facts["agent"]["pid"] == proc.pid and facts["agent"]["tasks"] == {"RUNNING": 1}
+        assert facts["agent"]["images"] >= 1  # the test image
+        assert facts["containerd"]["namespace"] == a.namespace
+        assert facts["bridge"] == a.bridge and facts["subnet"] == a.subnet
+
         out = a.cli("agent", "stop", check=True)
         assert f"pid {proc.pid}" in out.stdout and "1 task(s) left running" in out.stdout
         assert proc.wait(timeout=5) == 0  # agent stop returned only once the agent had exited
