@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export NSTASK_VENV := $(VENV)
 
 # `make install` / `make uninstall` (scripts/install.sh): DESTDIR, PREFIX, INSTALL_DIR, SYSCONFDIR,
-# UNITDIR, STATE_DIR, PURGE=1 (uninstall: task data and config too).
+# UNITDIR, STATE_DIR, PURGE=1 (uninstall: task data and config too), SYSTEMD=0 (enable nothing).
 DESTDIR ?=
 PREFIX ?= /usr/local
 INSTALL_DIR ?= /opt/nstask
@@ -13,8 +13,10 @@ SYSCONFDIR ?= /etc
 UNITDIR ?= $(SYSCONFDIR)/systemd/system
 STATE_DIR ?= /var/lib/nstask
 PURGE ?= 0
+SYSTEMD ?= auto
 INSTALL_VARS = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" INSTALL_DIR="$(INSTALL_DIR)" \
-	SYSCONFDIR="$(SYSCONFDIR)" UNITDIR="$(UNITDIR)" STATE_DIR="$(STATE_DIR)" PURGE="$(PURGE)"
+	SYSCONFDIR="$(SYSCONFDIR)" UNITDIR="$(UNITDIR)" STATE_DIR="$(STATE_DIR)" PURGE="$(PURGE)" \
+	SYSTEMD="$(SYSTEMD)"
 
 .PHONY: install uninstall dist
 install:

@@ -11,7 +11,7 @@
 # Variables (make passes them): DESTDIR (a staging root: nothing is started then), PREFIX
 # (/usr/local), INSTALL_DIR (/opt/nstask), SYSCONFDIR (/etc), UNITDIR
 # ($SYSCONFDIR/systemd/system), STATE_DIR (/var/lib/nstask), PURGE (uninstall: 1 removes
-# task data and the config file too).
+# task data and the config file too), SYSTEMD (0: do not enable or start anything).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,10 +27,17 @@ venv=$root$INSTALL_DIR/venv
 manifest=$root$INSTALL_DIR/installed-files
 unit=nstask-agent.service
 
+for v in DESTDIR PREFIX INSTALL_DIR SYSCONFDIR UNITDIR STATE_DIR; do
+    case ${!v} in "" | /*) ;; *) printf 'install.sh: %s=%s: must be an absolute path\n' "$v" "${!v}" >&2; exit 2 ;; esac
+done
 say() { printf '%s: %s\n' "${0##*/}" "$*"; }
 die() { printf '%s: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and system files)"
-systemd_here() { [ -z "$root" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
+SYSTEMD=${SYSTEMD:-auto}  # 0: never call systemctl (tests installing into a temporary prefix)
+systemd_here() {
+    [ "$SYSTEMD" != 0 ] && [ -z "$root" ] && [ -d /run/systemd/system ] \
+        && command -v systemctl >/dev/null
+}
 
 # Remember each directory before creating it, and each file, so uninstall removes only ours.
 recorded=()
@@ -96,7 +103,7 @@ do_install() {
     elif [ -n "$root" ]; then
         say "installed into $root (staged: nothing enabled or started)"
     else
-        say "installed. systemd is not running here, so start the agent yourself:"
+        say "installed. systemd is not running here (or SYSTEMD=0): start the agent yourself:"
         say "  nstask agent --detach        (log: $STATE_DIR/agent.log; stop: nstask agent stop)"
         say "containerd must answer on its socket first (scripts/bootstrap.sh starts it)."
     fi
@@ -116,9 +123,17 @@ do_uninstall() {
     if systemd_here && systemctl list-unit-files "$unit" >/dev/null 2>&1; then
         # The agent stops; its tasks keep running (KillMode=process) unless PURGE=1.
         systemctl disable --now "$unit" || true
-    elif [ -z "$root" ] && "$venv/bin/nstask" agent status >/dev/null 2>&1; then
-        say "an agent still runs from this install: stopping it (its tasks keep running)"
-        "$venv/bin/nstask" agent stop || true
+    elif [ -z "$root" ] && [ -x "$venv/bin/nstask" ]; then
+        # An agent started from this install (its process maps this venv's files): stop it
+        # (its tasks keep running). Any other agent on the socket is left alone.
+        local pid
+        pid=$("$venv/bin/nstask" agent status --json 2>/dev/null \
+            | "$venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["pid"])' \
+            2>/dev/null) || pid=""
+        if [ -n "$pid" ] && grep -qF "$INSTALL_DIR/venv/" "/proc/$pid/maps" 2>/dev/null; then
+            say "the agent (pid $pid) runs from this install: stopping it (tasks keep running)"
+            "$venv/bin/nstask" agent stop || true
+        fi
     fi
     local kind path entries
     entries=$(sort -r "$manifest")  # deepest paths first

@@ -19,13 +19,14 @@ EXAMPLE = REPO / "examples" / "hello.json"
 
 
 def _make(target: str, root: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    if str(root) not in ("", "."):
+        extra = {"DESTDIR": str(root), **extra}
     out = subprocess.run(
         [
             "make",
             "-C",
             str(REPO),
             target,
-            f"DESTDIR={root}",
             *(f"{k}={v}" for k, v in extra.items()),
         ],
         capture_output=True,
@@ -168,3 +169,29 @@ def test_wheel_and_sdist_install_into_a_fresh_venv(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0 and "ok (family hello" in ok.stdout, ok.stderr
     assert (venv / "bin/nstask-shim-logger").exists()
+
+
+def test_make_install_into_a_prefix_says_how_to_start_the_agent(tmp_path: Path) -> None:
+    """No DESTDIR: the paths themselves are elsewhere; the unit points at this install, and
+    without systemd (SYSTEMD=0 here, whatever the host runs) install says how to start."""
+    t = tmp_path
+    places = {
+        "PREFIX": f"{t}/usr/local",
+        "INSTALL_DIR": f"{t}/opt/nstask",
+        "SYSCONFDIR": f"{t}/etc",
+        "STATE_DIR": f"{t}/var/lib/nstask",
+        "SYSTEMD": "0",
+    }
+    out = _make("install", Path(""), **places)
+    assert "start the agent yourself" in out.stdout and "nstask agent --detach" in out.stdout
+    nstask = t / "usr/local/bin/nstask"
+    assert os.readlink(nstask) == f"{t}/opt/nstask/venv/bin/nstask"
+    assert "Usage: nstask" in subprocess.check_output([str(nstask), "--help"], text=True)
+    unit = t / "etc/systemd/system/nstask-agent.service"
+    assert f"ExecStart={t}/opt/nstask/venv/bin/nstask agent" in unit.read_text().splitlines()
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    _make("uninstall", Path(""), **places)
+    assert _tree(t) == []
