@@ -4,6 +4,34 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export NSTASK_VENV := $(VENV)
 
+# `make install` / `make uninstall` (scripts/install.sh): DESTDIR, PREFIX, INSTALL_DIR, SYSCONFDIR,
+# UNITDIR, STATE_DIR, PURGE=1 (uninstall: task data and config too), SYSTEMD=0 (enable nothing).
+DESTDIR ?=
+PREFIX ?= /usr/local
+INSTALL_DIR ?= /opt/nstask
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(SYSCONFDIR)/systemd/system
+STATE_DIR ?= /var/lib/nstask
+PURGE ?= 0
+SYSTEMD ?= auto
+INSTALL_VARS = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" INSTALL_DIR="$(INSTALL_DIR)" \
+	SYSCONFDIR="$(SYSCONFDIR)" UNITDIR="$(UNITDIR)" STATE_DIR="$(STATE_DIR)" PURGE="$(PURGE)" \
+	SYSTEMD="$(SYSTEMD)"
+
+.PHONY: install uninstall dist
+install:
+	@env $(INSTALL_VARS) bash scripts/install.sh install
+
+uninstall:
+	@env $(INSTALL_VARS) bash scripts/install.sh uninstall
+
+# A wheel and an sdist in dist/ (pip or pipx install them; the host packages come from
+# scripts/bootstrap.sh).
+dist: test-bootstrap
+	rm -rf build
+	$(PY) -m build --outdir dist .
+	rm -rf build
+
 .PHONY: demo test bootstrap test-bootstrap unit integration lint typecheck protos check-protos \
 	bench bench-start clean
 

@@ -48,7 +48,9 @@ def main(ctx: click.Context, socket_path: str) -> None:
 
 
 # -- agent -----------------------------------------------------------------------------------
-@main.command()
+# A group that runs the agent when no subcommand is named (`nstask agent [FLAGS]`), as before,
+# and has `nstask agent status` / `nstask agent stop` (cli_admin-like helpers at the end).
+@main.group(invoke_without_command=True)
 @click.option("--detach", "-d", is_flag=True, help="Run in the background; print its pid.")
 @click.option("--state-dir", type=click.Path(), help="State, logs (default /var/lib/nstask).")
 @click.option("--run-dir", type=click.Path(), help="Socket, locks, pid (default /run/nstask).")
@@ -125,12 +127,33 @@ def main(ctx: click.Context, socket_path: str) -> None:
     "(default: $OTEL_EXPORTER_OTLP_ENDPOINT, else off).",
 )
 @click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value.")
-@click.option("--log-file", type=click.Path(), help="With --detach: where the agent logs.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    help="Where the agent logs, rotated by size (default: stderr; with --detach "
+    "<state-dir>/agent.log).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="The agent's config file (default /etc/nstask/agent.toml; $NSTASK_CONFIG).",
+)
 @click.pass_context
 def agent(
-    ctx: click.Context, /, detach: bool, log_json: bool, log_file: str | None, **flags: Any
+    ctx: click.Context,
+    /,
+    detach: bool,
+    log_json: bool,
+    log_file: str | None,
+    config_file: str | None,
+    **flags: Any,
 ) -> None:
-    """Run the nstask agent (it owns every task and host resource)."""
+    """Run the nstask agent (it owns every task and host resource).
+
+    With a subcommand (status, stop), ask about or stop the agent on --socket instead."""
+    if ctx.invoked_subcommand is not None:
+        return
     from pathlib import Path
 
     from agent.config import load_config
@@ -143,19 +166,55 @@ def agent(
     }
     values["allow_host_paths"] = tuple(flags.get("allow_host_paths") or ()) or None
     try:
-        config = load_config(socket=Path(socket_path), **values)
+        # --socket unset (its default): the config file may name the socket.
+        source = ctx.parent.get_parameter_source("socket_path") if ctx.parent else None
+        if source != click.core.ParameterSource.DEFAULT:
+            values["socket"] = Path(socket_path)
+        config = load_config(config_file=config_file, **values)
     except InvalidInput as e:
         fail(e.message, 2)
     if os.geteuid() != 0:
         fail("the agent must run as root (it creates network namespaces and containers)")
     if detach:
+        if config_file:  # the detached agent reads the same file (what flags do not set)
+            os.environ["NSTASK_CONFIG"] = os.path.abspath(config_file)
         _detach(config, log_json, log_file)
         return
     from agent.daemon import configure_logging
     from agent.daemon import main as agent_main
 
+    if log_file:  # before logging is configured: it writes to sys.stderr
+        from agent.logfile import RotatingLog
+
+        sys.stderr = RotatingLog(
+            log_file, max_bytes=config.log_max_bytes, max_files=config.log_max_files
+        )
     configure_logging(json_output=log_json)
+    _set_process_title()
     sys.exit(agent_main(config))
+
+
+def _self_argv() -> list[str]:
+    """How to start this nstask again: its launcher beside the interpreter (so the detached
+    agent shows as `nstask ... agent ...` in ps), else the interpreter on cli."""
+    launcher = os.path.join(os.path.dirname(sys.executable), "nstask")
+    if os.access(launcher, os.X_OK):
+        return [launcher]
+    return [sys.executable, "-c", "import cli; cli.main()"]
+
+
+def _set_process_title() -> None:
+    """`nstask agent --socket ...` in ps (cmdline and comm), whatever started the process."""
+    title = " ".join(["nstask", *sys.argv[1:]])
+    try:
+        import setproctitle  # type: ignore[import-not-found,unused-ignore]
+
+        setproctitle.setproctitle(title)
+    except ImportError:  # no argv rewriting without it: at least the name `ps -e` shows
+        import contextlib
+
+        with contextlib.suppress(OSError), open("/proc/self/comm", "w") as f:
+            f.write("nstask")
 
 
 def _start_error(log_path: str) -> str:
@@ -193,9 +252,7 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
         private_dir(config.state_dir)  # 0700, as the agent makes it
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     argv = [
-        sys.executable,
-        "-c",
-        "import cli; cli.main()",
+        *_self_argv(),
         "--socket",
         str(config.socket),
         "agent",
@@ -229,6 +286,7 @@ def _detach(config: Any, log_json: bool, log_file: str | None) -> None:
     argv += ["--warm-pool-size", str(config.warm_pool_size)]
     if log_json:
         argv.append("--log-json")
+    argv += ["--log-file", os.path.abspath(log_path)]  # the agent rotates it (agent.logfile)
     # 0600: the log names tasks, images and errors; the agent fixes an older file's mode.
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     with open(fd, "ab") as out:
@@ -316,8 +374,10 @@ def _since(text: str) -> float:
 
 
 @main.command()
-@click.argument("task")
-@click.argument("container", required=False)
+@click.argument("task", shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
+@click.argument(
+    "container", required=False, shell_complete=lambda c, p, i: _complete_containers(c, p, i)
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the task stops.")
 @click.option("--tail", "-n", type=int, help="Only the last N lines of each container.")
 @click.option("--timestamps", "-t", is_flag=True, help="Prefix each line with its time.")
@@ -350,7 +410,9 @@ def logs(
 
 
 @main.command()
-@click.argument("tasks", nargs=-1, required=True)
+@click.argument(
+    "tasks", nargs=-1, required=True, shell_complete=lambda c, p, i: _complete_tasks(c, p, i)
+)
 @click.option(
     "--time",
     "-t",
@@ -375,7 +437,9 @@ def stop(ctx: click.Context, tasks: tuple[str, ...], timeout: float | None) -> N
 
 
 @main.command()
-@click.argument("tasks", nargs=-1, required=True)
+@click.argument(
+    "tasks", nargs=-1, required=True, shell_complete=lambda c, p, i: _complete_tasks(c, p, i)
+)
 @click.option("--force", "-f", is_flag=True, help="Stop running tasks first.")
 @click.pass_context
 def rm(ctx: click.Context, tasks: tuple[str, ...], force: bool) -> None:
@@ -393,9 +457,14 @@ def rm(ctx: click.Context, tasks: tuple[str, ...], force: bool) -> None:
 
 
 @main.command("exec", context_settings={"ignore_unknown_options": True})
-@click.argument("task")
+@click.argument("task", shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--container", "-c", help="Which container (needed when the task has several).")
+@click.option(
+    "--container",
+    "-c",
+    help="Which container (needed when the task has several).",
+    shell_complete=lambda c, p, i: _complete_containers(c, p, i),
+)
 @click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE")
 @click.pass_context
 def exec_command(
@@ -432,7 +501,7 @@ def exec_command(
 
 
 @main.command()
-@click.argument("task")
+@click.argument("task", shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
 @click.option(
     "--timeline", is_flag=True, help="Draw the start phases as a waterfall instead of JSON."
 )
@@ -484,7 +553,7 @@ def _timeline(t: dict[str, Any], *, width: int, bar: str = "#") -> list[str]:
 
 
 @main.command("stats")
-@click.argument("tasks", nargs=-1)
+@click.argument("tasks", nargs=-1, shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
 @click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one array per sample).")
 @click.option(
@@ -643,7 +712,7 @@ def _units(n: float, base: float, names: tuple[str, ...]) -> str:
 
 
 @main.command()
-@click.argument("task")
+@click.argument("task", shell_complete=lambda c, p, i: _complete_tasks(c, p, i))
 @click.pass_context
 def wait(ctx: click.Context, task: str) -> None:
     """Wait for a task to stop; print its exit code."""
@@ -1004,6 +1073,273 @@ def _size(n: int) -> str:
             return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
         size /= 1024
     return f"{n} B"
+
+
+# -- agent status / stop, version, info (issue 14) -----------------------------------------------
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    parts = [f"{d}d" if d else "", f"{h}h" if h else "", f"{m}m" if m else "", f"{s}s"]
+    return "".join(p for p in parts if p) if (d or h or m) else f"{s}s"
+
+
+def _counts(tasks: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k.lower()}" for k, n in sorted(tasks.items())) or "none"
+
+
+@agent.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def agent_status(ctx: click.Context, as_json: bool) -> None:
+    """Show the agent on --socket: pid, uptime, settings, containerd, tasks (exit 1: none)."""
+    try:
+        st = _client(ctx).call("GET", "/v1/agent", timeout=15)
+    except ApiError as e:
+        _api_fail(e)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    ctr = st["containerd"]
+    reach = (
+        f"reachable, {ctr.get('version', '?')}"
+        if ctr["reachable"]
+        else f"NOT reachable ({ctr.get('error', '')})"
+    )
+    rows = [
+        ("Agent", f"running, pid {st['pid']}, up {_duration(st['uptime'])}"),
+        ("Version", st["nstask"]),
+        ("Socket", st["socket"]),
+        ("State dir", st["stateDir"]),
+        ("Run dir", st["runDir"]),
+        ("Namespace", st["namespace"]),
+        ("Network", f"bridge {st['bridge']}, subnet {st['subnet']}"),
+        ("containerd", f"{ctr['address']}: {reach}"),
+        ("Tasks", _counts(st["tasks"])),
+    ]
+    for k, v in rows:
+        click.echo(f"{k + ':':<12} {v}")
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited (a zombie not yet reaped by its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+@agent.command("stop")
+@click.option(
+    "--stop-tasks", is_flag=True, help="Stop every running task first (default: leave them)."
+)
+@click.option(
+    "--timeout", "-t", type=float, default=30.0, show_default=True, help="Seconds to wait."
+)
+@click.pass_context
+def agent_stop(ctx: click.Context, stop_tasks: bool, timeout: float) -> None:
+    """Stop the agent on --socket (SIGTERM to its pid) and wait until it has exited.
+
+    Its tasks keep running (the next agent re-attaches to them) unless --stop-tasks."""
+    import signal
+    import time
+
+    client = _client(ctx)
+    try:
+        st = client.call("GET", "/v1/agent", timeout=15)
+        running = client.call("GET", "/v1/tasks", timeout=15) if stop_tasks else []
+    except ApiError as e:
+        _api_fail(e)
+    pid = int(st["pid"])
+    for t in running:
+        try:
+            client.call("POST", f"/v1/tasks/{t['id']}/stop", {}, timeout=None)
+            click.echo(f"stopped task {t['id']}")
+        except ApiError as e:
+            click.echo(f"nstask: task {t['id']}: {e.body.get('message', e)}", err=True)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        fail(f"the agent's pid {pid} is not on this host (another pid namespace?)")
+    except PermissionError:
+        fail(f"not allowed to signal the agent (pid {pid}): run as root")
+    deadline = time.monotonic() + timeout
+    while not _gone(pid):
+        if time.monotonic() > deadline:
+            fail(f"sent SIGTERM to the agent (pid {pid}); it has not exited within {timeout:g} s")
+        time.sleep(0.05)
+    left = 0
+    if not stop_tasks:
+        left = int(st["tasks"].get("RUNNING", 0)) + int(st["tasks"].get("PENDING", 0))
+    tail = f"; {left} task(s) left running (the next agent re-attaches to them)" if left else ""
+    click.echo(f"agent stopped (pid {pid}, SIGTERM){tail}")
+
+
+def _host_config(ctx: click.Context) -> Any:
+    """The agent's settings as `nstask agent` would take them (file, environment)."""
+    from pathlib import Path
+
+    from agent.config import load_config
+    from agent.errors import InvalidInput
+
+    try:
+        return load_config(socket=Path(ctx.obj["socket"]))
+    except InvalidInput as e:
+        fail(e.message, 2)
+
+
+@main.command("version")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def version_command(ctx: click.Context, as_json: bool) -> None:
+    """Show the versions of nstask, containerd (the server), runc, the CNI plugins, Python."""
+    from agent import hostinfo
+    from agent.api import VERSION
+
+    v = hostinfo.versions(_host_config(ctx), VERSION)
+    if as_json:
+        click.echo(json.dumps(v, indent=2))
+        return
+    names = {"nstask": "nstask", "containerd": "containerd", "runc": "runc"}
+    names |= {"cniPlugins": "CNI plugins", "python": "Python"}
+    for key, label in names.items():
+        value = v.get(key)
+        if value is None:
+            value = "not found" + (f" ({v['containerdError']})" if key == "containerd" else "")
+        click.echo(f"{label + ':':<13} {value}")
+
+
+@main.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--check", is_flag=True, help="Report each missing or wrong prerequisite and its fix (exit 1)."
+)
+@click.pass_context
+def info_command(ctx: click.Context, as_json: bool, check: bool) -> None:
+    """Show this host as nstask sees it (kernel, cgroups, containerd, CNI, iptables, tasks)."""
+    from agent import hostinfo
+
+    config = _host_config(ctx)
+    running = _agent_facts(_client(ctx))
+    if running is not None:  # the running agent's own settings, not this shell's
+        config = _running_config(config, running.pop("settings"))
+    facts = hostinfo.info(config)
+    facts["agent"] = running
+    problems = hostinfo.check(config, facts) if check else []
+    if as_json:
+        out = facts | ({"problems": [p.to_json() for p in problems]} if check else {})
+        click.echo(json.dumps(out, indent=2))
+    elif check:
+        for p in problems:
+            click.echo(f"MISSING  {p.what}\n         fix: {p.fix}")
+        if not problems:
+            click.echo("ok: every prerequisite is present")
+    else:
+        _print_info(facts)
+    if problems:
+        sys.exit(1)
+
+
+def _agent_facts(client: Client) -> dict[str, Any] | None:
+    """Tasks by status and images, from the agent when one answers."""
+    try:
+        st = client.open("GET", "/v1/agent", timeout=5)
+        body = json.loads(st.read()) if st.status == 200 else None
+        if body is None:
+            return None
+        imgs = client.open("GET", "/v1/images", timeout=10)
+        images = json.loads(imgs.read()) if imgs.status == 200 else []
+    except (OSError, ValueError):
+        return None
+    return {"pid": body["pid"], "tasks": body["tasks"], "images": len(images), "settings": body}
+
+
+def _running_config(config: Any, st: dict[str, Any]) -> Any:
+    from pathlib import Path
+
+    conflist = st.get("conflistFile")
+    return config.with_overrides(
+        namespace=st.get("namespace"),
+        bridge=st.get("bridge"),
+        subnet=st.get("subnet"),
+        state_dir=Path(st["stateDir"]) if st.get("stateDir") else None,
+        containerd_address=st.get("containerd", {}).get("address"),
+        snapshotter=st.get("snapshotter"),
+        cni_path=tuple(st["cniPath"]) if st.get("cniPath") else None,
+        chained_plugins=tuple(st["chainedPlugins"]) if "chainedPlugins" in st else None,
+        conflist_file=Path(conflist) if conflist else None,
+    )
+
+
+def _print_info(f: dict[str, Any]) -> None:
+    ctr = f["containerd"]
+    ag = f["agent"]
+    rows = [
+        ("Kernel", f"{f['kernel']} ({f['os']})"),
+        ("cgroup", f"v{f['cgroup']['version']}: {' '.join(f['cgroup']['controllers'])}"),
+        (
+            "containerd",
+            f"{ctr['address']} namespace {ctr['namespace']}, "
+            + (ctr["version"] or f"not answering ({ctr.get('error', '')})"),
+        ),
+        ("Snapshotter", f["snapshotter"]),
+        ("Runtime", f"{f['runtime']} (runc {f['runc'] or 'not found'})"),
+        ("CNI path", ":".join(f["cni"]["path"])),
+        ("CNI plugins", " ".join(f["cni"]["plugins"]) or "none found"),
+        ("iptables", f["iptables"]["version"] or "not found"),
+        ("IP forward", {True: "on", False: "off", None: "unknown"}[f["ipForwarding"]]),
+        ("Bridge", f"{f['bridge']} subnet {f['subnet']}"),
+        ("State dir", f["stateDir"]),
+        ("Agent", f"pid {ag['pid']} on {f['socket']}" if ag else f"not running ({f['socket']})"),
+    ]
+    if ag:
+        rows += [("Tasks", _counts(ag["tasks"])), ("Images", str(ag["images"]))]
+    for k, v in rows:
+        click.echo(f"{k + ':':<13} {v}")
+
+
+# -- shell completion (click's; scripts from `_NSTASK_COMPLETE={bash,zsh,fish}_source nstask`) ----
+def _completion_client(ctx: click.Context) -> Client:
+    root = ctx.find_root()
+    sock = (root.params.get("socket_path") if root.params else None) or os.environ.get(
+        "NSTASK_SOCKET", DEFAULT_SOCKET
+    )
+    return Client(str(sock))
+
+
+def _complete_tasks(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[Any]:
+    """Task ids (the family as help) from the agent; nothing when no agent answers."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        resp = _completion_client(ctx).open("GET", "/v1/tasks?all=1", timeout=2)
+        tasks = json.loads(resp.read()) if resp.status == 200 else []
+    except (OSError, ValueError):
+        return []
+    return [
+        CompletionItem(str(t["id"]), help=str(t.get("family", "")))
+        for t in tasks
+        if str(t["id"]).startswith(incomplete)
+    ]
+
+
+def _complete_containers(ctx: click.Context, _: click.Parameter, incomplete: str) -> list[Any]:
+    """The container names of the task given before (TASK), from the agent."""
+    from click.shell_completion import CompletionItem
+
+    task = ctx.params.get("task")
+    if not task:
+        return []
+    try:
+        resp = _completion_client(ctx).open("GET", f"/v1/tasks/{task}", timeout=2)
+        t = json.loads(resp.read()) if resp.status == 200 else {}
+    except (OSError, ValueError):
+        return []
+    names = [str(c["name"]) for c in t.get("containers", [])]
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The agent's local API: HTTP+JSON on a root-only unix socket (mode 0600).
 
     GET    /v1/version
+    GET    /v1/agent                    -> pid, uptime, settings, containerd reachable, task counts
     POST   /v1/tasks                    {definition, source?, environment?} -> 201 task
     GET    /v1/tasks?all=1              -> [task]
     GET    /v1/tasks/{id}               -> task (id or unique prefix)
@@ -161,6 +162,11 @@ def build_app(engine: Engine) -> web.Application:
                 ),
             }
         )
+
+    @routes.get("/v1/agent")
+    async def agent_status(_: web.Request) -> web.Response:
+        """What `nstask agent status` shows: this agent, its settings, containerd, tasks."""
+        return web.json_response(await _agent_status(engine))
 
     @routes.post("/v1/tasks")
     async def run(request: web.Request) -> web.Response:
@@ -609,3 +615,38 @@ def socket_in_use(path: Path) -> bool:
     finally:
         s.close()
     return True
+
+
+STARTED_AT = time.time()  # the module is imported once, at the agent's start
+
+
+async def _agent_status(engine: Engine) -> dict[str, Any]:
+    cfg = engine.config
+    containerd: dict[str, Any] = {"address": cfg.containerd_address, "reachable": False}
+    try:
+        ver = await asyncio.wait_for(engine.client.version(), 5)
+        containerd |= {"reachable": True, "version": ver.version}
+    except Exception as e:  # any failure means "not reachable": say which
+        containerd["error"] = str(e) or type(e).__name__
+    counts: dict[str, int] = {}
+    for t in engine.list_tasks(all_tasks=True):
+        counts[t.last_status] = counts.get(t.last_status, 0) + 1
+    return {
+        "pid": os.getpid(),
+        "nstask": VERSION,
+        "startedAt": STARTED_AT,
+        "uptime": round(time.time() - STARTED_AT, 3),
+        "socket": str(cfg.socket),
+        "stateDir": str(cfg.state_dir),
+        "runDir": str(cfg.run_dir),
+        "namespace": cfg.namespace,
+        "bridge": cfg.bridge,
+        "subnet": cfg.subnet,
+        "snapshotter": cfg.snapshotter,
+        "cniPath": list(cfg.cni_path),
+        "chainedPlugins": list(cfg.chained_plugins),
+        "conflistFile": str(cfg.conflist_file) if cfg.conflist_file else None,
+        "stopTasksOnExit": cfg.stop_tasks_on_exit,
+        "containerd": containerd,
+        "tasks": counts,
+    }

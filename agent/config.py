@@ -91,6 +91,10 @@ class AgentConfig:
     # OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318) that gets each task's start as a trace
     # (agent.tracing); empty: OTEL_EXPORTER_OTLP_ENDPOINT if set, else no export.
     otlp_endpoint: str = ""
+    # The agent's own log file (`--log-file`, and every `--detach`ed agent, agent.logfile):
+    # rotated past this many bytes (0: never), keeping this many old files.
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_max_files: int = 5
 
     @property
     def db_path(self) -> Path:
@@ -146,9 +150,17 @@ def _env_overrides() -> dict[str, Any]:
     return out
 
 
-def load_config(**flags: Any) -> AgentConfig:
-    """Defaults, then NSTASK_* variables, then command-line flags."""
-    config = AgentConfig().with_overrides(**_env_overrides()).with_overrides(**flags)
+def load_config(*, config_file: str | os.PathLike[str] | None = None, **flags: Any) -> AgentConfig:
+    """Defaults, then the config file (agent.config_file), then NSTASK_* variables, then
+    command-line flags."""
+    from agent.config_file import read_config_file
+
+    config = (
+        AgentConfig()
+        .with_overrides(**read_config_file(config_file))
+        .with_overrides(**_env_overrides())
+        .with_overrides(**flags)
+    )
     if config.metrics_address:
         listen_address(config.metrics_address)  # refused at start, with the setting named
     return config

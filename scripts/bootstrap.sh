@@ -5,6 +5,8 @@
 #   scripts/bootstrap.sh            packages, venv, containerd running, test image imported
 #   scripts/bootstrap.sh --test     also what the test suite needs (a C compiler for the test
 #                                   log router, a loopback OCI registry, skopeo)
+#   scripts/bootstrap.sh --install  packages and the venv only (`make install`: containerd is
+#                                   the host's service, no test image)
 #   NSTASK_VENV=/opt/nstask/venv    where the virtual environment goes (default: ./.venv)
 set -euo pipefail
 
@@ -112,6 +114,8 @@ write_launcher nstask-shim-logger shim.main "$code_dir"
 # The first run through click writes what `ps`, `validate` and `--help` need to start without
 # it (cli_fast.py); make that run now rather than on the user's first command.
 "$venv/bin/nstask" --help >/dev/null
+
+[ "${1:-}" = "--install" ] && { say "installed (venv $venv)"; exit 0; }
 
 # 3. containerd, started in the background when its socket does not answer (no systemd here).
 ctr_ok() { timeout 5 ctr --address "$ctr_sock" version >/dev/null 2>&1; }

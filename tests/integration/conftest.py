@@ -106,6 +106,8 @@ def start_agent(
         # Never real AWS from a test, whatever credentials the host has: tests that want AWS
         # (moto on loopback) set the order and the endpoints in extra_env.
         "NSTASK_SECRET_SOURCES": "local",
+        # Not the host's /etc/nstask/agent.toml (a `make install` may have put one there).
+        "NSTASK_CONFIG": "none",
     }
     if cni_path:
         env["NSTASK_CNI_PATH"] = cni_path
