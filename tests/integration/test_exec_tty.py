@@ -35,11 +35,12 @@ class Tmux:
         ).stdout
 
     def start(self, command: str, *, columns: int = 100, rows: int = 30) -> None:
+        # remain-on-exit: the pane stays to be looked at when the command has ended.
         self.run(
-            "-f", "/dev/null", "new-session", "-d", "-s", self.name, "-x", str(columns),
-            "-y", str(rows), command,
+            "-f", "/dev/null", "start-server", ";", "set-option", "-g", "remain-on-exit", "on",
+            ";", "new-session", "-d", "-s", self.name, "-x", str(columns), "-y", str(rows),
+            command,
         )  # fmt: skip
-        self.run("set-option", "-t", self.name, "remain-on-exit", "on")
 
     def keys(self, *keys: str) -> None:
         self.run("send-keys", "-t", self.name, *keys)
@@ -98,7 +99,7 @@ def session_command(agent: Agent, tmp_path: Path, task_id: str, *args: str) -> s
     nstask = shlex.join([NSTASK, "exec", "-it", task_id, "--", *args])
     return (
         f"cd {shlex.quote(str(tmp_path))}; stty -g > before; echo $$ > client.pid; "
-        f"NSTASK_SOCKET={shlex.quote(agent.socket)} {nstask} 2> client.err; echo $? > rc; "
+        f"env NSTASK_SOCKET={shlex.quote(agent.socket)} {nstask} 2> client.err; echo $? > rc; "
         "stty -g > after; sleep 600"
     )
 
@@ -220,6 +221,26 @@ def test_the_exec_is_killed_when_the_client_goes_away(
         deadline = time.monotonic() + 15
         while "sleep 100" in (ps := processes(agent, task_id)):
             assert time.monotonic() < deadline, f"the exec outlived its client:\n{ps}"
+            time.sleep(0.1)
+        # Without a terminal (no hangup for the children when it closes) too.
+        piped = subprocess.Popen(
+            [NSTASK, "exec", "-i", task_id, "--", "sh", "-c", "sleep 1003 & sleep 1004"],
+            env=agent.env(),
+            stdin=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 15
+            while "sleep 1003" not in processes(agent, task_id):
+                assert time.monotonic() < deadline, "the piped exec's processes never started"
+                time.sleep(0.1)
+        finally:
+            piped.kill()
+            piped.wait()
+            assert piped.stdin is not None
+            piped.stdin.close()
+        deadline = time.monotonic() + 15
+        while "sleep 100" in (ps := processes(agent, task_id)):
+            assert time.monotonic() < deadline, f"the piped exec outlived its client:\n{ps}"
             time.sleep(0.1)
         deadline = time.monotonic() + 5
         while exec_fifos(agent, task_id):
