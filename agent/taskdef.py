@@ -152,14 +152,14 @@ _CONTAINER_KEYS_USED = {
     "firelensConfiguration",
     "stopSignal",
     "dockerSecurityOptions",
+    "pseudoTerminal",
+    "interactive",
 }
 _CONTAINER_KEYS_IGNORED = {
     "repositoryCredentials",
     "links",
     "dnsSearchDomains",
     "disableNetworking",
-    "interactive",
-    "pseudoTerminal",
     "systemControls",
     "resourceRequirements",
     "credentialSpecs",
@@ -344,6 +344,8 @@ class ContainerDefinition:
     firelens: FirelensConfiguration | None = None
     # dockerSecurityOptions seccomp: None = the default profile, "unconfined", or a file path.
     seccomp: str | None = None
+    pseudo_terminal: bool = False  # the main process in a pty (agent.terminal)
+    interactive: bool = False  # its stdin kept open (agent.terminal)
 
 
 @_record
@@ -608,6 +610,14 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     volumes_from = _volumes_from(p, c.get("volumesFrom"), f"{at}.volumesFrom")
     firelens = _firelens(p, c.get("firelensConfiguration"), f"{at}.firelensConfiguration")
     seccomp = _security_options(p, c.get("dockerSecurityOptions"), f"{at}.dockerSecurityOptions")
+    pseudo_terminal = _bool(p, c, "pseudoTerminal", at, default=False)
+    interactive = _bool(p, c, "interactive", at, default=False)
+    if interactive and not pseudo_terminal:
+        p.warnings.append(
+            f"{at}.interactive: without pseudoTerminal the process's stdin is empty here "
+            "(containerd's binary logging has no stdin), not kept open as Docker does; "
+            "set pseudoTerminal too to keep a shell running"
+        )
     if len(p.items) > before or name is None or image is None:
         return None
     if essential and (linux is None or not linux.init_process_enabled):
@@ -645,6 +655,8 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         volumes_from=volumes_from,
         firelens=firelens,
         seccomp=seccomp,
+        pseudo_terminal=pseudo_terminal,
+        interactive=interactive,
     )
 
 

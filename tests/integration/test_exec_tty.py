@@ -76,7 +76,7 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
 
 
 def start_task(agent: Agent, tmp_path: Path, **extra: Any) -> str:
-    td = {
+    td: dict[str, Any] = {
         "family": "exectty",
         "containerDefinitions": [
             {
@@ -247,5 +247,57 @@ def test_the_exec_is_killed_when_the_client_goes_away(
         while exec_fifos(agent, task_id):
             assert time.monotonic() < deadline, f"FIFOs left: {exec_fifos(agent, task_id)}"
             time.sleep(0.1)
+    finally:
+        finish(agent, task_id)
+
+
+def log_entries(agent: Agent, task_id: str, name: str) -> list[dict[str, Any]]:
+    """The container's json-file log entries (stream and line)."""
+    import json
+
+    t = agent.inspect(task_id)
+    path = next(c["logPath"] for c in t["containers"] if c["name"] == name)
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def wait_log(agent: Agent, task_id: str, text: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (out := agent.cli("logs", task_id, check=True).stdout):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs: {out!r}"
+        time.sleep(0.05)
+    return out
+
+
+def test_pseudo_terminal_and_interactive_for_the_main_process(agent: Agent, tmp_path: Path) -> None:
+    script = (
+        "tty; [ -t 0 ] && echo stdin-is-a-tty; echo to-stderr >&2; "
+        "read line; echo read-returned; " + WAIT_FOREVER
+    )
+    task_id = start_task(agent, tmp_path, command=["sh", "-c", script], pseudoTerminal=True)
+    try:
+        out = wait_log(agent, task_id, "to-stderr")
+        assert "/dev/pts/" in out and "stdin-is-a-tty" in out
+        entries = log_entries(agent, task_id, "app")
+        # One stream, the terminal's, on stdout (as Docker logs a tty container).
+        assert {e["stream"] for e in entries} == {"stdout"}
+        # stdin is the terminal: open, read waits (no EOF), as with docker run -t.
+        time.sleep(1)
+        assert "read-returned" not in agent.cli("logs", task_id, check=True).stdout
+    finally:
+        finish(agent, task_id)
+    # interactive + pseudoTerminal, as `docker run -dit busybox sh`: the shell runs on.
+    task_id = start_task(agent, tmp_path, command=["sh"], interactive=True, pseudoTerminal=True)
+    try:
+        time.sleep(1)
+        assert agent.inspect(task_id)["lastStatus"] == "RUNNING"
+        assert agent.cli("exec", task_id, "--", "echo", "ok", check=True).stdout == "ok\n"
+    finally:
+        finish(agent, task_id)
+    # Neither: stdin is empty, the same read ends at once.
+    task_id = start_task(
+        agent, tmp_path, command=["sh", "-c", "read line; echo read-returned; " + WAIT_FOREVER]
+    )
+    try:
+        wait_log(agent, task_id, "read-returned")
     finally:
         finish(agent, task_id)
