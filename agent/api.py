@@ -212,11 +212,15 @@ async def _exec_session(engine: Engine, request: web.Request) -> web.StreamRespo
             channel,
         )
         log.info("exec_session_ended", task=task.id, container=c.name, exit_code=code)
-    except NstaskError as e:
+    except Exception as e:
+        # After the upgrade an error is a message of the stream, not an HTTP answer.
+        if isinstance(e, NstaskError):
+            err = e.to_dict()
+        else:
+            log.exception("exec_session_failed", task=task.id, container=c.name)
+            err = {"error": "internal", "message": f"the exec failed: {e}"}
         with contextlib.suppress(ConnectionError):
-            await channel.send(
-                exec_stream.message(exec_stream.ERROR, json.dumps(e.to_dict()).encode())
-            )
+            await channel.send(exec_stream.message(exec_stream.ERROR, json.dumps(err).encode()))
     finally:
         with contextlib.suppress(ConnectionError):
             await ws.close()

@@ -96,11 +96,14 @@ def start_task(agent: Agent, tmp_path: Path, **extra: Any) -> str:
 def session_command(agent: Agent, tmp_path: Path, task_id: str, *args: str) -> str:
     """A shell line for tmux: the terminal's settings before and after `nstask exec -it`,
     and its exit code, into files."""
-    nstask = shlex.join([NSTASK, "exec", "-it", task_id, "--", *args])
+    nstask = shlex.join(
+        ["env", f"NSTASK_SOCKET={agent.socket}", NSTASK, "exec", "-it", task_id, "--", *args]
+    )
+    # The client's own pid into client.pid (sh's $$, then exec).
+    client = f"sh -c 'echo $$ > client.pid; exec \"$@\"' sh {nstask}"
     return (
-        f"cd {shlex.quote(str(tmp_path))}; stty -g > before; echo $$ > client.pid; "
-        f"env NSTASK_SOCKET={shlex.quote(agent.socket)} {nstask} 2> client.err; echo $? > rc; "
-        "stty -g > after; sleep 600"
+        f"cd {shlex.quote(str(tmp_path))}; stty -g > before; "
+        f"{client} 2> client.err; echo $? > rc; stty -g > after; sleep 600"
     )
 
 
@@ -203,16 +206,30 @@ def test_the_task_stopped_mid_session_restores_the_terminal(
         finish(agent, task_id)
 
 
+def test_a_signal_to_the_client_restores_the_terminal(
+    agent: Agent, tmp_path: Path, tmux: Tmux
+) -> None:
+    task_id = start_task(agent, tmp_path)
+    try:
+        tmux.start(session_command(agent, tmp_path, task_id, "sh"))
+        tmux.wait_for(lambda s: "#" in s or "$" in s, "the shell's prompt")
+        os.kill(int(wait_file(tmp_path / "client.pid")), 15)
+        assert wait_file(tmp_path / "rc") == "143"
+        assert wait_file(tmp_path / "after") == wait_file(tmp_path / "before")
+        deadline = time.monotonic() + 5
+        while exec_fifos(agent, task_id):
+            assert time.monotonic() < deadline, f"FIFOs left: {exec_fifos(agent, task_id)}"
+            time.sleep(0.1)
+    finally:
+        finish(agent, task_id)
+
+
 def test_the_exec_is_killed_when_the_client_goes_away(
     agent: Agent, tmp_path: Path, tmux: Tmux
 ) -> None:
     task_id = start_task(agent, tmp_path)
     try:
-        command = session_command(
-            agent, tmp_path, task_id, "sh", "-c", "sleep 1001 & sleep 1002"
-        ).replace("echo $$ > client.pid; ", "echo $$ > client.pid; exec ")
-        # exec: the client is the pane's own process, its pid in client.pid.
-        tmux.start(command.split("; echo $? > rc")[0])
+        tmux.start(session_command(agent, tmp_path, task_id, "sh", "-c", "sleep 1001 & sleep 1002"))
         client = int(wait_file(tmp_path / "client.pid"))
         deadline = time.monotonic() + 15
         while "sleep 1001" not in processes(agent, task_id):
