@@ -187,6 +187,13 @@ def test_stdin_piped_without_a_terminal(agent: Agent, tmp_path: Path) -> None:
         assert bad.returncode == 2 and "absolute" in bad.stderr
         bad = agent.cli("exec", "-i", "-u", "nosuchuser", task_id, "--", "true", input="")
         assert bad.returncode == 2 and "nosuchuser" in bad.stderr
+        # A command that is not there: a message naming it, nothing left behind.
+        bad = agent.cli("exec", "-i", task_id, "--", "nosuchcommand", input="")
+        assert bad.returncode != 0 and "nosuchcommand" in bad.stderr, bad
+        # -t without -i: a terminal, no input.
+        tty = agent.cli("exec", "-t", task_id, "--", "sh", "-c", "tty; echo two")
+        assert tty.returncode == 0 and tty.stdout.startswith("/dev/pts/"), tty
+        assert tty.stdout.endswith("two\n")
         assert exec_fifos(agent, task_id) == []
     finally:
         finish(agent, task_id)
