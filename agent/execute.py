@@ -426,3 +426,36 @@ def _etc(root: Path, name: str) -> list[list[str]]:
     except OSError:
         return []
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
+
+
+async def sweep_orphans(
+    client: Containerd, task_dir: Path, containers: Mapping[str, list[str]]
+) -> list[str]:
+    """At agent start: the execs a previous agent left behind (it died while a session ran).
+    Their FIFOs in the task's directory are their record: each exec still there, in any
+    container of its task, is killed with its session and deleted; the FIFOs are removed.
+    Returns the exec ids found."""
+    found: list[str] = []
+    for task_id, cids in containers.items():
+        d = task_dir / task_id / "exec"
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for exec_id in sorted({n.rsplit(".", 1)[0] for n in names}):
+            found.append(exec_id)
+            for cid in cids:
+                with contextlib.suppress(NstaskError):
+                    info = await client.get_task(cid, exec_id=exec_id)
+                    if info is None:
+                        continue
+                    if info.status != "stopped":
+                        await _kill_session(client, cid, exec_id, info.pid)
+                    await client.delete_process(cid, exec_id)
+            for name in exec_fifos(task_dir / task_id, exec_id).values():
+                with contextlib.suppress(FileNotFoundError):
+                    name.unlink()
+            log.info("exec_orphan_removed", task=task_id, exec_id=exec_id)
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    return found

@@ -325,3 +325,41 @@ def test_pseudo_terminal_and_interactive_for_the_main_process(agent: Agent, tmp_
         wait_log(agent, task_id, "read-returned")
     finally:
         finish(agent, task_id)
+
+
+def test_execs_left_by_a_killed_agent_are_removed_at_its_next_start(tmp_path: Path) -> None:
+    from conftest import launch_agent, start_agent, stop_agent
+
+    a, proc, base = start_agent()
+    try:
+        task_id = start_task(a, tmp_path)
+        client = subprocess.Popen(
+            [NSTASK, "exec", "-i", task_id, "--", "sh", "-c", "sleep 1007 & sleep 1008"],
+            env=a.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 15
+            while "sleep 1007" not in processes(a, task_id):
+                assert time.monotonic() < deadline, "the exec's processes never started"
+                time.sleep(0.1)
+            assert exec_fifos(a, task_id)
+            proc.kill()  # the agent dies mid-session: nobody kills the exec
+            proc.wait()
+            assert client.wait(timeout=10) != 0
+        finally:
+            client.kill()
+            client.wait()
+            assert client.stdin is not None
+            client.stdin.close()
+        proc = launch_agent(a)
+        deadline = time.monotonic() + 15
+        while "sleep 100" in (ps := processes(a, task_id)):
+            assert time.monotonic() < deadline, f"the orphaned exec still runs:\n{ps}"
+            time.sleep(0.1)
+        assert exec_fifos(a, task_id) == []
+        finish(a, task_id)
+    finally:
+        stop_agent(a, proc, base)
