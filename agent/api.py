@@ -189,7 +189,9 @@ class _WebSocketChannel:
         await self._ws.send_bytes(data)
 
 
-async def _exec_session(engine: Engine, request: web.Request) -> web.StreamResponse:
+async def _exec_session(
+    engine: Engine, request: web.Request, sessions: set[web.WebSocketResponse]
+) -> web.StreamResponse:
     from agent import exec_stream
 
     task = engine.get(request.match_info["id"])
@@ -202,6 +204,7 @@ async def _exec_session(engine: Engine, request: web.Request) -> web.StreamRespo
     ws = web.WebSocketResponse(max_msg_size=exec_stream.MAX_FRAME)
     await ws.prepare(request)
     channel = _WebSocketChannel(ws)
+    sessions.add(ws)
     try:
         code = await execute.attach(
             engine.client,
@@ -222,6 +225,7 @@ async def _exec_session(engine: Engine, request: web.Request) -> web.StreamRespo
         with contextlib.suppress(ConnectionError):
             await channel.send(exec_stream.message(exec_stream.ERROR, json.dumps(err).encode()))
     finally:
+        sessions.discard(ws)
         with contextlib.suppress(ConnectionError):
             await ws.close()
     return ws
@@ -274,6 +278,16 @@ def _depth(value: Any) -> int:
 
 def build_app(engine: Engine) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST_BYTES)
+    # The open exec sessions: closed when the agent shuts down (their execs are then killed,
+    # as for a client that went away), else the server would wait for them to end.
+    sessions: set[web.WebSocketResponse] = set()
+
+    async def close_exec_sessions(_: web.Application) -> None:
+        for ws in list(sessions):
+            with contextlib.suppress(ConnectionError):
+                await ws.close(code=1001, message=b"the nstask agent is stopping")
+
+    app.on_shutdown.append(close_exec_sessions)
     routes = web.RouteTableDef()
 
     @routes.get("/v1/version")
@@ -381,7 +395,7 @@ def build_app(engine: Engine) -> web.Application:
     @routes.get("/v1/tasks/{id}/exec")
     async def exec_session(request: web.Request) -> web.StreamResponse:
         """The interactive exec (`nstask exec -i/-t`): a WebSocket upgrade, agent.exec_stream."""
-        return await _exec_session(engine, request)
+        return await _exec_session(engine, request, sessions)
 
     @routes.get("/v1/tasks/{id}/logs")
     async def logs(request: web.Request) -> web.StreamResponse:

@@ -279,7 +279,7 @@ def run_session(sock: Any, early: bytes, *, tty: bool, stdin: bool) -> int:
         while True:
             for opcode, payload in reader.messages():
                 if opcode == OP_CLOSE:
-                    return _ended(code)
+                    return _ended(code, payload[2:].decode("utf-8", "replace"))
                 if opcode == OP_PING:
                     s.sendall(encode_frame(payload, OP_PONG))
                     continue
@@ -331,9 +331,12 @@ def run_session(sock: Any, early: bytes, *, tty: bool, stdin: bool) -> int:
         s.close()
 
 
-def _ended(code: int | None) -> int:
+def _ended(code: int | None, reason: str = "") -> int:
     if code is None:
-        raise SessionError("the agent closed the exec session before the process ended")
+        raise SessionError(
+            "the agent closed the exec session before the process ended"
+            + (f" ({reason})" if reason else "")
+        )
     return code
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -359,6 +360,44 @@ def test_execs_left_by_a_killed_agent_are_removed_at_its_next_start(tmp_path: Pa
         while "sleep 100" in (ps := processes(a, task_id)):
             assert time.monotonic() < deadline, f"the orphaned exec still runs:\n{ps}"
             time.sleep(0.1)
+        assert exec_fifos(a, task_id) == []
+        finish(a, task_id)
+    finally:
+        stop_agent(a, proc, base)
+
+
+def test_an_agent_stopping_ends_its_sessions_and_their_execs(tmp_path: Path) -> None:
+    from conftest import launch_agent, start_agent, stop_agent
+
+    a, proc, base = start_agent()
+    try:
+        task_id = start_task(a, tmp_path)
+        client = subprocess.Popen(
+            [NSTASK, "exec", "-i", task_id, "--", "sh", "-c", "sleep 1009 & sleep 1010"],
+            env=a.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 15
+            while "sleep 1009" not in processes(a, task_id):
+                assert time.monotonic() < deadline, "the exec's processes never started"
+                time.sleep(0.1)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+            # Not held up by the open session (aiohttp would wait for it otherwise).
+            assert time.monotonic() - t0 < 10
+            _, err = client.communicate(timeout=10)
+            assert client.returncode == 1 and "agent is stopping" in err, err
+        finally:
+            client.kill()
+            client.communicate()
+        proc = launch_agent(a)
+        ps = processes(a, task_id)
+        assert "sleep 100" not in ps, ps
         assert exec_fifos(a, task_id) == []
         finish(a, task_id)
     finally:
