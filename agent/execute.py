@@ -1,5 +1,6 @@
 """`nstask exec`: run a command in a running container (containerd exec), its output
-streamed back, as `docker exec` without a terminal does.
+streamed back, as `docker exec` without a terminal does; and `nstask exec -i/-t` (attach
+below): the client's input in, a pty when asked, over a two-way channel (agent.exec_stream).
 
 The process gets the container's own process settings (user, env, cwd, capabilities) with
 the given arguments. Its stdout and stderr go through two FIFOs in a private temporary
