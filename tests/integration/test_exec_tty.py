@@ -24,15 +24,16 @@ pytestmark = pytest.mark.skipif(
 
 
 class Tmux:
-    """One tmux server of our own (its own socket name), one detached session in it."""
+    """One tmux server of our own (its socket in the test's directory), one detached
+    session in it."""
 
     def __init__(self, workdir: Path) -> None:
         self.name = f"nstask-exec-{uuid.uuid4().hex[:8]}"
-        self.workdir = workdir
+        self.socket = str(workdir / "tmux.sock")
 
     def run(self, *args: str) -> str:
         return subprocess.run(
-            ["tmux", "-L", self.name, *args], check=True, capture_output=True, text=True
+            ["tmux", "-S", self.socket, *args], check=True, capture_output=True, text=True
         ).stdout
 
     def start(self, command: str, *, columns: int = 100, rows: int = 30) -> None:
@@ -64,7 +65,8 @@ class Tmux:
             time.sleep(0.05)
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.name, "kill-server"], capture_output=True)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True)
+        Path(self.socket).unlink(missing_ok=True)
 
 
 @pytest.fixture
