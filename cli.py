@@ -466,6 +466,10 @@ def rm(ctx: click.Context, tasks: tuple[str, ...], force: bool) -> None:
     shell_complete=lambda c, p, i: _complete_containers(c, p, i),
 )
 @click.option("--env", "-e", "env", multiple=True, metavar="KEY=VALUE")
+@click.option("--interactive", "-i", is_flag=True, help="Send this terminal's input (stdin).")
+@click.option("--tty", "-t", is_flag=True, help="Run the command in a terminal (a pty).")
+@click.option("--user", "-u", help="Run as USER[:GROUP] (names or numbers, as in the container).")
+@click.option("--workdir", "-w", help="Working directory inside the container (absolute).")
 @click.pass_context
 def exec_command(
     ctx: click.Context,
@@ -473,8 +477,15 @@ def exec_command(
     command: tuple[str, ...],
     container: str | None,
     env: tuple[str, ...],
+    interactive: bool = False,
+    tty: bool = False,
+    user: str | None = None,
+    workdir: str | None = None,
 ) -> None:
     """Run COMMAND in a running container of TASK; exits with its exit code.
+
+    -it gives an interactive shell in a terminal, as docker exec -it does; -i alone pipes
+    stdin (echo hi | nstask exec -i TASK -- cat).
 
     Example: nstask exec TASK -- sh -c 'ls /'"""
     extra: dict[str, str] = {}
@@ -483,6 +494,8 @@ def exec_command(
         if not sep or not key:
             fail(f"--env {item!r}: expected KEY=VALUE", 2)
         extra[key] = value
+    if interactive or tty or user is not None or workdir is not None:
+        _exec_session(ctx, task, command, container, extra, interactive, tty, user, workdir)
     body = {"command": list(command), "container": container, "environment": extra}
     try:
         resp = _client(ctx).request("POST", f"/v1/tasks/{task}/exec", body, timeout=None)
@@ -497,6 +510,64 @@ def exec_command(
         stream = sys.stderr if item["stream"] == "stderr" else sys.stdout
         stream.write(item["data"])
         stream.flush()
+    sys.exit(code)
+
+
+def _exec_session(
+    ctx: click.Context,
+    task: str,
+    command: tuple[str, ...],
+    container: str | None,
+    env: dict[str, str],
+    interactive: bool,
+    tty: bool,
+    user: str | None,
+    workdir: str | None,
+) -> None:
+    """`nstask exec -i/-t`: the interactive exec over a WebSocket (agent.exec_stream)."""
+    from urllib.parse import quote
+
+    from agent import exec_stream
+
+    if tty and interactive and not os.isatty(0):
+        fail("-t needs a terminal on stdin (the input is not a TTY); use -i alone to pipe", 2)
+    if workdir is not None and not workdir.startswith("/"):
+        fail(f"--workdir {workdir!r}: must be an absolute path", 2)
+    columns, rows = exec_stream.terminal_size(0 if interactive else 1) if tty else (0, 0)
+    body = {
+        "command": list(command),
+        "container": container,
+        "environment": env,
+        "tty": tty,
+        "stdin": interactive,
+        "user": user,
+        "workdir": workdir,
+        "columns": columns,
+        "rows": rows,
+    }
+    path = f"/v1/tasks/{quote(task, safe='')}/exec?request=" + quote(json.dumps(body), safe="")
+    socket_path = ctx.obj["socket"]
+    try:
+        sock, early = exec_stream.connect(socket_path, path)
+    except ApiError as e:
+        _api_fail(e)
+    except (FileNotFoundError, ConnectionRefusedError):
+        fail(
+            f"the nstask agent is not running (nothing answers on {socket_path}); "
+            f"{cli_fast.START_HINT}"
+        )
+    except PermissionError:
+        fail(f"permission denied on {socket_path}: the agent's socket is root-only")
+    except exec_stream.SessionError as e:
+        fail(e.message, e.code)
+    try:
+        code = exec_stream.run_session(sock, early, tty=tty, stdin=interactive)
+    except exec_stream.SessionError as e:
+        fail(e.message, e.code)
+    except (OSError, exec_stream.StreamError) as e:
+        fail(f"the exec session broke: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
     sys.exit(code)
 
 

@@ -11,6 +11,9 @@
     DELETE /v1/tasks/{id}?force=1       -> 204
     POST   /v1/tasks/{id}/exec          {command, container?, environment?} -> NDJSON
                                          {stream, data} chunks, then {exitCode}
+    GET    /v1/tasks/{id}/exec?request={command, container?, environment?, tty?, stdin?,
+                                  user?, workdir?, columns?, rows?}  WebSocket upgrade:
+                                         the interactive exec (agent.exec_stream)
     GET    /v1/tasks/{id}/logs?container=&follow=1&tail=N  -> NDJSON stream of log entries
     POST   /v1/gc                       {dryRun?, stopUnknown?} -> [{kind, name, detail, status}]
     GET    /v1/secrets                  -> [name]   (values are never returned)
@@ -50,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from agent import execute, gc, images, pull
 from agent.engine import Engine, logging_stats
@@ -90,6 +93,143 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return web.Response(status=400)
         log.exception("api_internal_error", path=request.path)
         return web.json_response({"error": "internal", "message": str(e)}, status=500)
+
+
+def _exec_container(task: Any, name: Any) -> Any:
+    """The running container of `task` an exec runs in (named, or the only one)."""
+    if name:
+        chosen = [c for c in task.containers if c.name == name]
+        if not chosen:
+            raise InvalidInput(
+                f"task {task.id} has no container named {name!r}; it has: "
+                + ", ".join(c.name for c in task.containers)
+            )
+    elif len(task.containers) == 1:
+        chosen = task.containers
+    else:
+        raise InvalidInput(
+            "the task has several containers; name one: "
+            + ", ".join(c.name for c in task.containers)
+        )
+    c = chosen[0]
+    if c.last_status != "RUNNING":
+        raise Conflict(f"container {c.name} of task {task.id} is not running ({c.last_status})")
+    return c
+
+
+def _exec_body(raw: str | None) -> dict[str, Any]:
+    """The interactive exec's request: the `request` query parameter, a JSON object."""
+    if not raw:
+        raise InvalidInput("the exec session needs a request parameter (JSON)")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidInput("the exec request is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the exec request must be a JSON object")
+    return body
+
+
+def _exec_request(body: dict[str, Any], init_pid: int) -> execute.ExecRequest:
+    """The interactive exec's request, checked (names resolved in the container)."""
+    command = body.get("command")
+    if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+        raise InvalidInput("command must be a list of strings")
+    env = body.get("environment") or {}
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in env.items()
+    ):
+        raise InvalidInput("environment must be an object of strings (names without '=')")
+    for flag in ("tty", "stdin"):
+        if not isinstance(body.get(flag, False), bool):
+            raise InvalidInput(f"{flag} must be true or false")
+    size = []
+    for dim in ("columns", "rows"):
+        n = body.get(dim, 0)
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 0xFFFF:
+            raise InvalidInput(f"{dim} must be an integer from 0 to 65535")
+        size.append(n)
+    workdir = body.get("workdir")
+    if workdir is not None and (not isinstance(workdir, str) or not workdir.startswith("/")):
+        raise InvalidInput(f"workdir {workdir!r} must be an absolute path")
+    user = body.get("user")
+    if user is not None and (not isinstance(user, str) or not user):
+        raise InvalidInput("user must be a string: USER[:GROUP] (a name or a number)")
+    resolved = (
+        execute.resolve_user(user, Path(f"/proc/{init_pid}/root")) if user is not None else None
+    )
+    return execute.ExecRequest(
+        command,
+        tty=bool(body.get("tty", False)),
+        stdin=bool(body.get("stdin", False)),
+        env=env,
+        user=resolved,
+        workdir=workdir,
+        columns=size[0],
+        rows=size[1],
+    )
+
+
+class _WebSocketChannel:
+    """agent.execute.Channel over aiohttp's WebSocket (binary messages; None when closed)."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+
+    async def receive(self) -> bytes | None:
+        while True:
+            msg = await self._ws.receive()
+            if msg.type == WSMsgType.BINARY:
+                return bytes(msg.data)
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return None
+
+    async def send(self, data: bytes) -> None:
+        if self._ws.closed:
+            raise ConnectionResetError("the exec client has gone")
+        await self._ws.send_bytes(data)
+
+
+async def _exec_session(
+    engine: Engine, request: web.Request, sessions: set[web.WebSocketResponse]
+) -> web.StreamResponse:
+    from agent import exec_stream
+
+    task = engine.get(request.match_info["id"])
+    body = _exec_body(request.query.get("request"))
+    c = _exec_container(task, body.get("container"))
+    exec_req = _exec_request(body, c.pid or 0)
+    info = await engine.client.get_container(c.containerd_id)
+    if info is None or not info.spec:
+        raise Conflict(f"container {c.name} of task {task.id} is gone")
+    ws = web.WebSocketResponse(max_msg_size=exec_stream.MAX_FRAME)
+    await ws.prepare(request)
+    channel = _WebSocketChannel(ws)
+    sessions.add(ws)
+    try:
+        code = await execute.attach(
+            engine.client,
+            c.containerd_id,
+            dict(info.spec["process"]),
+            exec_req,
+            engine.config.task_dir / task.id,
+            channel,
+        )
+        log.info("exec_session_ended", task=task.id, container=c.name, exit_code=code)
+    except Exception as e:
+        # After the upgrade an error is a message of the stream, not an HTTP answer.
+        if isinstance(e, NstaskError):
+            err = e.to_dict()
+        else:
+            log.exception("exec_session_failed", task=task.id, container=c.name)
+            err = {"error": "internal", "message": f"the exec failed: {e}"}
+        with contextlib.suppress(ConnectionError):
+            await channel.send(exec_stream.message(exec_stream.ERROR, json.dumps(err).encode()))
+    finally:
+        sessions.discard(ws)
+        with contextlib.suppress(ConnectionError):
+            await ws.close()
+    return ws
 
 
 def _client_gone(request: web.Request) -> bool:
@@ -139,6 +279,16 @@ def _depth(value: Any) -> int:
 
 def build_app(engine: Engine) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST_BYTES)
+    # The open exec sessions: closed when the agent shuts down (their execs are then killed,
+    # as for a client that went away), else the server would wait for them to end.
+    sessions: set[web.WebSocketResponse] = set()
+
+    async def close_exec_sessions(_: web.Application) -> None:
+        for ws in list(sessions):
+            with contextlib.suppress(ConnectionError):
+                await ws.close(code=1001, message=b"the nstask agent is stopping")
+
+    app.on_shutdown.append(close_exec_sessions)
     routes = web.RouteTableDef()
 
     @routes.get("/v1/version")
@@ -232,25 +382,7 @@ def build_app(engine: Engine) -> web.Application:
         env = body.get("environment") or {}
         if not isinstance(env, dict):
             raise InvalidInput("environment must be an object of strings")
-        name = body.get("container")
-        running = [c for c in task.containers if c.last_status == "RUNNING"]
-        if name:
-            chosen = [c for c in task.containers if c.name == name]
-            if not chosen:
-                raise InvalidInput(
-                    f"task {task.id} has no container named {name!r}; it has: "
-                    + ", ".join(c.name for c in task.containers)
-                )
-        elif len(task.containers) == 1:
-            chosen = task.containers
-        else:
-            raise InvalidInput(
-                "the task has several containers; name one: "
-                + ", ".join(c.name for c in task.containers)
-            )
-        c = chosen[0]
-        if c not in running:
-            raise Conflict(f"container {c.name} of task {task.id} is not running ({c.last_status})")
+        c = _exec_container(task, body.get("container"))
         info = await engine.client.get_container(c.containerd_id)
         if info is None or not info.spec:
             raise Conflict(f"container {c.name} of task {task.id} is gone")
@@ -265,6 +397,11 @@ def build_app(engine: Engine) -> web.Application:
             await resp.write((json.dumps(item) + "\n").encode())
         await resp.write_eof()
         return resp
+
+    @routes.get("/v1/tasks/{id}/exec")
+    async def exec_session(request: web.Request) -> web.StreamResponse:
+        """The interactive exec (`nstask exec -i/-t`): a WebSocket upgrade, agent.exec_stream."""
+        return await _exec_session(engine, request, sessions)
 
     @routes.get("/v1/tasks/{id}/logs")
     async def logs(request: web.Request) -> web.StreamResponse:

@@ -1221,6 +1221,21 @@ class Containerd:
         )
         await self._unary("Tasks.Exec", f"exec {exec_id!r} of task {container_id!r}", req)
 
+    async def resize_pty(
+        self, container_id: str, *, width: int, height: int, exec_id: str = ""
+    ) -> None:
+        """Set the size of a process's terminal (columns, rows): at start and on each
+        SIGWINCH of the user's terminal, as `ctr tasks exec -t` does."""
+        req = tasks_pb.ResizePtyRequest(
+            container_id=container_id, exec_id=exec_id, width=width, height=height
+        )
+        await self._unary("Tasks.ResizePty", f"terminal of task {container_id!r}", req)
+
+    async def close_stdin(self, container_id: str, *, exec_id: str = "") -> None:
+        """Close a process's stdin (the user's input ended): the process reads EOF."""
+        req = tasks_pb.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=True)
+        await self._unary("Tasks.CloseIO", f"stdin of task {container_id!r}", req)
+
     async def metrics(self, container_ids: Iterable[str]) -> list[Metric]:
         """cgroup statistics of the given tasks (data left encoded, see Metric)."""
         filters = [f"id=={cid}" for cid in container_ids]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import seccomp, secrets, spec, users
+from agent import seccomp, secrets, spec, terminal, users
 from agent.errors import InvalidInput
 from agent.images import ImageConfig
 from agent.taskdef import ContainerDefinition, TaskDefinition
@@ -244,6 +244,7 @@ def build_spec(
         spec.with_rlimits([(u.name, u.soft, u.hard) for u in cdef.ulimits]),
         spec.with_labels(dict(cdef.labels)),
         spec.with_init(init),
+        terminal.with_terminal(cdef.pseudo_terminal),
     )
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from agent import cgroups, seccomp
+from agent import cgroups, execute, seccomp
 from agent.config import AgentConfig, default_shim_path
 from agent.containerd import Containerd
 from agent.credentials import LocalCredentialStore
@@ -137,6 +137,12 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscribed.wait(), 5)
         await recovery.recover(self.ctx)
+        # Interactive execs of a previous agent that died mid-session (agent.execute).
+        await execute.sweep_orphans(
+            self.client,
+            self.config.task_dir,
+            {t.id: [c.containerd_id for c in t.containers] for t in self.list_tasks()},
+        )
         if collect:
             # Attachments in the CNI cache or IPAM that no task owns (a crash before the
             # intent was recorded, another runtime's leftovers on our network): DEL them.

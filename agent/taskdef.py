@@ -255,6 +255,8 @@ class ContainerDefinition:
     # repositoryCredentials.credentialsParameter: the secret (ARN or name) holding the
     # registry's {"username", "password"}, resolved like secrets[].valueFrom.
     repository_credentials: str | None = None
+    pseudo_terminal: bool = False  # the main process in a pty (agent.terminal)
+    interactive: bool = False  # its stdin kept open (agent.terminal)
 
 
 @_record
@@ -519,6 +521,14 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     repo_creds = _repository_credentials(
         p, c.get("repositoryCredentials"), f"{at}.repositoryCredentials"
     )
+    pseudo_terminal = _bool(p, c, "pseudoTerminal", at, default=False)
+    interactive = _bool(p, c, "interactive", at, default=False)
+    if interactive and not pseudo_terminal:
+        p.warnings.append(
+            f"{at}.interactive: without pseudoTerminal the process's stdin is empty here "
+            "(containerd's binary logging has no stdin), not kept open as Docker does; "
+            "set pseudoTerminal too to keep a shell running"
+        )
     if len(p.items) > before or name is None or image is None:
         return None
     if essential and (linux is None or not linux.init_process_enabled):
@@ -557,6 +567,8 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         firelens=firelens,
         seccomp=seccomp,
         repository_credentials=repo_creds,
+        pseudo_terminal=pseudo_terminal,
+        interactive=interactive,
     )
 
 

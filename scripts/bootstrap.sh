@@ -29,7 +29,7 @@ need=()
 # golang-github-containers-common: podman's default seccomp profile (/usr/share/containers).
 packages=(containerd runc containernetworking-plugins iptables busybox-static tini iproute2
     golang-github-containers-common)
-test_packages=(gcc libc6-dev docker-registry skopeo apache2-utils e2fsprogs)
+test_packages=(gcc libc6-dev docker-registry skopeo apache2-utils e2fsprogs tmux)
 [ "${1:-}" = "--test" ] && packages+=("${test_packages[@]}")
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

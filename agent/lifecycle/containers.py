@@ -222,8 +222,16 @@ async def start(
         stats.unlink(missing_ok=True)
         store.intend("task", cid, task.id)
         try:
+            # pseudoTerminal: one stream, the pty's, on stdout (agent.terminal).
+            tty = cdef.pseudo_terminal
             await uninterrupted(
-                client.create_task(cid, rootfs=mounts, stdout=uri or "", stderr=uri or "")
+                client.create_task(
+                    cid,
+                    rootfs=mounts,
+                    stdout=uri or "",
+                    stderr="" if tty else uri or "",
+                    terminal=tty,
+                )
             )
         except ContainerdError as e:
             # runc create refused the process (its command is not in the image, ...);

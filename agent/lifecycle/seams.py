@@ -123,6 +123,8 @@ class ContainerClient(Protocol):
         rootfs: Iterable[Mount],
         stdout: str = "",
         stderr: str = "",
+        stdin: str = "",
+        terminal: bool = False,
     ) -> int: ...
     async def start_task(self, container_id: str, *, exec_id: str = "") -> int: ...
 

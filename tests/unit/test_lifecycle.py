@@ -160,7 +160,14 @@ class FakeContainerd:
             raise NotFound(container_id)
 
     async def create_task(
-        self, container_id: str, *, rootfs: Iterable[Mount], stdout: str = "", stderr: str = ""
+        self,
+        container_id: str,
+        *,
+        rootfs: Iterable[Mount],
+        stdout: str = "",
+        stderr: str = "",
+        stdin: str = "",
+        terminal: bool = False,
     ) -> int:
         self._call("create_task", container_id)
         if stdout:  # the logging shim writes its stats file before it is ready

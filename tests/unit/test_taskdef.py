@@ -1136,3 +1136,16 @@ def test_a_task_role_arn_with_a_placeholder_account_is_accepted_with_a_warning()
         ).warnings
         == ()
     )
+
+
+def test_pseudo_terminal_and_interactive_are_taken_not_ignored() -> None:
+    td = parse_task_definition(one(pseudoTerminal=True, interactive=True))
+    c = td.containers[0]
+    assert (c.pseudo_terminal, c.interactive) == (True, True)
+    assert not any("pseudoTerminal" in w or "interactive" in w for w in td.warnings)
+    assert parse_task_definition(one()).containers[0].pseudo_terminal is False
+    with pytest.raises(TaskDefinitionError, match="pseudoTerminal"):
+        parse_task_definition(one(pseudoTerminal="yes"))
+    # interactive alone: stdin cannot be kept open without a terminal; said, not hidden.
+    alone = parse_task_definition(one(interactive=True))
+    assert any("interactive" in w and "pseudoTerminal" in w for w in alone.warnings)
