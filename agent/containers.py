@@ -131,9 +131,11 @@ def write_files(ctx: TaskContext, cdef: ContainerDefinition, index: int) -> dict
     hostname = cdef.hostname or ctx.task_id[:12]
     d = ctx.task_dir / f"c{index}"
     d.mkdir(parents=True, exist_ok=True, mode=0o755)
-    (d / "hosts").write_text(spec.hosts_file(hostname, ctx.ip, cdef.extra_hosts))
+    ip = None if cdef.disable_networking else ctx.ip  # its own netns: only lo
+    (d / "hosts").write_text(spec.hosts_file(hostname, ip, cdef.extra_hosts))
     servers = cdef.dns_servers or ctx.dns_servers
-    (d / "resolv.conf").write_text(spec.resolv_conf(servers))
+    resolv = spec.resolv_conf(servers)
+    (d / "resolv.conf").write_text(spec.with_search_domains(resolv, cdef.dns_search_domains))
     (d / "hostname").write_text(hostname + "\n")
     return {
         "/etc/hosts": str(d / "hosts"),
@@ -173,7 +175,7 @@ def build_spec(
             "CMD and the definition gives no entryPoint or command"
         )
     hostname = cdef.hostname or ctx.task_id[:12]
-    if ctx.network_mode == "host":
+    if ctx.network_mode == "host" and not cdef.hostname:
         hostname = os.uname().nodename
     lp = cdef.linux_parameters
     init = TINI if lp is not None and lp.init_process_enabled else None
@@ -201,6 +203,7 @@ def build_spec(
         spec.with_user(cdef.user or image.user),
         spec.with_hostname(hostname),
         spec.with_netns(ctx.netns),
+        spec.with_own_netns(cdef.disable_networking),
         spec.with_readonly_rootfs(cdef.readonly_root_filesystem),
         spec.with_bind_files(write_files(ctx, cdef, index)),
         spec.with_mounts([*mounts_for(td, cdef, ctx.task_dir), *tmpfs]),
@@ -221,7 +224,14 @@ def build_spec(
         spec.with_rlimits([(u.name, u.soft, u.hard) for u in cdef.ulimits]),
         spec.with_labels(dict(cdef.labels)),
         spec.with_init(init),
+        spec.with_sysctls(cdef.system_controls),
     )
+
+
+def container_labels(cdef: ContainerDefinition, task_id: str) -> dict[str, str]:
+    """The containerd container's labels: the definition's dockerLabels (as the ECS agent
+    gives them to the Docker container), then nstask's own, which validation keeps apart."""
+    return {**dict(cdef.labels), "nstask.task": task_id, "nstask.container": cdef.name}
 
 
 # -- logging ---------------------------------------------------------------------------------

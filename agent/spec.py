@@ -506,3 +506,41 @@ def resolv_conf(dns_servers: Sequence[str], host_resolv: str = "/etc/resolv.conf
                 elif parts[0] in ("search", "options"):
                     other.append(line.strip())
     return "".join(f"nameserver {s}\n" for s in servers) + "".join(f"{o}\n" for o in other)
+
+
+# -- issue 12 B: container fields --------------------------------------------------------------
+def with_sysctls(controls: Sequence[tuple[str, str]]) -> SpecOpt:
+    """systemControls as linux.sysctl: runc writes them in the container's own namespaces
+    (validation lets only the network and IPC namespaces' sysctls through). In awsvpc mode the
+    network ones land in the task's netns, which all its containers share: as in ECS, the
+    container started last decides a value set by several."""
+
+    def opt(spec: Spec) -> None:
+        if controls:
+            spec["linux"].setdefault("sysctl", {}).update(dict(controls))
+
+    return opt
+
+
+def with_own_netns(own: bool) -> SpecOpt:
+    """disableNetworking: a new network namespace of the container's own instead of the
+    task's (or the host's); runc brings up its lo and nothing else."""
+
+    def opt(spec: Spec) -> None:
+        if not own:
+            return
+        namespaces = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
+        spec["linux"]["namespaces"] = [*namespaces, {"type": "network"}]
+
+    return opt
+
+
+def with_search_domains(resolv: str, domains: Sequence[str]) -> str:
+    """resolv.conf text with its search line replaced by dnsSearchDomains (as Docker's
+    --dns-search does); unchanged without domains."""
+    if not domains:
+        return resolv
+    kept = [
+        line for line in resolv.splitlines() if line.split()[:1] not in (["search"], ["domain"])
+    ]
+    return "".join(f"{line}\n" for line in kept) + "search " + " ".join(domains) + "\n"

@@ -152,15 +152,16 @@ _CONTAINER_KEYS_USED = {
     "firelensConfiguration",
     "stopSignal",
     "dockerSecurityOptions",
+    # issue 12 B (container fields): parsed by _container_extras below.
+    "dnsSearchDomains",
+    "disableNetworking",
+    "systemControls",
 }
 _CONTAINER_KEYS_IGNORED = {
     "repositoryCredentials",
     "links",
-    "dnsSearchDomains",
-    "disableNetworking",
     "interactive",
     "pseudoTerminal",
-    "systemControls",
     "resourceRequirements",
     "credentialSpecs",
     "gpu",
@@ -344,6 +345,10 @@ class ContainerDefinition:
     firelens: FirelensConfiguration | None = None
     # dockerSecurityOptions seccomp: None = the default profile, "unconfined", or a file path.
     seccomp: str | None = None
+    # issue 12 B: resolv.conf search domains, an own netns with only lo, namespaced sysctls.
+    dns_search_domains: tuple[str, ...] = ()
+    disable_networking: bool = False
+    system_controls: tuple[tuple[str, str], ...] = ()  # (namespace, value), in order
 
 
 @_record
@@ -587,6 +592,8 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         p.add(f"{at}.hostname", "is not supported in awsvpc network mode (as in ECS)")
     readonly = _bool(p, c, "readonlyRootFilesystem", at, default=False)
     labels = _labels(p, c.get("dockerLabels"), f"{at}.dockerLabels")
+    _check_labels(p, labels, f"{at}.dockerLabels")
+    _check_hostname(p, hostname, f"{at}.hostname")
     env_files = _env_files(p, c.get("environmentFiles"), f"{at}.environmentFiles")
     secrets = _secrets(p, c.get("secrets"), f"{at}.secrets")
     depends_on = _depends_on(p, c.get("dependsOn"), f"{at}.dependsOn")
@@ -608,6 +615,7 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
     volumes_from = _volumes_from(p, c.get("volumesFrom"), f"{at}.volumesFrom")
     firelens = _firelens(p, c.get("firelensConfiguration"), f"{at}.firelensConfiguration")
     seccomp = _security_options(p, c.get("dockerSecurityOptions"), f"{at}.dockerSecurityOptions")
+    extras = _container_extras(p, c, at, network_mode, ports)
     if len(p.items) > before or name is None or image is None:
         return None
     if essential and (linux is None or not linux.init_process_enabled):
@@ -645,6 +653,7 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         volumes_from=volumes_from,
         firelens=firelens,
         seccomp=seccomp,
+        **extras,
     )
 
 
@@ -1678,3 +1687,145 @@ def _find_cycle(containers: list[ContainerDefinition]) -> list[str]:
                 path.append(m)
                 todo.append(0)
     return []
+
+
+# -- issue 12 B: container fields as Docker and ECS apply them ------------------------------
+# containerd refuses a label whose key and value together exceed 4096 bytes
+# (containerd's labels.Validate); checked here so the refusal is located and comes at submit.
+_MAX_LABEL_BYTES = 4096
+# What sethostname(2) takes (HOST_NAME_MAX); ECS allows 255 characters, which runc cannot set.
+_MAX_HOSTNAME = 64
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
+# ECS's pattern for a search domain; glibc >= 2.26 reads any number of them.
+_SEARCH_DOMAIN_RE = re.compile(r"[a-zA-Z0-9-.]{0,253}[a-zA-Z0-9]")
+_MAX_SEARCH_DOMAINS = 32  # not ECS's
+# Sysctls that belong to a namespace a container has of its own (Docker's allowed list): the
+# IPC namespace's (System V shared memory, message queues, semaphores; POSIX message queues)
+# and the network namespace's. Any other sysctl would change the host for everyone.
+IPC_SYSCTLS = (
+    "kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+    "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced",
+)  # fmt: skip
+_SYSCTL_NAME_RE = re.compile(r"[a-z0-9_]+(?:[./][A-Za-z0-9_-]+)+")
+
+
+def sysctl_namespace(name: str) -> str | None:
+    """ "ipc" or "network" for a namespaced sysctl, None for a host-wide one."""
+    if name in IPC_SYSCTLS or name.startswith("fs.mqueue."):
+        return "ipc"
+    if name.startswith("net."):
+        return "network"
+    return None
+
+
+def _check_labels(p: _Problems, labels: tuple[tuple[str, str], ...], at: str) -> None:
+    for key, value in labels:
+        if not key:
+            p.add(at, "a label key must not be empty")
+        elif len(key.encode()) + len(value.encode()) > _MAX_LABEL_BYTES:
+            p.add(
+                f"{at}.{key[:40]}",
+                f"key and value together must be at most {_MAX_LABEL_BYTES} bytes "
+                "(containerd's limit for a label)",
+            )
+        elif key.startswith("nstask."):
+            p.add(f"{at}.{key[:40]}", "labels starting with nstask. are nstask's own")
+
+
+def _check_hostname(p: _Problems, hostname: str | None, at: str) -> None:
+    if hostname is None:
+        return
+    if len(hostname) > _MAX_HOSTNAME:
+        p.add(at, f"must be at most {_MAX_HOSTNAME} characters (the kernel's limit)")
+    elif not _HOSTNAME_RE.fullmatch(hostname):
+        p.add(
+            at,
+            "must be letters, digits, hyphens, underscores and periods, starting and "
+            f"ending with a letter or digit, got {_short(hostname)}",
+        )
+
+
+def _container_extras(
+    p: _Problems, c: dict[str, Any], at: str, network_mode: str, ports: tuple[PortMapping, ...]
+) -> dict[str, Any]:
+    """dnsSearchDomains, disableNetworking and systemControls, as ContainerDefinition
+    keyword arguments (only those set, so a definition without them compares as before)."""
+    out: dict[str, Any] = {}
+    domains = _search_domains(p, c.get("dnsSearchDomains"), f"{at}.dnsSearchDomains")
+    if domains and network_mode == "host":
+        p.warnings.append(
+            f"{at}.dnsSearchDomains: in host network mode the container uses the host's "
+            "/etc/resolv.conf; ignored"
+        )
+    elif domains and network_mode == "awsvpc":
+        p.warnings.append(
+            f"{at}.dnsSearchDomains: ECS refuses this field in awsvpc network mode; "
+            "nstask applies it to the container's resolv.conf"
+        )
+    if domains:
+        out["dns_search_domains"] = domains
+    disabled = _bool(p, c, "disableNetworking", at, default=False)
+    if disabled:
+        if network_mode == "host":
+            p.add(
+                f"{at}.disableNetworking",
+                "cannot be true in host network mode (the container shares the host's network)",
+            )
+        elif ports:
+            p.add(
+                f"{at}.disableNetworking",
+                "cannot be true with portMappings: the container has no network to serve them",
+            )
+        out["disable_networking"] = True
+    controls = _system_controls(
+        p, c.get("systemControls"), f"{at}.systemControls", network_mode, disabled
+    )
+    if controls:
+        out["system_controls"] = controls
+    return out
+
+
+def _search_domains(p: _Problems, v: Any, at: str) -> tuple[str, ...]:
+    if v is None or _too_many(p, at, v, _MAX_SEARCH_DOMAINS, "search domains"):
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        p.add(at, "must be a list of domain names")
+        return ()
+    for i, d in enumerate(v):
+        if not _SEARCH_DOMAIN_RE.fullmatch(d):
+            p.add(f"{at}[{i}]", f"is not a domain name: {_short(d)}")
+    return tuple(v)
+
+
+def _system_controls(
+    p: _Problems, v: Any, at: str, network_mode: str, own_netns: bool
+) -> tuple[tuple[str, str], ...]:
+    """[{namespace, value}]: only sysctls of a namespace the container has of its own."""
+    out: dict[str, str] = {}
+    for here, item in _list_of_objects(p, v, at, what="system controls"):
+        name = _str(p, item, "namespace", here)
+        value = _str(p, item, "value", here)
+        if name is None or value is None:
+            continue
+        if not _SYSCTL_NAME_RE.fullmatch(name):
+            p.add(f"{here}.namespace", f"is not a sysctl name: {_short(name)}")
+            continue
+        if "\n" in value or "\0" in value:
+            p.add(f"{here}.value", "must be one line")
+            continue
+        kind = sysctl_namespace(name)
+        if kind is None:
+            p.add(
+                f"{here}.namespace",
+                f"{name} is not namespaced: only net.* and the IPC sysctls "
+                f"({', '.join(IPC_SYSCTLS)}, fs.mqueue.*) can be set for a container",
+            )
+        elif kind == "network" and network_mode == "host" and not own_netns:
+            p.add(
+                f"{here}.namespace",
+                f"{name}: net.* sysctls cannot be set in host network mode "
+                "(they would change the host's network, as ECS refuses too)",
+            )
+        else:
+            out[name] = value
+    return tuple(out.items())

@@ -158,7 +158,7 @@ async def start(
                 snapshotter=ctx.snapshotter,
                 snapshot_key=cid,
                 runtime=ctx.config.runtime,
-                labels={"nstask.task": task.id, "nstask.container": c.name},
+                labels=containers.container_labels(cdef, task.id),
                 lease=lease,
             )
         )

@@ -1,0 +1,140 @@
+"""Issue 12 B container fields on the real stack: dockerLabels (containerd labels and the
+metadata endpoint), hostname, dnsSearchDomains, disableNetworking, systemControls."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from support import TEST_IMAGE, Agent, ctr, leaks, write_taskdef
+
+
+def container(name: str, script: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "image": TEST_IMAGE, "command": ["sh", "-c", script], **extra}
+
+
+def run_detached(agent: Agent, tmp_path: Path, td: dict[str, Any]) -> str:
+    return agent.cli("run", "-d", write_taskdef(tmp_path, td), check=True).stdout.strip()
+
+
+def wait_for_log(agent: Agent, task_id: str, text: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (out := agent.cli("logs", task_id, check=True).stdout):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the logs: {out!r}"
+        time.sleep(0.05)
+    return out
+
+
+def finish(agent: Agent, task_id: str) -> None:
+    agent.cli("stop", "-t", "0", task_id)
+    agent.cli("rm", task_id, check=True)
+    assert not leaks(agent)
+
+
+def values(out: str) -> dict[str, str]:
+    """`key=value` lines of a container's output."""
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_labels_hostname_search_domains_and_ipc_sysctl(agent: Agent, tmp_path: Path) -> None:
+    script = (
+        "echo host=$(hostname); echo etc_hostname=$(cat /etc/hostname); "
+        "echo search=$(grep ^search /etc/resolv.conf); "
+        "echo shmmax=$(cat /proc/sys/kernel/shmmax); "
+        "echo somaxconn=$(cat /proc/sys/net/core/somaxconn); echo ready; "
+        "trap 'exit 0' TERM; while :; do sleep 1; done"
+    )
+    td = {
+        "family": "fields",
+        "networkMode": "bridge",
+        "containerDefinitions": [
+            container(
+                "app",
+                script,
+                hostname="web-1.example",
+                dockerLabels={"team": "web", "com.example.tier": "front"},
+                dnsSearchDomains=["example.com", "corp.example.com"],
+                systemControls=[
+                    {"namespace": "kernel.shmmax", "value": "123456789"},
+                    {"namespace": "net.core.somaxconn", "value": "1234"},
+                ],
+            )
+        ],
+    }
+    task_id = run_detached(agent, tmp_path, td)
+    try:
+        got = values(wait_for_log(agent, task_id, "ready"))
+        assert got["host"] == "web-1.example" and got["etc_hostname"] == "web-1.example"
+        assert got["search"] == "search example.com corp.example.com"
+        assert got["shmmax"] == "123456789" and got["somaxconn"] == "1234"
+        host_shmmax = Path("/proc/sys/kernel/shmmax").read_text().strip()
+        assert host_shmmax != "123456789"  # the container's own IPC namespace only
+        c = agent.inspect(task_id)["containers"][0]
+        info = json.loads(ctr(agent.namespace, "containers", "info", c["containerdId"]))
+        labels = info["Labels"]
+        assert labels["team"] == "web" and labels["com.example.tier"] == "front"
+        assert labels["nstask.task"] == task_id and labels["nstask.container"] == "app"
+    finally:
+        finish(agent, task_id)
+
+
+def test_disable_networking_and_net_sysctls_in_the_task_netns(agent: Agent, tmp_path: Path) -> None:
+    links = "echo links=$(ip -o link show | awk -F': ' '{print $2}' | tr '\\n' ' ')"
+    td = {
+        "family": "netfields",
+        "containerDefinitions": [
+            container(
+                "setter",
+                "echo set; trap 'exit 0' TERM; while :; do sleep 1; done",
+                systemControls=[{"namespace": "net.ipv4.tcp_keepalive_time", "value": "321"}],
+            ),
+            container(
+                "reader",
+                f"{links}; echo keepalive=$(cat /proc/sys/net/ipv4/tcp_keepalive_time); "
+                "echo reader-done",
+                essential=False,
+                dependsOn=[{"containerName": "setter", "condition": "START"}],
+            ),
+            container(
+                "isolated",
+                f"{links}; echo iso_keepalive=$(cat /proc/sys/net/ipv4/tcp_keepalive_time); "
+                "echo isolated-done",
+                essential=False,
+                disableNetworking=True,
+                dependsOn=[{"containerName": "setter", "condition": "START"}],
+            ),
+        ],
+    }
+    task_id = run_detached(agent, tmp_path, td)
+    try:
+        wait_for_log(agent, task_id, "reader-done")
+        wait_for_log(agent, task_id, "isolated-done")
+        by_name: dict[str, dict[str, str]] = {}
+        for name in ("reader", "isolated"):
+            out = agent.cli("logs", task_id, name, check=True).stdout
+            by_name[name] = values(out)
+        # awsvpc: the task's netns is shared, so the setter's net.* sysctl is the reader's too.
+        assert by_name["reader"]["keepalive"] == "321"
+        assert {x.split("@")[0] for x in by_name["reader"]["links"].split()} == {"lo", "eth0"}
+        # disableNetworking: a netns of its own, only lo, the kernel's default sysctl.
+        assert by_name["isolated"]["links"].split() == ["lo"]
+        assert by_name["isolated"]["iso_keepalive"] == "7200"
+        assert Path("/proc/sys/net/ipv4/tcp_keepalive_time").read_text().strip() != "321"
+    finally:
+        finish(agent, task_id)
+
+
+def test_host_wide_sysctl_is_refused_at_submit(agent: Agent, tmp_path: Path) -> None:
+    td = {
+        "family": "badsysctl",
+        "containerDefinitions": [
+            container("app", "true", systemControls=[{"namespace": "vm.swappiness", "value": "1"}])
+        ],
+    }
+    proc = agent.cli("run", "-d", write_taskdef(tmp_path, td))
+    assert proc.returncode == 2
+    assert "containerDefinitions[0].systemControls[0].namespace" in proc.stderr
+    assert "not namespaced" in proc.stderr
+    assert not leaks(agent)

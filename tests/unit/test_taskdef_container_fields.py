@@ -1,0 +1,143 @@
+"""Issue 12 B container fields: dockerLabels, hostname, dnsSearchDomains, disableNetworking,
+systemControls: what the parser accepts, and the located errors and warnings it gives."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import spec
+from agent.errors import TaskDefinitionError
+from agent.taskdef import parse_task_definition
+
+IMAGE = "nstask.local/busybox:latest"
+
+
+def one(network_mode: str = "bridge", **container: object) -> dict[str, object]:
+    return {
+        "family": "f",
+        "networkMode": network_mode,
+        "containerDefinitions": [{"name": "a", "image": IMAGE, **container}],
+    }
+
+
+def problems(data: object) -> list[tuple[str, str]]:
+    with pytest.raises(TaskDefinitionError) as e:
+        parse_task_definition(data, source="t.json")
+    return e.value.problems
+
+
+def test_fields_are_parsed_without_warnings() -> None:
+    td = parse_task_definition(
+        one(
+            dockerLabels={"team": "web", "com.example.tier": "front"},
+            hostname="web-1.local",
+            dnsSearchDomains=["example.com", "corp.example.com"],
+            disableNetworking=False,
+            systemControls=[
+                {"namespace": "net.ipv4.ip_forward", "value": "1"},
+                {"namespace": "kernel.shmmax", "value": "68719476736"},
+                {"namespace": "fs.mqueue.msg_max", "value": "20"},
+            ],
+        )
+    )
+    c = td.containers[0]
+    assert c.labels == (("com.example.tier", "front"), ("team", "web"))
+    assert c.hostname == "web-1.local"
+    assert c.dns_search_domains == ("example.com", "corp.example.com")
+    assert c.system_controls == (
+        ("net.ipv4.ip_forward", "1"),
+        ("kernel.shmmax", "68719476736"),
+        ("fs.mqueue.msg_max", "20"),
+    )
+    assert td.warnings == ()
+
+
+def test_system_controls_of_the_host_are_located_errors() -> None:
+    got = problems(
+        one(
+            systemControls=[
+                {"namespace": "vm.swappiness", "value": "10"},
+                {"namespace": "kernel.hostname", "value": "x"},
+                {"namespace": "net.core.somaxconn"},
+                {"namespace": "../../etc", "value": "1"},
+            ]
+        )
+    )
+    paths = [p for p, _ in got]
+    assert paths == [
+        "containerDefinitions[0].systemControls[0].namespace",
+        "containerDefinitions[0].systemControls[1].namespace",
+        "containerDefinitions[0].systemControls[2].value",
+        "containerDefinitions[0].systemControls[3].namespace",
+    ]
+    assert "vm.swappiness is not namespaced" in got[0][1]
+
+
+def test_net_sysctls_are_refused_in_host_mode_and_ipc_ones_accepted() -> None:
+    got = problems(one("host", systemControls=[{"namespace": "net.ipv4.ip_forward", "value": "1"}]))
+    assert got[0][0] == "containerDefinitions[0].systemControls[0].namespace"
+    assert "host network mode" in got[0][1]
+    td = parse_task_definition(
+        one("host", systemControls=[{"namespace": "kernel.sem", "value": "1 2 3 4"}])
+    )
+    assert td.containers[0].system_controls == (("kernel.sem", "1 2 3 4"),)
+
+
+def test_hostname_rules() -> None:
+    assert problems(one("awsvpc", hostname="h"))[0][0] == "containerDefinitions[0].hostname"
+    long = problems(one(hostname="a" * 65))
+    assert long[0] == (
+        "containerDefinitions[0].hostname",
+        "must be at most 64 characters (the kernel's limit)",
+    )
+    assert problems(one(hostname="-bad"))[0][0] == "containerDefinitions[0].hostname"
+    assert problems(one(hostname="a b"))[0][0] == "containerDefinitions[0].hostname"
+
+
+def test_labels_containerd_limit_and_nstask_prefix() -> None:
+    got = problems(one(dockerLabels={"big": "x" * 5000, "nstask.task": "other", "": "v"}))
+    msgs = dict(got)
+    assert "4096 bytes" in msgs["containerDefinitions[0].dockerLabels.big"]
+    assert "nstask's own" in msgs["containerDefinitions[0].dockerLabels.nstask.task"]
+    assert "must not be empty" in msgs["containerDefinitions[0].dockerLabels"]
+
+
+def test_search_domains_rules_and_warnings() -> None:
+    got = problems(one(dnsSearchDomains=["ok.example", "bad domain", "x" * 300]))
+    assert [p for p, _ in got] == [
+        "containerDefinitions[0].dnsSearchDomains[1]",
+        "containerDefinitions[0].dnsSearchDomains[2]",
+    ]
+    assert problems(one(dnsSearchDomains="example.com"))[0][1] == "must be a list of domain names"
+    awsvpc = parse_task_definition(one("awsvpc", dnsSearchDomains=["example.com"]))
+    assert any("awsvpc" in w for w in awsvpc.warnings)
+    host = parse_task_definition(one("host", dnsSearchDomains=["example.com"]))
+    assert any("host's" in w and "ignored" in w for w in host.warnings)
+
+
+def test_disable_networking_rules() -> None:
+    td = parse_task_definition(one("awsvpc", disableNetworking=True))
+    assert td.containers[0].disable_networking is True
+    got = problems(one("host", disableNetworking=True))
+    assert got[0][0] == "containerDefinitions[0].disableNetworking"
+    ports = problems(one(disableNetworking=True, portMappings=[{"containerPort": 80}]))
+    assert "portMappings" in ports[0][1]
+    assert (
+        problems(one(disableNetworking="yes"))[0][0] == "containerDefinitions[0].disableNetworking"
+    )
+
+
+def test_spec_options() -> None:
+    s = spec.compose(
+        spec.with_netns("/run/netns/nstask-x"),
+        spec.with_own_netns(True),
+        spec.with_sysctls([("net.ipv4.ip_forward", "1")]),
+    )
+    nets = [n for n in s["linux"]["namespaces"] if n["type"] == "network"]
+    assert nets == [{"type": "network"}]
+    assert s["linux"]["sysctl"] == {"net.ipv4.ip_forward": "1"}
+    resolv = "nameserver 10.0.0.2\nsearch old.example\noptions ndots:2\n"
+    assert spec.with_search_domains(resolv, ["a.example", "b.example"]) == (
+        "nameserver 10.0.0.2\noptions ndots:2\nsearch a.example b.example\n"
+    )
+    assert spec.with_search_domains(resolv, []) == resolv
