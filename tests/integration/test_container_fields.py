@@ -127,7 +127,7 @@ def test_disable_networking_and_net_sysctls_in_the_task_netns(agent: Agent, tmp_
 
 
 def test_host_wide_sysctl_is_refused_at_submit(agent: Agent, tmp_path: Path) -> None:
-    td = {
+    td: dict[str, Any] = {
         "family": "badsysctl",
         "containerDefinitions": [
             container("app", "true", systemControls=[{"namespace": "vm.swappiness", "value": "1"}])
