@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import seccomp, secrets, spec
+from agent import hostfields, seccomp, secrets, spec
 from agent.errors import InvalidInput
 from agent.images import ImageConfig
 from agent.taskdef import ContainerDefinition, TaskDefinition
@@ -225,7 +225,34 @@ def build_spec(
         spec.with_labels(dict(cdef.labels)),
         spec.with_init(init),
         spec.with_sysctls(cdef.system_controls),
+        spec.with_devices(device_entries(cdef)),
+        spec.with_swap(
+            memory_mib=cdef.memory,
+            max_swap_mib=lp.max_swap if lp is not None else None,
+            swappiness=lp.swappiness if lp is not None else None,
+            accounting=hostfields.swap_accounting(),
+        ),
     )
+
+
+def device_entries(cdef: ContainerDefinition) -> list[dict[str, Any]]:
+    """linuxParameters.devices with the host's node numbers, read now (agent.hostfields)."""
+    out = []
+    for d in cdef.linux_parameters.devices if cdef.linux_parameters is not None else ():
+        node = hostfields.device_node(d.host_path, at=f"container {cdef.name}")
+        out.append(
+            {
+                "path": d.container_path,
+                "type": node.kind,
+                "major": node.major,
+                "minor": node.minor,
+                "fileMode": node.mode,
+                "uid": node.uid,
+                "gid": node.gid,
+                "access": d.permissions,
+            }
+        )
+    return out
 
 
 def container_labels(cdef: ContainerDefinition, task_id: str) -> dict[str, str]:

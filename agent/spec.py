@@ -544,3 +544,40 @@ def with_search_domains(resolv: str, domains: Sequence[str]) -> str:
         line for line in resolv.splitlines() if line.split()[:1] not in (["search"], ["domain"])
     ]
     return "".join(f"{line}\n" for line in kept) + "search " + " ".join(domains) + "\n"
+
+
+def with_devices(devices: Sequence[dict[str, Any]]) -> SpecOpt:
+    """linuxParameters.devices: each a node in linux.devices (runc makes it in the
+    container's /dev) and a cgroup device rule allowing only the permissions asked.
+    An item: {path, type, major, minor, fileMode, uid, gid, access}."""
+
+    def opt(spec: Spec) -> None:
+        for d in devices:
+            node = {k: d[k] for k in ("path", "type", "major", "minor", "fileMode", "uid", "gid")}
+            spec["linux"].setdefault("devices", []).append(node)
+            rule = {"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"]}
+            spec["linux"]["resources"]["devices"].append({**rule, "access": d["access"]})
+
+    return opt
+
+
+def with_swap(
+    *, memory_mib: int | None, max_swap_mib: int | None, swappiness: int | None, accounting: bool
+) -> SpecOpt:
+    """maxSwap and swappiness as Docker sets them for ECS: the memory+swap limit is the
+    container's memory plus maxSwap (maxSwap 0: no swap). Without a memory limit or without
+    the kernel's swap accounting no limit can be set: maxSwap 0 then still keeps the
+    container off swap through swappiness 0 (agent.hostfields warns at submit)."""
+
+    def opt(spec: Spec) -> None:
+        if max_swap_mib is None:
+            return
+        mem = spec["linux"]["resources"].setdefault("memory", {})
+        if memory_mib and accounting:
+            mem["swap"] = (memory_mib + max_swap_mib) * 1024 * 1024
+        if swappiness is not None:
+            mem["swappiness"] = swappiness
+        elif max_swap_mib == 0 and not (memory_mib and accounting):
+            mem["swappiness"] = 0
+
+    return opt

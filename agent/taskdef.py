@@ -28,6 +28,7 @@ __all__ = [
     "ULIMIT_NAMES",
     "ContainerDefinition",
     "Dependency",
+    "Device",
     "FirelensConfiguration",
     "HealthCheck",
     "LinuxParameters",
@@ -270,12 +271,23 @@ class Tmpfs:
 
 
 @_record
+class Device:
+    host_path: str
+    container_path: str
+    permissions: str  # a subset of "rwm", as the cgroup device rule takes it
+
+
+@_record
 class LinuxParameters:
     init_process_enabled: bool = False
     capabilities_add: tuple[str, ...] = ()
     capabilities_drop: tuple[str, ...] = ()
     shared_memory_size: int | None = None  # MiB
     tmpfs: tuple[Tmpfs, ...] = ()
+    # issue 12 B: devices, swap
+    devices: tuple[Device, ...] = ()
+    max_swap: int | None = None  # MiB; 0: no swap
+    swappiness: int | None = None  # 0-100, only with max_swap
 
 
 @_record
@@ -1227,7 +1239,7 @@ def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
     if _too_many(p, at, v, _MAX_FIELDS, "fields"):
         return None
     for key in v:
-        known = ("initProcessEnabled", "capabilities", "sharedMemorySize", "tmpfs")
+        known = ("initProcessEnabled", "capabilities", "sharedMemorySize", "tmpfs", *_LP_EXTRA)
         if key not in known and not _asks_nothing(v[key]):
             p.warnings.append(f"{at}.{key}: accepted but not supported by nstask yet; ignored")
     caps = v.get("capabilities") or {}
@@ -1253,6 +1265,7 @@ def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
         ),
         shared_memory_size=_int(p, v, "sharedMemorySize", at, lo=1, hi=_MAX_TMPFS_MIB),
         tmpfs=tuple(tmpfs),
+        **_linux_extras(p, v, at),
     )
 
 
@@ -1829,3 +1842,49 @@ def _system_controls(
         else:
             out[name] = value
     return tuple(out.items())
+
+
+# linuxParameters keys parsed by _linux_extras (issue 12 B).
+_LP_EXTRA = ("devices", "maxSwap", "swappiness")
+_DEVICE_PERMISSIONS = {"read": "r", "write": "w", "mknod": "m"}
+_MAX_DEVICES = 128  # not ECS's
+
+
+def _linux_extras(p: _Problems, v: dict[str, Any], at: str) -> dict[str, Any]:
+    """linuxParameters.devices, maxSwap and swappiness as LinuxParameters keyword arguments."""
+    out: dict[str, Any] = {}
+    devices = []
+    for here, item in _list_of_objects(
+        p, v.get("devices"), f"{at}.devices", limit=_MAX_DEVICES, what="devices"
+    ):
+        host = _str(p, item, "hostPath", here)
+        target = _str(p, item, "containerPath", here, required=False) or host
+        perms = item.get("permissions")
+        access = "rwm"
+        if perms is not None:
+            if (
+                not isinstance(perms, list)
+                or not perms
+                or not set(map(str, perms)) <= set(_DEVICE_PERMISSIONS)
+            ):
+                p.add(f"{here}.permissions", "must be a non-empty list of read, write, mknod")
+                continue
+            asked = {_DEVICE_PERMISSIONS[str(x)] for x in perms}
+            access = "".join(c for c in "rwm" if c in asked)
+        if host is None or target is None:
+            continue
+        if not host.startswith("/") or "\0" in host:
+            p.add(f"{here}.hostPath", "must be an absolute path")
+        elif _container_path_ok(p, target, f"{here}.containerPath"):
+            devices.append(Device(host, target, access))
+    if devices:
+        out["devices"] = tuple(devices)
+    max_swap = _int(p, v, "maxSwap", at, lo=0, hi=_MAX_INT32)
+    swappiness = _int(p, v, "swappiness", at, lo=0, hi=100)
+    if max_swap is not None:
+        out["max_swap"] = max_swap
+    if swappiness is not None and max_swap is None:
+        p.warnings.append(f"{at}.swappiness: ignored without maxSwap (as in ECS)")
+    elif swappiness is not None:
+        out["swappiness"] = swappiness
+    return out

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from agent import containers, network, pull, spec
+from agent import containers, hostfields, network, pull, spec
 from agent.errors import AlreadyExists, ImageNotFound, InvalidInput
 from agent.lifecycle.runtime import PROVISIONING, RUNNING, UNKNOWN, Context, ms
 from agent.metadata.documents import task_role_arn
@@ -145,6 +145,7 @@ async def precheck(ctx: Context, td: TaskDefinition) -> dict[str, list[tuple[str
     env_files = await asyncio.to_thread(containers.read_environment_files, td)
     check_host_volumes(ctx, td)
     check_host_limits(td)
+    hostfields.check(td)  # devices, swap accounting, runtimePlatform (issue 12 B)
     for i, c in enumerate(td.containers):
         if c.user:
             try:

@@ -138,3 +138,92 @@ def test_host_wide_sysctl_is_refused_at_submit(agent: Agent, tmp_path: Path) -> 
     assert "containerDefinitions[0].systemControls[0].namespace" in proc.stderr
     assert "not namespaced" in proc.stderr
     assert not leaks(agent)
+
+
+def test_devices_with_their_permissions(agent: Agent, tmp_path: Path) -> None:
+    script = (
+        "echo node=$(ls -l /dev/nstask-fuse | awk '{print $1 $5 $6}'); "
+        "(exec 3</dev/nstask-fuse) 2>/dev/null && echo fuse_read=ok || echo fuse_read=denied; "
+        "(exec 3>/dev/nstask-fuse) 2>/dev/null && echo fuse_write=ok || echo fuse_write=denied; "
+        "(exec 3<>/dev/loop-control) 2>/dev/null && echo loop_rw=ok || echo loop_rw=denied; "
+        "ls /dev/fuse 2>/dev/null || echo plain_fuse=absent"
+    )
+    td: dict[str, Any] = {
+        "family": "devices",
+        "containerDefinitions": [
+            container(
+                "app",
+                script,
+                linuxParameters={
+                    "devices": [
+                        {
+                            "hostPath": "/dev/fuse",
+                            "containerPath": "/dev/nstask-fuse",
+                            "permissions": ["read"],
+                        },
+                        {"hostPath": "/dev/loop-control"},
+                    ]
+                },
+            )
+        ],
+    }
+    task_id = run_detached(agent, tmp_path, td)
+    try:
+        agent.wait_status(task_id, "STOPPED")
+        got = values(agent.cli("logs", task_id, check=True).stdout)
+        assert got["node"] == "crw-------10,229"  # the host's node numbers and mode
+        assert got["fuse_read"] == "ok" and got["fuse_write"] == "denied"  # cgroup rule "r"
+        assert got["loop_rw"] == "ok"  # no permissions given: rwm, as Docker
+        assert got["plain_fuse"] == "absent"  # only what was asked, where it was asked
+    finally:
+        finish(agent, task_id)
+
+
+def test_missing_device_is_refused_at_submit(agent: Agent, tmp_path: Path) -> None:
+    td: dict[str, Any] = {
+        "family": "nodevice",
+        "containerDefinitions": [
+            container(
+                "app", "true", linuxParameters={"devices": [{"hostPath": "/dev/nstask-none"}]}
+            )
+        ],
+    }
+    proc = agent.cli("run", "-d", write_taskdef(tmp_path, td))
+    assert proc.returncode == 2, proc.stderr
+    assert "containerDefinitions[0].linuxParameters.devices[0].hostPath" in proc.stderr
+    assert "/dev/nstask-none" in proc.stderr
+    assert not leaks(agent)
+
+
+def test_max_swap_and_swappiness_in_the_memory_cgroup(agent: Agent, tmp_path: Path) -> None:
+    script = (
+        "cd /sys/fs/cgroup/memory; echo swappiness=$(cat memory.swappiness); "
+        "echo mem=$(cat memory.limit_in_bytes); echo memsw=$(cat memory.memsw.limit_in_bytes)"
+    )
+    td: dict[str, Any] = {
+        "family": "swap",
+        "containerDefinitions": [
+            container(
+                "tuned",
+                script,
+                memory=64,
+                linuxParameters={"maxSwap": 32, "swappiness": 10},
+                dependsOn=[{"containerName": "noswap", "condition": "COMPLETE"}],
+            ),
+            container("noswap", script, essential=False, memory=64, linuxParameters={"maxSwap": 0}),
+        ],
+    }
+    assert Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()  # this host: v1
+    task_id = run_detached(agent, tmp_path, td)
+    try:
+        agent.wait_status(task_id, "STOPPED")
+        tuned = values(agent.cli("logs", task_id, "tuned", check=True).stdout)
+        noswap = values(agent.cli("logs", task_id, "noswap", check=True).stdout)
+        mib = 1024 * 1024
+        assert tuned["swappiness"] == "10"
+        assert (int(tuned["mem"]), int(tuned["memsw"])) == (64 * mib, 96 * mib)
+        # maxSwap 0: memory+swap is the memory limit: no swap (Docker's --memory-swap=memory).
+        assert int(noswap["memsw"]) == int(noswap["mem"]) == 64 * mib
+        assert noswap["swappiness"] == "60"  # not asked: the kernel's default
+    finally:
+        finish(agent, task_id)

@@ -141,3 +141,87 @@ def test_spec_options() -> None:
         "nameserver 10.0.0.2\noptions ndots:2\nsearch a.example b.example\n"
     )
     assert spec.with_search_domains(resolv, []) == resolv
+
+
+def test_devices_and_swap_are_parsed() -> None:
+    from agent.taskdef import Device
+
+    td = parse_task_definition(
+        one(
+            linuxParameters={
+                "devices": [
+                    {
+                        "hostPath": "/dev/fuse",
+                        "containerPath": "/dev/f",
+                        "permissions": ["write", "read"],
+                    },
+                    {"hostPath": "/dev/loop-control"},
+                ],
+                "maxSwap": 0,
+                "swappiness": 10,
+            }
+        )
+    )
+    lp = td.containers[0].linux_parameters
+    assert lp is not None
+    assert lp.devices == (
+        Device("/dev/fuse", "/dev/f", "rw"),
+        Device("/dev/loop-control", "/dev/loop-control", "rwm"),
+    )
+    assert (lp.max_swap, lp.swappiness) == (0, 10)
+    assert td.warnings == ()
+
+
+def test_device_and_swap_errors_are_located() -> None:
+    got = problems(
+        one(
+            linuxParameters={
+                "devices": [
+                    {"hostPath": "/dev/fuse", "permissions": ["execute"]},
+                    {"containerPath": "/dev/x"},
+                    {"hostPath": "dev/fuse"},
+                    {"hostPath": "/dev/fuse", "containerPath": "../x"},
+                ],
+                "maxSwap": -1,
+                "swappiness": 101,
+            }
+        )
+    )
+    at = "containerDefinitions[0].linuxParameters"
+    assert [p for p, _ in got] == [
+        f"{at}.devices[0].permissions",
+        f"{at}.devices[1].hostPath",
+        f"{at}.devices[2].hostPath",
+        f"{at}.devices[3].containerPath",
+        f"{at}.maxSwap",
+        f"{at}.swappiness",
+    ]
+
+
+def test_swappiness_without_max_swap_is_ignored_with_a_warning() -> None:
+    td = parse_task_definition(one(linuxParameters={"swappiness": 10}))
+    lp = td.containers[0].linux_parameters
+    assert lp is not None and lp.swappiness is None
+    assert any("swappiness: ignored without maxSwap" in w for w in td.warnings)
+
+
+def test_swap_spec_option() -> None:
+    def memory(**kw: object) -> object:
+        s = spec.compose(
+            spec.with_limits(memory_mib=64, reservation_mib=None, cpu_units=None),
+            spec.with_swap(**kw),  # type: ignore[arg-type]
+        )
+        return s["linux"]["resources"]["memory"]
+
+    mib = 1024 * 1024
+    on = dict(memory_mib=64, accounting=True)
+    assert memory(max_swap_mib=32, swappiness=10, **on) == {
+        "limit": 64 * mib,
+        "swap": 96 * mib,
+        "swappiness": 10,
+    }
+    assert memory(max_swap_mib=0, swappiness=None, **on) == {"limit": 64 * mib, "swap": 64 * mib}
+    # No swap accounting: no limit can be set; maxSwap 0 keeps the container off swap.
+    off = dict(memory_mib=64, accounting=False)
+    assert memory(max_swap_mib=0, swappiness=None, **off) == {"limit": 64 * mib, "swappiness": 0}
+    assert memory(max_swap_mib=None, swappiness=None, **on) == {"limit": 64 * mib}

@@ -1,0 +1,86 @@
+"""What some task definition fields need from this host (issue 12 B): the device nodes of
+linuxParameters.devices, swap accounting for maxSwap, the CPU architecture of
+runtimePlatform. Checked at submit (a clear, located refusal before anything is created)
+and read again when a container's spec is built."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from agent.errors import InvalidInput
+from agent.taskdef import TaskDefinition
+
+log = structlog.get_logger("nstask.engine")
+
+# Where cgroup v1 keeps the memory+swap limit, and cgroup v2 the swap limit: without either
+# the kernel does no swap accounting (Debian boots v1 without swapaccount=1 this way).
+_MEMSW_FILES = (
+    "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes",
+    "/sys/fs/cgroup/unified/memory.swap.max",
+)
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    kind: str  # "c" or "b"
+    major: int
+    minor: int
+    mode: int  # permission bits of the host's node
+    uid: int
+    gid: int
+
+
+def device_node(path: str, *, at: str = "") -> DeviceNode:
+    """The host's character or block device at `path` (symlinks followed, as Docker does)."""
+    where = f"{at}: " if at else ""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InvalidInput(f"{where}host device {path}: {e.strerror}", path=path) from None
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise InvalidInput(f"{where}{path} is not a character or block device", path=path)
+    return DeviceNode(
+        kind, os.major(st.st_rdev), os.minor(st.st_rdev), stat.S_IMODE(st.st_mode), st.st_uid,
+        st.st_gid,
+    )  # fmt: skip
+
+
+def swap_accounting(files: tuple[str, ...] = _MEMSW_FILES) -> bool:
+    """Whether the kernel accounts swap per cgroup, so a swap limit can be set."""
+    return any(Path(f).exists() for f in files)
+
+
+def check(td: TaskDefinition) -> None:
+    """At submit: every device exists on the host; maxSwap on a host without swap
+    accounting is logged as a warning (the limit is left unset, see spec.with_swap)."""
+    for i, c in enumerate(td.containers):
+        lp = c.linux_parameters
+        if lp is None:
+            continue
+        at = f"containerDefinitions[{i}].linuxParameters"
+        for j, d in enumerate(lp.devices):
+            device_node(d.host_path, at=f"{at}.devices[{j}].hostPath")
+        if lp.max_swap is not None and (c.memory is None or not swap_accounting()):
+            why = (
+                "needs the container's memory (a hard limit)"
+                if c.memory is None
+                else "needs swap accounting, which this host's kernel does not do "
+                "(no memory.memsw.* in the memory cgroup; boot with swapaccount=1)"
+            )
+            what = (
+                "swap is switched off for the container (swappiness 0)"
+                if lp.max_swap == 0
+                else "no swap limit is set; the container may use the host's swap"
+            )
+            log.warning(
+                "field_not_enforced", field=f"{at}.maxSwap", warning=f"maxSwap {why}; {what}"
+            )
