@@ -345,14 +345,22 @@ def test_local_log_drivers_are_accepted_silently(driver: str) -> None:
 
 
 def test_unsupported_linux_parameters_warn_once_each() -> None:
+    # devices, maxSwap and swappiness are supported since issue 12 B: no warning for them.
     devices = [{"hostPath": "/dev/fuse"}]
     td = parse_task_definition(
-        one(linuxParameters={"devices": devices, "maxSwap": 0, "swappiness": 10})
+        one(
+            linuxParameters={
+                "devices": devices,
+                "maxSwap": 0,
+                "swappiness": 10,
+                "futureKnob": 1,
+                "otherKnob": True,
+            }
+        )
     )
     assert [w.split(":")[0] for w in td.warnings] == [
-        "containerDefinitions[0].linuxParameters.devices",
-        "containerDefinitions[0].linuxParameters.maxSwap",
-        "containerDefinitions[0].linuxParameters.swappiness",
+        "containerDefinitions[0].linuxParameters.futureKnob",
+        "containerDefinitions[0].linuxParameters.otherKnob",
     ]
 
 
