@@ -32,6 +32,8 @@ class TaskContext:
     ip: str | None
     dns_servers: tuple[str, ...]
     cgroup_parent: str
+    # pidMode/ipcMode task: the host pid of the namespaces' PID 1 (agent.nsholder)
+    holder_init: int | None = None
 
 
 def volume_dir(task_dir: Path, name: str) -> Path:
@@ -226,6 +228,7 @@ def build_spec(
         spec.with_init(init),
         spec.with_sysctls(cdef.system_controls),
         spec.with_devices(device_entries(cdef)),
+        *namespace_modes(ctx, td),
         spec.with_swap(
             memory_mib=cdef.memory,
             max_swap_mib=lp.max_swap if lp is not None else None,
@@ -233,6 +236,23 @@ def build_spec(
             accounting=hostfields.swap_accounting(),
         ),
     )
+
+
+def namespace_modes(ctx: TaskContext, td: TaskDefinition) -> list[spec.SpecOpt]:
+    """pidMode and ipcMode: the host's namespaces, or the task's (its holder's)."""
+    init = ctx.holder_init
+    return [
+        spec.with_namespace_mode(
+            kind, mode, None if init is None else task_ns_path(init, kind)
+        )
+        for kind, mode in (("pid", td.pid_mode), ("ipc", td.ipc_mode))
+    ]
+
+
+def task_ns_path(init: int, kind: str) -> str:
+    from agent import nsholder
+
+    return nsholder.namespace_path(init, kind)
 
 
 def device_entries(cdef: ContainerDefinition) -> list[dict[str, Any]]:

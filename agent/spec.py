@@ -581,3 +581,27 @@ def with_swap(
             mem["swappiness"] = 0
 
     return opt
+
+
+def with_namespace_mode(kind: str, mode: str | None, path: str | None = None) -> SpecOpt:
+    """pidMode / ipcMode: "host" leaves the container in the host's namespace (with the
+    host's /dev/shm for IPC, as Docker does); "task" joins the task's namespace at `path`
+    (agent.nsholder); ipcMode "none": an IPC namespace of its own without /dev/shm."""
+
+    def opt(spec: Spec) -> None:
+        if mode is None:
+            return
+        others = [n for n in spec["linux"]["namespaces"] if n["type"] != kind]
+        if mode == "host":
+            spec["linux"]["namespaces"] = others
+        elif mode == "task":
+            if path is None:
+                raise InvalidInput(f"{kind} mode task: the task's namespace holder is missing")
+            spec["linux"]["namespaces"] = [*others, {"type": kind, "path": path}]
+        if kind == "ipc" and mode in ("host", "none"):
+            mounts = [m for m in spec["mounts"] if m["destination"] != "/dev/shm"]
+            if mode == "host":
+                mounts.append(bind_mount("/dev/shm", "/dev/shm", read_only=False))
+            spec["mounts"] = mounts
+
+    return opt

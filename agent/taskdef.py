@@ -88,12 +88,13 @@ _TASK_KEYS_USED = {
     "tags",
     # The role the agent fetches secrets with (agent.secret_sources, issue 11).
     "executionRoleArn",
+    # issue 12 B: namespaces shared by the task's containers (_namespace_modes).
+    "pidMode",
+    "ipcMode",
 }
 _TASK_KEYS_IGNORED = {
     "placementConstraints",
     "requiresCompatibilities",
-    "pidMode",
-    "ipcMode",
     "proxyConfiguration",
     "inferenceAccelerators",
     "ephemeralStorage",
@@ -372,6 +373,8 @@ class TaskDefinition:
     memory: int | None = None  # MiB
     volumes: tuple[Volume, ...] = ()
     warnings: tuple[str, ...] = ()  # not compared (see _NOT_COMPARED)
+    pid_mode: str | None = None  # None (each container its own), "task" or "host"
+    ipc_mode: str | None = None  # None (each container its own), "task", "host" or "none"
 
     def container(self, name: str) -> ContainerDefinition:
         for c in self.containers:
@@ -546,6 +549,7 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         # problems (family, cpu, ...) do not stop them, so the user still sees all at once.
         if len(containers) == len(defs) and len(seen) == len(containers):
             _cross_check(p, containers, volumes if volumes_ok else None, memory)
+    modes = _namespace_modes(p, data, containers)
     if p.items:
         raise TaskDefinitionError(p.items, source=source)
     return TaskDefinition(
@@ -556,6 +560,7 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         memory=memory,
         volumes=volumes,
         warnings=tuple(p.warnings),
+        **modes,
     )
 
 
@@ -1887,4 +1892,45 @@ def _linux_extras(p: _Problems, v: dict[str, Any], at: str) -> dict[str, Any]:
         p.warnings.append(f"{at}.swappiness: ignored without maxSwap (as in ECS)")
     elif swappiness is not None:
         out["swappiness"] = swappiness
+    return out
+
+
+PID_MODES = ("task", "host")
+IPC_MODES = ("task", "host", "none")
+
+
+def _namespace_modes(
+    p: _Problems, data: dict[str, Any], containers: list[ContainerDefinition]
+) -> dict[str, Any]:
+    """pidMode and ipcMode (task level), as TaskDefinition keyword arguments."""
+    out: dict[str, Any] = {}
+    for key, field, allowed in (
+        ("pidMode", "pid_mode", PID_MODES),
+        ("ipcMode", "ipc_mode", IPC_MODES),
+    ):
+        mode = _str(p, data, key, "", required=False)
+        if not mode:
+            continue
+        if mode not in allowed:
+            p.add(key, f"must be one of {', '.join(allowed)}, got {_short(mode)}")
+            continue
+        out[field] = mode
+        if mode == "host":
+            what = (
+                "processes (it can see and signal them)"
+                if key == "pidMode"
+                else ("IPC objects (shared memory, semaphores, message queues)")
+            )
+            p.warnings.append(
+                f"{key}: host gives every container the host's {what}; accepted as in ECS"
+            )
+    if out.get("ipc_mode") in ("host", "none"):
+        for i, c in enumerate(containers):
+            for j, (name, _) in enumerate(c.system_controls):
+                if sysctl_namespace(name) == "ipc":
+                    p.add(
+                        f"containerDefinitions[{i}].systemControls[{j}].namespace",
+                        f"{name}: IPC sysctls cannot be set with ipcMode {out['ipc_mode']} "
+                        "(as ECS refuses them with ipcMode host)",
+                    )
     return out

@@ -126,6 +126,7 @@ async def start(
     cid = c.containerd_id
     lease = lease_of(task.id)
     client, store = ctx.client, ctx.store
+    holder_init = await namespace_holder(ctx, task.id, td)
     tctx = containers.TaskContext(
         task_id=task.id,
         task_dir=ctx.config.task_dir / task.id,
@@ -134,6 +135,7 @@ async def start(
         ip=task.ip,
         dns_servers=ctx.config.dns_servers,
         cgroup_parent=ctx.cgroups.task_path(task.id),
+        holder_init=holder_init,
     )
     with phase(task, f"container.{c.name}.create"):
         # The metadata endpoint's variables (agent.metadata), after the definition's: ECS's win.
@@ -216,3 +218,24 @@ async def start(
 
 def _process(oci: dict[str, Any]) -> dict[str, Any]:
     return dict(oci["process"])
+
+
+async def namespace_holder(ctx: Context, task_id: str, td: TaskDefinition) -> int | None:
+    """pidMode/ipcMode task: the task's namespace holder (agent.nsholder), started with the
+    first container that needs it and recorded first; the pid of its PID 1."""
+    from agent import nsholder
+
+    if "task" not in (td.pid_mode, td.ipc_mode):
+        return None
+    for r in ctx.store.resources(task_id):
+        if r.kind == "nsholder" and r.state == "created" and "init" in r.data:
+            return int(r.data["init"])
+    key = nsholder.key_of(task_id)
+    ctx.store.intend("nsholder", key, task_id)
+    init = await uninterrupted(
+        asyncio.to_thread(
+            nsholder.spawn, key, pid=td.pid_mode == "task", ipc=td.ipc_mode == "task"
+        )
+    )
+    ctx.store.created("nsholder", key, init=init)
+    return init

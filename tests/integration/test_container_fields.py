@@ -227,3 +227,73 @@ def test_max_swap_and_swappiness_in_the_memory_cgroup(agent: Agent, tmp_path: Pa
         assert noswap["swappiness"] == "60"  # not asked: the kernel's default
     finally:
         finish(agent, task_id)
+
+
+def _holders() -> list[int]:
+    """Namespace holder processes of any nstask agent (agent.nsholder) still on the host."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and b"NSTASK_NSHOLDER=" in (d / "environ").read_bytes():
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
+def test_pid_and_ipc_mode_task_share_namespaces(agent: Agent, tmp_path: Path) -> None:
+    ns = "echo pidns=$(readlink /proc/self/ns/pid); echo ipcns=$(readlink /proc/self/ns/ipc)"
+    before = set(_holders())
+    td: dict[str, Any] = {
+        "family": "sharedns",
+        "pidMode": "task",
+        "ipcMode": "task",
+        "containerDefinitions": [
+            container(
+                "first", f"{ns}; echo first-up; trap 'exit 0' TERM; while :; do sleep 1; done"
+            ),
+            container(
+                "second",
+                f"{ns}; echo procs=$(ps -o comm | tr '\\n' ' '); echo second-done",
+                essential=False,
+                dependsOn=[{"containerName": "first", "condition": "START"}],
+            ),
+        ],
+    }
+    task_id = run_detached(agent, tmp_path, td)
+    try:
+        wait_for_log(agent, task_id, "second-done")
+        first = values(agent.cli("logs", task_id, "first", check=True).stdout)
+        second = values(agent.cli("logs", task_id, "second", check=True).stdout)
+        host_pid, host_ipc = (Path(f"/proc/self/ns/{k}").readlink().name for k in ("pid", "ipc"))
+        assert first["pidns"] == second["pidns"] != host_pid
+        assert first["ipcns"] == second["ipcns"] != host_ipc
+        # The second container sees the first's processes, and the holder's init as PID 1.
+        procs = second["procs"].split()
+        assert "tini-static" in procs and "sleep" in procs and "sh" in procs
+        assert len(set(_holders()) - before) == 3  # unshare, tini, sleep
+    finally:
+        finish(agent, task_id)
+    assert set(_holders()) - before == set()  # the holder went with the task
+
+
+def test_pid_and_ipc_mode_host(agent: Agent, tmp_path: Path) -> None:
+    script = (
+        "echo pidns=$(readlink /proc/self/ns/pid); echo ipcns=$(readlink /proc/self/ns/ipc); "
+        "echo shm=$(grep ' /dev/shm ' /proc/self/mountinfo | wc -l)"
+    )
+    td: dict[str, Any] = {
+        "family": "hostns",
+        "pidMode": "host",
+        "ipcMode": "host",
+        "containerDefinitions": [container("app", script)],
+    }
+    task_id = run_detached(agent, tmp_path, td)
+    try:
+        agent.wait_status(task_id, "STOPPED")
+        got = values(agent.cli("logs", task_id, check=True).stdout)
+        assert got["pidns"] == Path("/proc/self/ns/pid").readlink().name
+        assert got["ipcns"] == Path("/proc/self/ns/ipc").readlink().name
+        assert got["shm"] == "1"  # the host's /dev/shm, bound once
+    finally:
+        finish(agent, task_id)

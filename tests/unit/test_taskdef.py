@@ -64,9 +64,11 @@ def test_describe_task_definition_output_is_accepted_without_bookkeeping_warning
 
 
 def test_unsupported_fields_warn_once_each_naming_the_field() -> None:
-    td = parse_task_definition({**one(links=["db"]), "ipcMode": "none", "somethingNew": 1})
+    td = parse_task_definition(
+        {**one(links=["db"]), "proxyConfiguration": {"type": "APPMESH"}, "somethingNew": 1}
+    )
     assert any(w.startswith("containerDefinitions[0].links:") for w in td.warnings)
-    assert any(w.startswith("ipcMode:") for w in td.warnings)
+    assert any(w.startswith("proxyConfiguration:") for w in td.warnings)
     assert any(w.startswith("somethingNew:") and "unknown" in w for w in td.warnings)
     assert len(td.warnings) == 3
 
@@ -377,9 +379,8 @@ def test_unsupported_task_fields_and_volume_kinds_warn() -> None:
             ],
         }
     )
+    # pidMode task and ipcMode none are supported since issue 12 B: no warning for them.
     assert [w.split(":")[0] for w in td.warnings] == [
-        "pidMode",
-        "ipcMode",
         "volumes[0].efsVolumeConfiguration",
         "volumes[1].dockerVolumeConfiguration.scope",
     ]
@@ -657,7 +658,7 @@ def test_describe_output_and_full_definition_warn_only_about_what_is_ignored() -
     )
     assert describe.warnings == ()
     full = parse_task_definition(json.loads((valid / "every-supported-field.json").read_text()))
-    assert full.warnings == ("pidMode: accepted but not supported by nstask yet; ignored",)
+    assert full.warnings == ()  # its pidMode task is supported since issue 12 B
     assert start_order(full) == ["log_router", "migrate", "app"]
     app = full.container("app")
     assert [local_secret_name(s.value_from) for s in app.secrets] == [

@@ -225,3 +225,32 @@ def test_swap_spec_option() -> None:
     off = dict(memory_mib=64, accounting=False)
     assert memory(max_swap_mib=0, swappiness=None, **off) == {"limit": 64 * mib, "swappiness": 0}
     assert memory(max_swap_mib=None, swappiness=None, **on) == {"limit": 64 * mib}
+
+
+def test_pid_and_ipc_modes() -> None:
+    td = parse_task_definition({**one(), "pidMode": "task", "ipcMode": "none"})
+    assert (td.pid_mode, td.ipc_mode) == ("task", "none")
+    assert td.warnings == ()
+    host = parse_task_definition({**one(), "pidMode": "host", "ipcMode": "host"})
+    assert [w.split(":")[0] for w in host.warnings] == ["pidMode", "ipcMode"]
+    got = problems({**one(), "pidMode": "shareable", "ipcMode": "private"})
+    assert [p for p, _ in got] == ["pidMode", "ipcMode"]
+    ipc_sysctl = problems(
+        {
+            **one(systemControls=[{"namespace": "kernel.shmmax", "value": "1"}]),
+            "ipcMode": "host",
+        }
+    )
+    assert ipc_sysctl[0][0] == "containerDefinitions[0].systemControls[0].namespace"
+
+
+def test_namespace_mode_spec_option() -> None:
+    task = spec.compose(spec.with_namespace_mode("pid", "task", "/proc/42/ns/pid"))
+    assert {"type": "pid", "path": "/proc/42/ns/pid"} in task["linux"]["namespaces"]
+    host = spec.compose(spec.with_namespace_mode("ipc", "host"))
+    assert "ipc" not in {n["type"] for n in host["linux"]["namespaces"]}
+    shm = [m for m in host["mounts"] if m["destination"] == "/dev/shm"]
+    assert shm == [spec.bind_mount("/dev/shm", "/dev/shm", read_only=False)]
+    none = spec.compose(spec.with_namespace_mode("ipc", "none"))
+    assert {"type": "ipc"} in none["linux"]["namespaces"]
+    assert not [m for m in none["mounts"] if m["destination"] == "/dev/shm"]
