@@ -242,9 +242,7 @@ def namespace_modes(ctx: TaskContext, td: TaskDefinition) -> list[spec.SpecOpt]:
     """pidMode and ipcMode: the host's namespaces, or the task's (its holder's)."""
     init = ctx.holder_init
     return [
-        spec.with_namespace_mode(
-            kind, mode, None if init is None else task_ns_path(init, kind)
-        )
+        spec.with_namespace_mode(kind, mode, None if init is None else task_ns_path(init, kind))
         for kind, mode in (("pid", td.pid_mode), ("ipc", td.ipc_mode))
     ]
 

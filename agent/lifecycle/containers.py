@@ -233,9 +233,7 @@ async def namespace_holder(ctx: Context, task_id: str, td: TaskDefinition) -> in
     key = nsholder.key_of(task_id)
     ctx.store.intend("nsholder", key, task_id)
     init = await uninterrupted(
-        asyncio.to_thread(
-            nsholder.spawn, key, pid=td.pid_mode == "task", ipc=td.ipc_mode == "task"
-        )
+        asyncio.to_thread(nsholder.spawn, key, pid=td.pid_mode == "task", ipc=td.ipc_mode == "task")
     )
     ctx.store.created("nsholder", key, init=init)
     return init
