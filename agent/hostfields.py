@@ -62,6 +62,7 @@ def swap_accounting(files: tuple[str, ...] = _MEMSW_FILES) -> bool:
 def check(td: TaskDefinition) -> None:
     """At submit: every device exists on the host; maxSwap on a host without swap
     accounting is logged as a warning (the limit is left unset, see spec.with_swap)."""
+    check_platform(td)
     for i, c in enumerate(td.containers):
         lp = c.linux_parameters
         if lp is None:
@@ -84,3 +85,32 @@ def check(td: TaskDefinition) -> None:
             log.warning(
                 "field_not_enforced", field=f"{at}.maxSwap", warning=f"maxSwap {why}; {what}"
             )
+
+
+# platform.machine() values -> ECS's cpuArchitecture
+_ARCHITECTURES = {"x86_64": "X86_64", "amd64": "X86_64", "aarch64": "ARM64", "arm64": "ARM64"}
+
+
+def host_architecture() -> tuple[str | None, str]:
+    """ECS's name for this host's CPU architecture (None: neither), and the kernel's."""
+    machine = os.uname().machine
+    return _ARCHITECTURES.get(machine.lower()), machine
+
+
+def check_platform(td: TaskDefinition) -> None:
+    """runtimePlatform: nstask runs containers on this host's CPU and kernel only (no
+    emulation), so another architecture or a Windows family is refused at submit."""
+    if td.os_family is not None and td.os_family != "LINUX":
+        raise InvalidInput(
+            f"runtimePlatform.operatingSystemFamily: {td.os_family} tasks cannot run here: "
+            "nstask runs Linux containers only"
+        )
+    if td.cpu_architecture is None:
+        return
+    arch, machine = host_architecture()
+    if td.cpu_architecture != arch:
+        raise InvalidInput(
+            f"runtimePlatform.cpuArchitecture: the task needs {td.cpu_architecture}, but "
+            f"this host is {arch or 'neither X86_64 nor ARM64'} ({machine}); nstask runs "
+            "containers on the host's own CPU"
+        )

@@ -91,14 +91,14 @@ _TASK_KEYS_USED = {
     # issue 12 B: namespaces shared by the task's containers (_namespace_modes).
     "pidMode",
     "ipcMode",
+    "runtimePlatform",
+    "ephemeralStorage",
 }
 _TASK_KEYS_IGNORED = {
     "placementConstraints",
     "requiresCompatibilities",
     "proxyConfiguration",
     "inferenceAccelerators",
-    "ephemeralStorage",
-    "runtimePlatform",
     "revision",
     "taskDefinitionArn",
     "status",
@@ -375,6 +375,9 @@ class TaskDefinition:
     warnings: tuple[str, ...] = ()  # not compared (see _NOT_COMPARED)
     pid_mode: str | None = None  # None (each container its own), "task" or "host"
     ipc_mode: str | None = None  # None (each container its own), "task", "host" or "none"
+    # runtimePlatform, checked against the host at submit (agent.hostfields)
+    cpu_architecture: str | None = None  # X86_64 | ARM64
+    os_family: str | None = None  # LINUX, WINDOWS_SERVER_...
 
     def container(self, name: str) -> ContainerDefinition:
         for c in self.containers:
@@ -550,6 +553,7 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         if len(containers) == len(defs) and len(seen) == len(containers):
             _cross_check(p, containers, volumes if volumes_ok else None, memory)
     modes = _namespace_modes(p, data, containers)
+    modes.update(_platform(p, data))
     if p.items:
         raise TaskDefinitionError(p.items, source=source)
     return TaskDefinition(
@@ -1933,4 +1937,51 @@ def _namespace_modes(
                         f"{name}: IPC sysctls cannot be set with ipcMode {out['ipc_mode']} "
                         "(as ECS refuses them with ipcMode host)",
                     )
+    return out
+
+
+CPU_ARCHITECTURES = ("X86_64", "ARM64")
+OS_FAMILIES = (
+    "LINUX", "WINDOWS_SERVER_2019_FULL", "WINDOWS_SERVER_2019_CORE", "WINDOWS_SERVER_2016_FULL",
+    "WINDOWS_SERVER_2004_CORE", "WINDOWS_SERVER_2022_CORE", "WINDOWS_SERVER_2022_FULL",
+    "WINDOWS_SERVER_2025_CORE", "WINDOWS_SERVER_2025_FULL", "WINDOWS_SERVER_20H2_CORE",
+)  # fmt: skip
+
+
+def _platform(p: _Problems, data: dict[str, Any]) -> dict[str, Any]:
+    """runtimePlatform (values as ECS takes them; the host check is agent.hostfields') and
+    ephemeralStorage (ECS's 21-200 GiB; not limited here: a warning says so)."""
+    out: dict[str, Any] = {}
+    rp = data.get("runtimePlatform")
+    if rp is not None and not isinstance(rp, dict):
+        p.add("runtimePlatform", f"must be an object, not {_kind(rp)}")
+    elif rp:
+        arch = _str(p, rp, "cpuArchitecture", "runtimePlatform", required=False)
+        family = _str(p, rp, "operatingSystemFamily", "runtimePlatform", required=False)
+        if arch is not None and arch not in CPU_ARCHITECTURES:
+            p.add(
+                "runtimePlatform.cpuArchitecture",
+                f"must be one of {', '.join(CPU_ARCHITECTURES)}, got {_short(arch)}",
+            )
+        elif arch is not None:
+            out["cpu_architecture"] = arch
+        if family is not None and family not in OS_FAMILIES:
+            p.add(
+                "runtimePlatform.operatingSystemFamily",
+                f"must be one of {', '.join(OS_FAMILIES)}, got {_short(family)}",
+            )
+        elif family is not None:
+            out["os_family"] = family
+    es = data.get("ephemeralStorage")
+    if es is not None and not isinstance(es, dict):
+        p.add("ephemeralStorage", f"must be an object, not {_kind(es)}")
+    elif es:
+        size = _int(p, es, "sizeInGiB", "ephemeralStorage", lo=21, hi=200)
+        if "sizeInGiB" not in es:
+            p.add("ephemeralStorage.sizeInGiB", "is required")
+        elif size is not None:
+            p.warnings.append(
+                f"ephemeralStorage: nstask does not limit a task's storage ({size} GiB asked); "
+                "its containers write to their snapshots on the host's disk"
+            )
     return out

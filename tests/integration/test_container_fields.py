@@ -297,3 +297,25 @@ def test_pid_and_ipc_mode_host(agent: Agent, tmp_path: Path) -> None:
         assert got["shm"] == "1"  # the host's /dev/shm, bound once
     finally:
         finish(agent, task_id)
+
+
+def test_another_cpu_architecture_is_refused_at_submit(agent: Agent, tmp_path: Path) -> None:
+    import os
+
+    host = {"x86_64": "X86_64", "aarch64": "ARM64"}[os.uname().machine]
+    other = "ARM64" if host == "X86_64" else "X86_64"
+    td: dict[str, Any] = {
+        "family": "otherarch",
+        "runtimePlatform": {"cpuArchitecture": other, "operatingSystemFamily": "LINUX"},
+        "containerDefinitions": [container("app", "true")],
+    }
+    before = agent.cli("ps", "-a", "-q", check=True).stdout
+    proc = agent.cli("run", "-d", write_taskdef(tmp_path, td))
+    assert proc.returncode == 2, proc.stderr
+    assert f"runtimePlatform.cpuArchitecture: the task needs {other}" in proc.stderr
+    assert agent.cli("ps", "-a", "-q", check=True).stdout == before  # nothing accepted
+    td["runtimePlatform"]["cpuArchitecture"] = host
+    task_id = run_detached(agent, tmp_path, td)
+    assert agent.wait_status(task_id, "STOPPED")["containers"][0]["exitCode"] == 0
+    agent.cli("rm", task_id, check=True)
+    assert not leaks(agent)

@@ -254,3 +254,47 @@ def test_namespace_mode_spec_option() -> None:
     none = spec.compose(spec.with_namespace_mode("ipc", "none"))
     assert {"type": "ipc"} in none["linux"]["namespaces"]
     assert not [m for m in none["mounts"] if m["destination"] == "/dev/shm"]
+
+
+def test_runtime_platform_values_and_the_host_check() -> None:
+    from agent import hostfields
+    from agent.errors import InvalidInput
+
+    td = parse_task_definition(
+        {**one(), "runtimePlatform": {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"}}
+    )
+    assert (td.cpu_architecture, td.os_family) == ("ARM64", "LINUX")
+    got = problems(
+        {**one(), "runtimePlatform": {"cpuArchitecture": "x86", "operatingSystemFamily": "BSD"}}
+    )
+    assert [p for p, _ in got] == [
+        "runtimePlatform.cpuArchitecture",
+        "runtimePlatform.operatingSystemFamily",
+    ]
+    arch, machine = hostfields.host_architecture()
+    other = "ARM64" if arch == "X86_64" else "X86_64"
+    with pytest.raises(InvalidInput) as e:
+        hostfields.check_platform(
+            parse_task_definition({**one(), "runtimePlatform": {"cpuArchitecture": other}})
+        )
+    assert f"needs {other}" in e.value.message and machine in e.value.message
+    with pytest.raises(InvalidInput, match="Linux containers only"):
+        hostfields.check_platform(
+            parse_task_definition(
+                {**one(), "runtimePlatform": {"operatingSystemFamily": "WINDOWS_SERVER_2022_CORE"}}
+            )
+        )
+    if arch is not None:
+        hostfields.check_platform(
+            parse_task_definition({**one(), "runtimePlatform": {"cpuArchitecture": arch}})
+        )
+
+
+def test_ephemeral_storage_warns_that_it_is_not_limited() -> None:
+    td = parse_task_definition({**one(), "ephemeralStorage": {"sizeInGiB": 50}})
+    assert td.warnings == (
+        "ephemeralStorage: nstask does not limit a task's storage (50 GiB asked); its "
+        "containers write to their snapshots on the host's disk",
+    )
+    got = problems({**one(), "ephemeralStorage": {"sizeInGiB": 10}})
+    assert got[0][0] == "ephemeralStorage.sizeInGiB"
