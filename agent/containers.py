@@ -54,6 +54,8 @@ def prepare_volumes(td: TaskDefinition, task_dir: Path) -> None:
     for v in td.volumes:
         if v.host_path is None:
             volume_dir(task_dir, v.name).mkdir(parents=True, exist_ok=True, mode=0o755)
+            if v.tmpfs_options is not None:  # dockerVolumeConfiguration tmpfs (issue 12 B)
+                hostfields.mount_tmpfs(volume_dir(task_dir, v.name), v.tmpfs_options)
         elif not Path(v.host_path).exists():
             raise InvalidInput(f"volume {v.name}: host path {v.host_path} does not exist")
 

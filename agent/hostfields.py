@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.errors import InvalidInput
+from agent.errors import InvalidInput, NstaskError
 from agent.taskdef import TaskDefinition
 
 log = structlog.get_logger("nstask.engine")
@@ -114,3 +114,49 @@ def check_platform(td: TaskDefinition) -> None:
             f"this host is {arch or 'neither X86_64 nor ARM64'} ({machine}); nstask runs "
             "containers on the host's own CPU"
         )
+
+
+# -- dockerVolumeConfiguration tmpfs volumes -------------------------------------------------
+def mount_tmpfs(path: Path, options: tuple[str, ...]) -> None:
+    """A tmpfs at `path` (a task volume directory): the containers that mount the volume
+    bind this one mount, so they share it. Removed with the task directory (unmount_under)."""
+    import subprocess
+
+    if path.is_mount():
+        return  # a start taken up again after a crash: already there
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(options), "nstask-volume", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise InvalidInput(
+            f"volume {path.name}: cannot mount its tmpfs ({','.join(options)}): "
+            f"{proc.stderr.strip() or 'mount failed'}"
+        )
+
+
+def mounts_under(path: Path, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mount points at or below `path`, deepest first."""
+    root = os.path.realpath(path)
+    out = []
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                point = line.split()[4].encode().decode("unicode_escape")
+                if point == root or point.startswith(root + "/"):
+                    out.append(point)
+    except OSError:
+        return []
+    return sorted(out, key=len, reverse=True)
+
+
+def unmount_under(path: Path) -> None:
+    """Unmount everything mounted in a task directory before it is removed (its tmpfs
+    volumes); lazily, as a container that still holds one is killed by then anyway."""
+    import subprocess
+
+    for point in mounts_under(path):
+        proc = subprocess.run(["umount", "-l", point], capture_output=True, text=True)
+        if proc.returncode != 0 and point in mounts_under(path):
+            raise NstaskError(f"cannot unmount {point}: {proc.stderr.strip()}")

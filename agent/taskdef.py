@@ -321,6 +321,8 @@ class FirelensConfiguration:
 class Volume:
     name: str
     host_path: str | None = None  # None: a task-scoped empty volume
+    # dockerVolumeConfiguration local driver with tmpfs driverOpts: the tmpfs mount options
+    tmpfs_options: tuple[str, ...] | None = None
 
 
 @_record
@@ -1509,19 +1511,24 @@ def _volumes(p: _Problems, v: Any) -> tuple[Volume, ...]:
                     f"{here}.{other}: not supported by nstask; the volume is an "
                     "empty task-scoped directory"
                 )
-        dvc = item.get("dockerVolumeConfiguration")
-        if isinstance(dvc, dict) and dvc.get("scope", "task") != "task":
-            p.warnings.append(
-                f"{here}.dockerVolumeConfiguration.scope: only task scope is "
-                "supported; the volume is an empty task-scoped directory"
-            )
-        if name is None:
+        before = len(p.items)
+        tmpfs_options = _docker_volume(
+            p, item.get("dockerVolumeConfiguration"), f"{here}.dockerVolumeConfiguration"
+        )
+        if name is None or len(p.items) > before:
             continue
         if name in seen:
             p.add(f"{here}.name", f"duplicate volume name {name!r}")
             continue
         seen.add(name)
-        out.append(Volume(name, host_path))
+        if host_path is not None and tmpfs_options is not None:
+            p.add(here, "a volume has either host or dockerVolumeConfiguration, not both")
+            continue
+        out.append(
+            Volume(name, host_path)
+            if tmpfs_options is None
+            else Volume(name, host_path, tmpfs_options=tmpfs_options)
+        )
     return tuple(out)
 
 
@@ -1985,3 +1992,60 @@ def _platform(p: _Problems, data: dict[str, Any]) -> dict[str, Any]:
                 "its containers write to their snapshots on the host's disk"
             )
     return out
+
+
+# The tmpfs options a task may set for a docker volume (`o` of the local driver); nosuid and
+# nodev are always added: a task volume never holds set-uid programs or device nodes.
+_TMPFS_OPTIONS = ("size", "mode", "uid", "gid", "nr_inodes", "noexec", "exec", "nosuid", "nodev")
+_TMPFS_VALUE_RE = re.compile(r"[0-9]+[kmgKMG%]?")
+
+
+def _docker_volume(p: _Problems, v: Any, at: str) -> tuple[str, ...] | None:
+    """dockerVolumeConfiguration: scope task (shared: a warning, run as task), driver local;
+    driverOpts type=tmpfs device=tmpfs o=... makes it a tmpfs the task's containers share
+    (the tmpfs mount options are returned); without driverOpts: an empty task directory."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        p.add(at, f"must be an object, not {_kind(v)}")
+        return None
+    scope = v.get("scope", "task")
+    if scope not in ("task", "shared"):
+        p.add(f"{at}.scope", f"must be task or shared, got {_short(scope)}")
+    elif scope == "shared":
+        p.warnings.append(
+            f"{at}.scope: shared volumes outlive the task in ECS; nstask treats the volume "
+            "as task-scoped (created with the task, removed with it)"
+        )
+    driver = v.get("driver", "local")
+    if driver != "local":
+        p.add(f"{at}.driver", f"only the local driver is supported, got {_short(driver)}")
+        return None
+    opts = _string_map(p, v.get("driverOpts"), f"{at}.driverOpts")
+    _string_map(p, v.get("labels"), f"{at}.labels")
+    if not opts:
+        return None
+    d = dict(opts)
+    unknown = sorted(set(d) - {"type", "device", "o"})
+    if unknown:
+        p.add(f"{at}.driverOpts", f"unsupported option(s) {', '.join(unknown)}")
+        return None
+    if d.get("type") != "tmpfs" or d.get("device", "tmpfs") != "tmpfs":
+        p.add(
+            f"{at}.driverOpts",
+            "only type=tmpfs (device=tmpfs) is supported by nstask's local driver",
+        )
+        return None
+    out: list[str] = []
+    for item in filter(None, d.get("o", "").split(",")):
+        key, eq, value = item.partition("=")
+        if key not in _TMPFS_OPTIONS or (
+            bool(eq) != (key in ("size", "mode", "uid", "gid", "nr_inodes"))
+        ):
+            p.add(f"{at}.driverOpts.o", f"unsupported tmpfs option {_short(item)}")
+            return None
+        if eq and not (_TMPFS_VALUE_RE.fullmatch(value) or (key == "mode" and value.isdigit())):
+            p.add(f"{at}.driverOpts.o", f"{key}: not a number: {_short(value)}")
+            return None
+        out.append(item)
+    return (*out, "nosuid", "nodev")

@@ -97,6 +97,9 @@ async def _remove_cgroup(r: Removal, key: str, data: dict[str, Any]) -> None:
 
 
 async def _remove_taskdir(r: Removal, key: str, data: dict[str, Any]) -> None:
+    from agent import hostfields
+
+    await asyncio.to_thread(hostfields.unmount_under, Path(key))  # tmpfs volumes (issue 12 B)
     await asyncio.to_thread(remove_tree, Path(key))
 
 

@@ -319,3 +319,60 @@ def test_another_cpu_architecture_is_refused_at_submit(agent: Agent, tmp_path: P
     assert agent.wait_status(task_id, "STOPPED")["containers"][0]["exitCode"] == 0
     agent.cli("rm", task_id, check=True)
     assert not leaks(agent)
+
+
+def test_docker_volume_tmpfs_is_shared_by_the_task_and_unmounted_with_it(
+    agent: Agent, tmp_path: Path
+) -> None:
+    mount = "echo mount=$(grep ' /data ' /proc/mounts | awk '{print $3, $4}')"
+    td: dict[str, Any] = {
+        "family": "tmpvol",
+        "volumes": [
+            {
+                "name": "scratch",
+                "dockerVolumeConfiguration": {
+                    "scope": "task",
+                    "driver": "local",
+                    "driverOpts": {"type": "tmpfs", "device": "tmpfs", "o": "size=8m"},
+                },
+            }
+        ],
+        "containerDefinitions": [
+            container(
+                "writer",
+                "echo from-writer > /data/note",
+                essential=False,
+                mountPoints=[{"sourceVolume": "scratch", "containerPath": "/data"}],
+            ),
+            container(
+                "reader",
+                f"{mount}; echo note=$(cat /data/note); echo reader-done",
+                dependsOn=[{"containerName": "writer", "condition": "SUCCESS"}],
+                mountPoints=[{"sourceVolume": "scratch", "containerPath": "/data"}],
+            ),
+        ],
+    }
+    task_id = run_detached(agent, tmp_path, td)
+    try:
+        agent.wait_status(task_id, "STOPPED")
+        got = values(agent.cli("logs", task_id, "reader", check=True).stdout)
+        assert got["note"] == "from-writer"  # one tmpfs, shared by both containers
+        fstype, options = got["mount"].split()
+        assert fstype == "tmpfs" and "size=8192k" in options.split(",")
+        assert {"nosuid", "nodev"} <= set(options.split(","))
+    finally:
+        finish(agent, task_id)
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(agent.state_dir) not in mounts and task_id not in mounts
+
+
+def test_other_volume_drivers_are_refused_with_a_location(agent: Agent, tmp_path: Path) -> None:
+    td: dict[str, Any] = {
+        "family": "badvol",
+        "volumes": [{"name": "ebs", "dockerVolumeConfiguration": {"driver": "rexray/ebs"}}],
+        "containerDefinitions": [container("app", "true")],
+    }
+    proc = agent.cli("run", "-d", write_taskdef(tmp_path, td))
+    assert proc.returncode == 2
+    assert "volumes[0].dockerVolumeConfiguration.driver" in proc.stderr
+    assert not leaks(agent)

@@ -298,3 +298,40 @@ def test_ephemeral_storage_warns_that_it_is_not_limited() -> None:
     )
     got = problems({**one(), "ephemeralStorage": {"sizeInGiB": 10}})
     assert got[0][0] == "ephemeralStorage.sizeInGiB"
+
+
+def _vol(dvc: object) -> dict[str, object]:
+    return {**one(), "volumes": [{"name": "v", "dockerVolumeConfiguration": dvc}]}
+
+
+def test_docker_volume_tmpfs_and_plain_local() -> None:
+    from agent.taskdef import Volume
+
+    tmpfs = {"type": "tmpfs", "device": "tmpfs", "o": "size=64m,uid=1000,noexec"}
+    td = parse_task_definition(_vol({"scope": "task", "driver": "local", "driverOpts": tmpfs}))
+    assert td.volumes == (
+        Volume("v", None, tmpfs_options=("size=64m", "uid=1000", "noexec", "nosuid", "nodev")),
+    )
+    assert td.warnings == ()
+    plain = parse_task_definition(_vol({"scope": "task", "driver": "local", "autoprovision": True}))
+    assert plain.volumes == (Volume("v"),)
+    shared = parse_task_definition(_vol({"scope": "shared"}))
+    assert shared.warnings[0].startswith("volumes[0].dockerVolumeConfiguration.scope:")
+
+
+def test_docker_volume_errors_are_located() -> None:
+    at = "volumes[0].dockerVolumeConfiguration"
+    cases = [
+        ({"driver": "rexray/ebs"}, f"{at}.driver"),
+        ({"scope": "global"}, f"{at}.scope"),
+        (
+            {"driverOpts": {"type": "nfs", "device": ":/x", "o": "addr=10.0.0.1"}},
+            f"{at}.driverOpts",
+        ),
+        ({"driverOpts": {"type": "tmpfs", "o": "size=1m,suid"}}, f"{at}.driverOpts.o"),
+        ({"driverOpts": {"type": "tmpfs", "o": "size=lots"}}, f"{at}.driverOpts.o"),
+        ({"driverOpts": {"type": "tmpfs", "foo": "1"}}, f"{at}.driverOpts"),
+        ("local", at),
+    ]
+    for dvc, path in cases:
+        assert problems(_vol(dvc))[0][0] == path, dvc
