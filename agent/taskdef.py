@@ -35,6 +35,7 @@ __all__ = [
     "LogConfiguration",
     "MountPoint",
     "PortMapping",
+    "RestartPolicy",
     "Secret",
     "TaskDefinition",
     "TaskDefinitionError",
@@ -158,6 +159,7 @@ _CONTAINER_KEYS_USED = {
     "dnsSearchDomains",
     "disableNetworking",
     "systemControls",
+    "restartPolicy",
 }
 _CONTAINER_KEYS_IGNORED = {
     "repositoryCredentials",
@@ -167,7 +169,6 @@ _CONTAINER_KEYS_IGNORED = {
     "resourceRequirements",
     "credentialSpecs",
     "gpu",
-    "restartPolicy",
     "versionConsistency",
 }
 
@@ -279,6 +280,15 @@ class Device:
 
 
 @_record
+class RestartPolicy:
+    """ECS's container restart policy: restart in place on an exit whose code is not
+    ignored, unless the container ran less than restart_attempt_period seconds."""
+
+    ignored_exit_codes: tuple[int, ...] = ()
+    restart_attempt_period: int = 300
+
+
+@_record
 class LinuxParameters:
     init_process_enabled: bool = False
     capabilities_add: tuple[str, ...] = ()
@@ -364,6 +374,7 @@ class ContainerDefinition:
     dns_search_domains: tuple[str, ...] = ()
     disable_networking: bool = False
     system_controls: tuple[tuple[str, str], ...] = ()  # (namespace, value), in order
+    restart_policy: RestartPolicy | None = None
 
 
 @_record
@@ -1811,7 +1822,36 @@ def _container_extras(
     )
     if controls:
         out["system_controls"] = controls
+    policy = _restart_policy(p, c.get("restartPolicy"), f"{at}.restartPolicy")
+    if policy is not None:
+        out["restart_policy"] = policy
     return out
+
+
+def _restart_policy(p: _Problems, v: Any, at: str) -> RestartPolicy | None:
+    """restartPolicy {enabled, ignoredExitCodes (at most 50), restartAttemptPeriod
+    (60-1800 s, default 300)}, as ECS takes it; None when not enabled."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        p.add(at, f"must be an object, not {_kind(v)}")
+        return None
+    enabled = _bool(p, v, "enabled", at, default=False)
+    if "enabled" not in v:
+        p.add(f"{at}.enabled", "is required")
+    codes = v.get("ignoredExitCodes") or []
+    if not isinstance(codes, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in codes
+    ):
+        p.add(f"{at}.ignoredExitCodes", "must be a list of integers")
+        codes = []
+    elif len(codes) > 50:
+        p.add(f"{at}.ignoredExitCodes", f"at most 50 exit codes (as in ECS), got {len(codes)}")
+        codes = []
+    period = _int(p, v, "restartAttemptPeriod", at, lo=60, hi=1800)
+    if not enabled:
+        return None
+    return RestartPolicy(tuple(codes), 300 if period is None else period)
 
 
 def _search_domains(p: _Problems, v: Any, at: str) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ import structlog
 
 from agent import containers, hostfields, network, pull, spec
 from agent.errors import AlreadyExists, ImageNotFound, InvalidInput
+from agent.lifecycle import restart
 from agent.lifecycle.runtime import PROVISIONING, RUNNING, UNKNOWN, Context, ms
 from agent.metadata.documents import task_role_arn
 from agent.secrets import SecretNotFound
@@ -75,6 +76,7 @@ async def accept(
             "environment": env or {},
             "stop": stop_plan_of(td),
             "health": health_plan_of(td),
+            "restart": restart.plan_of(td),  # restartPolicy (issue 12 B)
         },
         last_status=PROVISIONING,
         desired_status=RUNNING,

@@ -199,6 +199,8 @@ async def start(
         if uri is not None:
             _check_shim_started(c.name, ctx.shim_path, stats)
         running.watch(ctx, rt, c)  # the exit wait is registered before start
+        if cdef.restart_policy is not None:
+            register_restart(ctx, rt, c, mounts, uri, options_file, log_options)
 
         async def start_and_record() -> None:
             # One step, so that a stop arriving meanwhile finds the container RUNNING and
@@ -237,3 +239,37 @@ async def namespace_holder(ctx: Context, task_id: str, td: TaskDefinition) -> in
     )
     ctx.store.created("nsholder", key, init=init)
     return init
+
+
+def register_restart(
+    ctx: Context,
+    rt: TaskRuntime,
+    c: ContainerRecord,
+    mounts: Any,
+    uri: str | None,
+    options_file: Path,
+    log_options: dict[str, str],
+) -> None:
+    """restartPolicy: how to start this container's task again in place (agent.lifecycle.
+    restart): delete the exited task, create a new one on the same snapshot with the same
+    logging, wait registered before start, start."""
+    from agent.lifecycle import restart
+
+    client, cid = ctx.client, c.containerd_id
+
+    async def again() -> None:
+        await uninterrupted(client.delete_task(cid))
+        if log_options:
+            containers.write_log_options(options_file, log_options)
+        try:
+            await uninterrupted(
+                client.create_task(cid, rootfs=mounts, stdout=uri or "", stderr=uri or "")
+            )
+        finally:
+            options_file.unlink(missing_ok=True)
+        running.watch(ctx, rt, c)
+        # Before the start: an exit at once is judged against this start (restart.wanted).
+        c.started_at = time.time()
+        c.pid = await uninterrupted(client.start_task(cid))
+
+    restart.register(cid, again)

@@ -376,3 +376,48 @@ def test_other_volume_drivers_are_refused_with_a_location(agent: Agent, tmp_path
     assert proc.returncode == 2
     assert "volumes[0].dockerVolumeConfiguration.driver" in proc.stderr
     assert not leaks(agent)
+
+
+def test_restart_policy_restarts_in_place_once_per_attempt_period(
+    agent: Agent, tmp_path: Path
+) -> None:
+    """ECS's minimum restartAttemptPeriod is 60 s, so this test runs for about a minute."""
+    script = (
+        "if [ -f /state/ran ]; then echo second-run; exit 3; fi; "
+        "touch /state/ran; echo first-run; sleep 62; exit 3"
+    )
+    policy = {"enabled": True, "restartAttemptPeriod": 60}
+    td: dict[str, Any] = {
+        "family": "restarts",
+        "volumes": [{"name": "state"}],
+        "containerDefinitions": [
+            container(
+                "app",
+                script,
+                restartPolicy=policy,
+                mountPoints=[{"sourceVolume": "state", "containerPath": "/state"}],
+            ),
+            container(
+                "ignored",
+                "sleep 61; exit 0",
+                essential=False,
+                restartPolicy={**policy, "ignoredExitCodes": [0]},
+            ),
+        ],
+    }
+    task_id = run_detached(agent, tmp_path, td)
+    try:
+        t = agent.wait_status(task_id, "STOPPED", timeout=120)
+        by_name = {c["name"]: c for c in t["containers"]}
+        # Restarted after 62 s; the second run exited within the period: not restarted again,
+        # and the essential container's restart did not stop the task meanwhile.
+        assert by_name["app"]["restartCount"] == 1 and by_name["app"]["exitCode"] == 3
+        out = agent.cli("logs", task_id, "app", check=True).stdout
+        assert out.index("first-run") < out.index("second-run")
+        assert t["stopReason"] == "Essential container in task exited"
+        # An ignored exit code: stopped as without a policy.
+        assert by_name["ignored"]["restartCount"] == 0 and by_name["ignored"]["exitCode"] == 0
+    finally:
+        agent.cli("stop", "-t", "0", task_id)
+        agent.cli("rm", task_id, check=True)
+    assert not leaks(agent)
