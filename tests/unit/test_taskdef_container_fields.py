@@ -335,3 +335,43 @@ def test_docker_volume_errors_are_located() -> None:
     ]
     for dvc, path in cases:
         assert problems(_vol(dvc))[0][0] == path, dvc
+
+
+def test_restart_policy_parse_and_decision() -> None:
+    from agent.lifecycle import restart
+    from agent.store import ContainerRecord, TaskRecord
+    from agent.taskdef import RestartPolicy
+
+    td = parse_task_definition(
+        one(restartPolicy={"enabled": True, "ignoredExitCodes": [0, 2], "restartAttemptPeriod": 90})
+    )
+    assert td.containers[0].restart_policy == RestartPolicy((0, 2), 90)
+    assert td.warnings == ()
+    off = parse_task_definition(one(restartPolicy={"enabled": False}))
+    assert off.containers[0].restart_policy is None
+    at = "containerDefinitions[0].restartPolicy"
+    got = problems(one(restartPolicy={"ignoredExitCodes": ["1"], "restartAttemptPeriod": 10}))
+    assert [p for p, _ in got] == [
+        f"{at}.enabled",
+        f"{at}.ignoredExitCodes",
+        f"{at}.restartAttemptPeriod",
+    ]
+
+    c = ContainerRecord(
+        "t", "a", 0, "t-0-a", IMAGE, "/log", True, last_status="RUNNING", started_at=1000.0
+    )
+    task = TaskRecord(
+        id="t", family="f", definition={}, source="", overrides={"restart": restart.plan_of(td)},
+        last_status="RUNNING", desired_status="RUNNING", created_at=0.0, containers=[c],
+    )  # fmt: skip
+    restart.register("t-0-a", lambda: None)  # type: ignore[arg-type, return-value]
+    try:
+        assert restart.wanted(task, c, 1, now=1090.0)  # ran the period, code not ignored
+        assert not restart.wanted(task, c, 1, now=1089.0)  # exited within the period
+        assert not restart.wanted(task, c, 2, now=2000.0)  # an ignored exit code
+        task.desired_status = "STOPPED"
+        assert not restart.wanted(task, c, 1, now=2000.0)  # the task is stopping
+    finally:
+        restart.forget("t-0-a")
+    task.desired_status = "RUNNING"
+    assert not restart.wanted(task, c, 1, now=2000.0)  # no restarter: an agent restarted since
