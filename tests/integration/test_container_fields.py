@@ -421,3 +421,37 @@ def test_restart_policy_restarts_in_place_once_per_attempt_period(
         agent.cli("stop", "-t", "0", task_id)
         agent.cli("rm", task_id, check=True)
     assert not leaks(agent)
+
+
+def test_pid_mode_task_holder_survives_an_agent_restart_and_goes_with_the_task(
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    from conftest import launch_agent, start_agent, stop_agent
+
+    a, proc, base = start_agent()
+    try:
+        before = set(_holders())
+        td: dict[str, Any] = {
+            "family": "holdrestart",
+            "pidMode": "task",
+            "containerDefinitions": [
+                container("app", "trap 'exit 0' TERM; echo up; while :; do sleep 0.1; done")
+            ],
+        }
+        task_id = run_detached(a, tmp_path, td)
+        a.wait_status(task_id, "RUNNING")
+        holders = set(_holders()) - before
+        assert len(holders) == 3
+        proc.send_signal(signal.SIGKILL)  # a crash: nothing is stopped
+        proc.wait(timeout=20)
+        assert set(_holders()) - before == holders  # the task's namespaces are still held
+        proc = launch_agent(a)
+        assert a.inspect(task_id)["lastStatus"] == "RUNNING"
+        a.cli("stop", task_id, check=True)
+        a.cli("rm", task_id, check=True)
+        assert set(_holders()) - before == set()
+        assert not leaks(a)
+    finally:
+        stop_agent(a, proc, base)
