@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -30,8 +29,31 @@ UNSHARE = "/usr/bin/unshare"
 SLEEP = "/bin/sleep"
 
 
-def key_of(task_id: str) -> str:
-    return f"nstask-nsholder-{task_id}"
+def key_of(namespace: str, task_id: str) -> str:
+    """Named by the agent's containerd namespace too: `nstask gc` of one agent judges only
+    its own holders (several agents share the host)."""
+    return f"{prefix_of(namespace)}{task_id}"
+
+
+def prefix_of(namespace: str) -> str:
+    return f"nstask-nsholder-{namespace}-"
+
+
+def keys(prefix: str) -> set[str]:
+    """The keys of the running holders whose key starts with `prefix` (for gc)."""
+    needle = f"{ENV_KEY}={prefix}".encode()
+    out = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes()
+        except OSError:
+            continue
+        for item in env.split(b"\0"):
+            if item.startswith(needle):
+                out.add(item.decode(errors="replace").partition("=")[2])
+    return out
 
 
 def spawn(key: str, *, pid: bool, ipc: bool, timeout: float = 5.0) -> int:
@@ -42,21 +64,26 @@ def spawn(key: str, *, pid: bool, ipc: bool, timeout: float = 5.0) -> int:
                 f"pidMode/ipcMode task needs {binary} (Debian package {package}) on the host"
             )
     flags = ["--fork", "--kill-child", *(["--pid"] if pid else []), *(["--ipc"] if ipc else [])]
-    proc = subprocess.Popen(
-        [UNSHARE, *flags, TINI, "-s", "--", SLEEP, "infinity"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={ENV_KEY: key, "PATH": "/usr/bin:/bin"},
-        start_new_session=True,
-        close_fds=True,
-    )
+    # posix_spawn, not Popen: the holder outlives this call (and the agent); a Popen object
+    # would warn when collected while it runs. Python's fds are close-on-exec (PEP 446).
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        pid_ = os.posix_spawn(
+            UNSHARE,
+            [UNSHARE, *flags, TINI, "-s", "--", SLEEP, "infinity"],
+            {ENV_KEY: key, "PATH": "/usr/bin:/bin"},
+            file_actions=[(os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)],
+            setsid=True,
+        )
+    finally:
+        os.close(devnull)
     deadline = time.monotonic() + timeout
     while True:
-        children = _children(proc.pid)
+        children = _children(pid_)
         if children:
             return children[0]
-        if proc.poll() is not None or time.monotonic() > deadline:
+        done, _ = os.waitpid(pid_, os.WNOHANG)
+        if done or time.monotonic() > deadline:
             remove(key)
             raise NstaskError(f"the namespace holder {key} did not start")
         time.sleep(0.005)

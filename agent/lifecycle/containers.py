@@ -232,7 +232,7 @@ async def namespace_holder(ctx: Context, task_id: str, td: TaskDefinition) -> in
     for r in ctx.store.resources(task_id):
         if r.kind == "nsholder" and r.state == "created" and "init" in r.data:
             return int(r.data["init"])
-    key = nsholder.key_of(task_id)
+    key = nsholder.key_of(ctx.config.namespace, task_id)
     ctx.store.intend("nsholder", key, task_id)
     init = await uninterrupted(
         asyncio.to_thread(nsholder.spawn, key, pid=td.pid_mode == "task", ipc=td.ipc_mode == "task")

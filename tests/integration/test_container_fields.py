@@ -455,3 +455,33 @@ def test_pid_mode_task_holder_survives_an_agent_restart_and_goes_with_the_task(
         assert not leaks(a)
     finally:
         stop_agent(a, proc, base)
+
+
+def test_gc_removes_a_namespace_holder_of_a_task_it_does_not_know(agent: Agent) -> None:
+    import os
+    import uuid
+
+    from agent import nsholder
+
+    other = nsholder.key_of(agent.namespace + "-other", uuid.uuid4().hex)  # not this agent's
+    key = nsholder.key_of(agent.namespace, uuid.uuid4().hex)
+    nsholder.spawn(other, pid=True, ipc=False)
+    try:
+        nsholder.spawn(key, pid=True, ipc=True)
+        deadline = time.monotonic() + 5
+        while len(nsholder.find(key)) < 3 or len(nsholder.find(other)) < 3:  # sleep started
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        out = agent.cli("gc", check=True).stdout
+        assert key in out
+        assert nsholder.find(key) == []
+        assert len(nsholder.find(other)) == 3  # another namespace's holder: not this gc's
+    finally:
+        nsholder.remove(key)
+        nsholder.remove(other)
+        for _ in range(2):  # the unshare processes were this test's children
+            try:
+                os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+    assert not leaks(agent)
