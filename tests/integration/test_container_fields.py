@@ -472,6 +472,7 @@ def test_gc_removes_a_namespace_holder_of_a_task_it_does_not_know(agent: Agent) 
         while len(nsholder.find(key)) < 3 or len(nsholder.find(other)) < 3:  # sleep started
             assert time.monotonic() < deadline
             time.sleep(0.01)
+        assert f"namespace holder {key}" in leaks(agent)  # the leak check sees it
         out = agent.cli("gc", check=True).stdout
         assert key in out
         assert nsholder.find(key) == []
