@@ -234,6 +234,8 @@ async def namespace_holder(ctx: Context, task_id: str, td: TaskDefinition) -> in
             return int(r.data["init"])
     key = nsholder.key_of(ctx.config.namespace, task_id)
     ctx.store.intend("nsholder", key, task_id)
+    # A holder left by a start that crashed after spawning it, before recording it.
+    await uninterrupted(asyncio.to_thread(nsholder.remove, key))
     init = await uninterrupted(
         asyncio.to_thread(nsholder.spawn, key, pid=td.pid_mode == "task", ipc=td.ipc_mode == "task")
     )
