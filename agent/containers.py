@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import seccomp, secrets, spec, terminal, users
+from agent import hostfields, seccomp, secrets, spec, terminal, users
 from agent.errors import InvalidInput
 from agent.images import ImageConfig
 from agent.taskdef import ContainerDefinition, TaskDefinition
@@ -32,6 +32,8 @@ class TaskContext:
     ip: str | None
     dns_servers: tuple[str, ...]
     cgroup_parent: str
+    # pidMode/ipcMode task: the host pid of the namespaces' PID 1 (agent.nsholder)
+    holder_init: int | None = None
 
 
 def volume_dir(task_dir: Path, name: str) -> Path:
@@ -52,6 +54,8 @@ def prepare_volumes(td: TaskDefinition, task_dir: Path) -> None:
     for v in td.volumes:
         if v.host_path is None:
             volume_dir(task_dir, v.name).mkdir(parents=True, exist_ok=True, mode=0o755)
+            if v.tmpfs_options is not None:  # dockerVolumeConfiguration tmpfs (issue 12 B)
+                hostfields.mount_tmpfs(volume_dir(task_dir, v.name), v.tmpfs_options)
         elif not Path(v.host_path).exists():
             raise InvalidInput(f"volume {v.name}: host path {v.host_path} does not exist")
 
@@ -131,9 +135,11 @@ def write_files(ctx: TaskContext, cdef: ContainerDefinition, index: int) -> dict
     hostname = cdef.hostname or ctx.task_id[:12]
     d = ctx.task_dir / f"c{index}"
     d.mkdir(parents=True, exist_ok=True, mode=0o755)
-    (d / "hosts").write_text(spec.hosts_file(hostname, ctx.ip, cdef.extra_hosts))
+    ip = None if cdef.disable_networking else ctx.ip  # its own netns: only lo
+    (d / "hosts").write_text(spec.hosts_file(hostname, ip, cdef.extra_hosts))
     servers = cdef.dns_servers or ctx.dns_servers
-    (d / "resolv.conf").write_text(spec.resolv_conf(servers))
+    resolv = spec.resolv_conf(servers)
+    (d / "resolv.conf").write_text(spec.with_search_domains(resolv, cdef.dns_search_domains))
     (d / "hostname").write_text(hostname + "\n")
     return {
         "/etc/hosts": str(d / "hosts"),
@@ -194,7 +200,7 @@ def build_spec(
             "CMD and the definition gives no entryPoint or command"
         )
     hostname = cdef.hostname or ctx.task_id[:12]
-    if ctx.network_mode == "host":
+    if ctx.network_mode == "host" and not cdef.hostname:
         hostname = os.uname().nodename
     lp = cdef.linux_parameters
     init = TINI if lp is not None and lp.init_process_enabled else None
@@ -224,6 +230,7 @@ def build_spec(
         else spec.with_exec_user(user.uid, user.gid, user.additional_gids, user.home),
         spec.with_hostname(hostname),
         spec.with_netns(ctx.netns),
+        spec.with_own_netns(cdef.disable_networking),
         spec.with_readonly_rootfs(cdef.readonly_root_filesystem),
         spec.with_bind_files(write_files(ctx, cdef, index)),
         spec.with_mounts([*mounts_for(td, cdef, ctx.task_dir), *tmpfs]),
@@ -245,7 +252,57 @@ def build_spec(
         spec.with_labels(dict(cdef.labels)),
         spec.with_init(init),
         terminal.with_terminal(cdef.pseudo_terminal),
+        spec.with_sysctls(cdef.system_controls),
+        spec.with_devices(device_entries(cdef)),
+        *namespace_modes(ctx, td),
+        spec.with_swap(
+            memory_mib=cdef.memory,
+            max_swap_mib=lp.max_swap if lp is not None else None,
+            swappiness=lp.swappiness if lp is not None else None,
+            accounting=hostfields.swap_accounting(),
+        ),
     )
+
+
+def namespace_modes(ctx: TaskContext, td: TaskDefinition) -> list[spec.SpecOpt]:
+    """pidMode and ipcMode: the host's namespaces, or the task's (its holder's)."""
+    init = ctx.holder_init
+    return [
+        spec.with_namespace_mode(kind, mode, None if init is None else task_ns_path(init, kind))
+        for kind, mode in (("pid", td.pid_mode), ("ipc", td.ipc_mode))
+    ]
+
+
+def task_ns_path(init: int, kind: str) -> str:
+    from agent import nsholder
+
+    return nsholder.namespace_path(init, kind)
+
+
+def device_entries(cdef: ContainerDefinition) -> list[dict[str, Any]]:
+    """linuxParameters.devices with the host's node numbers, read now (agent.hostfields)."""
+    out = []
+    for d in cdef.linux_parameters.devices if cdef.linux_parameters is not None else ():
+        node = hostfields.device_node(d.host_path, at=f"container {cdef.name}")
+        out.append(
+            {
+                "path": d.container_path,
+                "type": node.kind,
+                "major": node.major,
+                "minor": node.minor,
+                "fileMode": node.mode,
+                "uid": node.uid,
+                "gid": node.gid,
+                "access": d.permissions,
+            }
+        )
+    return out
+
+
+def container_labels(cdef: ContainerDefinition, task_id: str) -> dict[str, str]:
+    """The containerd container's labels: the definition's dockerLabels (as the ECS agent
+    gives them to the Docker container), then nstask's own, which validation keeps apart."""
+    return {**dict(cdef.labels), "nstask.task": task_id, "nstask.container": cdef.name}
 
 
 # -- logging ---------------------------------------------------------------------------------

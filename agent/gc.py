@@ -190,6 +190,14 @@ async def find(
     leftover = {Path(p).name for p in await asyncio.to_thread(cgroups.leftovers)}
     for task_id in sorted(leftover & ours - live):
         found.append(Orphan("cgroup", task_id))
+    # pidMode/ipcMode task namespace holders (agent.nsholder) of this agent's namespace.
+    from agent import nsholder
+
+    prefix = nsholder.prefix_of(cfg.namespace)
+    for key in sorted(await asyncio.to_thread(nsholder.keys, prefix)):
+        task_id = key.removeprefix(prefix)  # another namespace may extend this one's name
+        if _is_task_id(task_id) and task_id not in live:
+            found.append(Orphan("nsholder", key, "namespace holder of a removed task"))
     return found
 
 
@@ -255,3 +263,5 @@ async def _remove(engine: Engine, o: Orphan) -> None:
         await asyncio.to_thread(teardown.remove_tree, Path(o.name))
     elif o.kind == "cgroup":
         await teardown.remove(r, "cgroup", cgroups.task_path(o.name))
+    elif o.kind == "nsholder":
+        await teardown.remove(r, "nsholder", o.name)

@@ -522,3 +522,102 @@ def resolv_conf(dns_servers: Sequence[str], host_resolv: str = "/etc/resolv.conf
                 elif parts[0] in ("search", "options"):
                     other.append(line.strip())
     return "".join(f"nameserver {s}\n" for s in servers) + "".join(f"{o}\n" for o in other)
+
+
+# -- issue 12 B: container fields --------------------------------------------------------------
+def with_sysctls(controls: Sequence[tuple[str, str]]) -> SpecOpt:
+    """systemControls as linux.sysctl: runc writes them in the container's own namespaces
+    (validation lets only the network and IPC namespaces' sysctls through). In awsvpc mode the
+    network ones land in the task's netns, which all its containers share: as in ECS, the
+    container started last decides a value set by several."""
+
+    def opt(spec: Spec) -> None:
+        if controls:
+            spec["linux"].setdefault("sysctl", {}).update(dict(controls))
+
+    return opt
+
+
+def with_own_netns(own: bool) -> SpecOpt:
+    """disableNetworking: a new network namespace of the container's own instead of the
+    task's (or the host's); runc brings up its lo and nothing else."""
+
+    def opt(spec: Spec) -> None:
+        if not own:
+            return
+        namespaces = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
+        spec["linux"]["namespaces"] = [*namespaces, {"type": "network"}]
+
+    return opt
+
+
+def with_search_domains(resolv: str, domains: Sequence[str]) -> str:
+    """resolv.conf text with its search line replaced by dnsSearchDomains (as Docker's
+    --dns-search does); unchanged without domains."""
+    if not domains:
+        return resolv
+    kept = [
+        line for line in resolv.splitlines() if line.split()[:1] not in (["search"], ["domain"])
+    ]
+    return "".join(f"{line}\n" for line in kept) + "search " + " ".join(domains) + "\n"
+
+
+def with_devices(devices: Sequence[dict[str, Any]]) -> SpecOpt:
+    """linuxParameters.devices: each a node in linux.devices (runc makes it in the
+    container's /dev) and a cgroup device rule allowing only the permissions asked.
+    An item: {path, type, major, minor, fileMode, uid, gid, access}."""
+
+    def opt(spec: Spec) -> None:
+        for d in devices:
+            node = {k: d[k] for k in ("path", "type", "major", "minor", "fileMode", "uid", "gid")}
+            spec["linux"].setdefault("devices", []).append(node)
+            rule = {"allow": True, "type": d["type"], "major": d["major"], "minor": d["minor"]}
+            spec["linux"]["resources"]["devices"].append({**rule, "access": d["access"]})
+
+    return opt
+
+
+def with_swap(
+    *, memory_mib: int | None, max_swap_mib: int | None, swappiness: int | None, accounting: bool
+) -> SpecOpt:
+    """maxSwap and swappiness as Docker sets them for ECS: the memory+swap limit is the
+    container's memory plus maxSwap (maxSwap 0: no swap). Without a memory limit or without
+    the kernel's swap accounting no limit can be set: maxSwap 0 then still keeps the
+    container off swap through swappiness 0 (agent.hostfields warns at submit)."""
+
+    def opt(spec: Spec) -> None:
+        if max_swap_mib is None:
+            return
+        mem = spec["linux"]["resources"].setdefault("memory", {})
+        if memory_mib and accounting:
+            mem["swap"] = (memory_mib + max_swap_mib) * 1024 * 1024
+        if swappiness is not None:
+            mem["swappiness"] = swappiness
+        elif max_swap_mib == 0 and not (memory_mib and accounting):
+            mem["swappiness"] = 0
+
+    return opt
+
+
+def with_namespace_mode(kind: str, mode: str | None, path: str | None = None) -> SpecOpt:
+    """pidMode / ipcMode: "host" leaves the container in the host's namespace (with the
+    host's /dev/shm for IPC, as Docker does); "task" joins the task's namespace at `path`
+    (agent.nsholder); ipcMode "none": an IPC namespace of its own without /dev/shm."""
+
+    def opt(spec: Spec) -> None:
+        if mode is None:
+            return
+        others = [n for n in spec["linux"]["namespaces"] if n["type"] != kind]
+        if mode == "host":
+            spec["linux"]["namespaces"] = others
+        elif mode == "task":
+            if path is None:
+                raise InvalidInput(f"{kind} mode task: the task's namespace holder is missing")
+            spec["linux"]["namespaces"] = [*others, {"type": kind, "path": path}]
+        if kind == "ipc" and mode in ("host", "none"):
+            mounts = [m for m in spec["mounts"] if m["destination"] != "/dev/shm"]
+            if mode == "host":
+                mounts.append(bind_mount("/dev/shm", "/dev/shm", read_only=False))
+            spec["mounts"] = mounts
+
+    return opt

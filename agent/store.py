@@ -83,6 +83,7 @@ MIGRATIONS = (
     ("tasks", "pull_stopped_at", "REAL"),
     ("containers", "created_at", "REAL"),
     ("tasks", "timeline", "TEXT NOT NULL DEFAULT '{}'"),
+    ("containers", "restart_count", "INTEGER NOT NULL DEFAULT 0"),  # restartPolicy (issue 12)
 )
 
 
@@ -106,6 +107,7 @@ class ContainerRecord:
     stop_signal: int | None = None
     metadata_id: str | None = None  # never in to_dict: it is a capability
     created_at: float | None = None  # containerd container created (metadata CreatedAt)
+    restart_count: int = 0  # restartPolicy: restarts in place (agent.lifecycle.restart)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +124,7 @@ class ContainerRecord:
             "startedAt": self.started_at,
             "finishedAt": self.finished_at,
             "logPath": self.log_path,
+            "restartCount": self.restart_count,
         }
 
 
@@ -332,7 +335,7 @@ class Store:
             db.execute(
                 "UPDATE containers SET last_status=?, exit_code=?, pid=?, started_at=?,"
                 " finished_at=?, image_digest=?, health=?, reason=?, stop_signal=?,"
-                " created_at=? WHERE task_id=? AND name=?",
+                " created_at=?, restart_count=? WHERE task_id=? AND name=?",
                 (
                     c.last_status,
                     c.exit_code,
@@ -344,6 +347,7 @@ class Store:
                     c.reason,
                     c.stop_signal,
                     c.created_at,
+                    c.restart_count,
                     c.task_id,
                     c.name,
                 ),
@@ -408,6 +412,7 @@ class Store:
                     stop_signal=c["stop_signal"],
                     metadata_id=c["metadata_id"],
                     created_at=c["created_at"],
+                    restart_count=c["restart_count"] or 0,
                 )
                 for c in crows
             ],

@@ -29,12 +29,14 @@ __all__ = [
     "ULIMIT_NAMES",
     "ContainerDefinition",
     "Dependency",
+    "Device",
     "FirelensConfiguration",
     "HealthCheck",
     "LinuxParameters",
     "LogConfiguration",
     "MountPoint",
     "PortMapping",
+    "RestartPolicy",
     "Secret",
     "TaskDefinition",
     "TaskDefinitionError",
@@ -177,12 +179,32 @@ class Tmpfs:
 
 
 @_record
+class Device:
+    host_path: str
+    container_path: str
+    permissions: str  # a subset of "rwm", as the cgroup device rule takes it
+
+
+@_record
+class RestartPolicy:
+    """ECS's container restart policy: restart in place on an exit whose code is not
+    ignored, unless the container ran less than restart_attempt_period seconds."""
+
+    ignored_exit_codes: tuple[int, ...] = ()
+    restart_attempt_period: int = 300
+
+
+@_record
 class LinuxParameters:
     init_process_enabled: bool = False
     capabilities_add: tuple[str, ...] = ()
     capabilities_drop: tuple[str, ...] = ()
     shared_memory_size: int | None = None  # MiB
     tmpfs: tuple[Tmpfs, ...] = ()
+    # issue 12 B: devices, swap
+    devices: tuple[Device, ...] = ()
+    max_swap: int | None = None  # MiB; 0: no swap
+    swappiness: int | None = None  # 0-100, only with max_swap
 
 
 @_record
@@ -215,6 +237,8 @@ class FirelensConfiguration:
 class Volume:
     name: str
     host_path: str | None = None  # None: a task-scoped empty volume
+    # dockerVolumeConfiguration local driver with tmpfs driverOpts: the tmpfs mount options
+    tmpfs_options: tuple[str, ...] | None = None
 
 
 @_record
@@ -257,6 +281,11 @@ class ContainerDefinition:
     repository_credentials: str | None = None
     pseudo_terminal: bool = False  # the main process in a pty (agent.terminal)
     interactive: bool = False  # its stdin kept open (agent.terminal)
+    # issue 12 B: resolv.conf search domains, an own netns with only lo, namespaced sysctls.
+    dns_search_domains: tuple[str, ...] = ()
+    disable_networking: bool = False
+    system_controls: tuple[tuple[str, str], ...] = ()  # (namespace, value), in order
+    restart_policy: RestartPolicy | None = None
 
 
 @_record
@@ -268,6 +297,11 @@ class TaskDefinition:
     memory: int | None = None  # MiB
     volumes: tuple[Volume, ...] = ()
     warnings: tuple[str, ...] = ()  # not compared (see _NOT_COMPARED)
+    pid_mode: str | None = None  # None (each container its own), "task" or "host"
+    ipc_mode: str | None = None  # None (each container its own), "task", "host" or "none"
+    # runtimePlatform, checked against the host at submit (agent.hostfields)
+    cpu_architecture: str | None = None  # X86_64 | ARM64
+    os_family: str | None = None  # LINUX, WINDOWS_SERVER_...
 
     def container(self, name: str) -> ContainerDefinition:
         for c in self.containers:
@@ -439,6 +473,8 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         # problems (family, cpu, ...) do not stop them, so the user still sees all at once.
         if len(containers) == len(defs) and len(seen) == len(containers):
             _cross_check(p, containers, volumes if volumes_ok else None, memory)
+    modes = _namespace_modes(p, data, containers)
+    modes.update(_platform(p, data))
     if p.items:
         raise TaskDefinitionError(p.items, source=source)
     return TaskDefinition(
@@ -449,6 +485,7 @@ def parse_task_definition(data: Any, *, source: str = "") -> TaskDefinition:
         memory=memory,
         volumes=volumes,
         warnings=tuple(p.warnings),
+        **modes,
     )
 
 
@@ -497,6 +534,8 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         p.add(f"{at}.hostname", "is not supported in awsvpc network mode (as in ECS)")
     readonly = _bool(p, c, "readonlyRootFilesystem", at, default=False)
     labels = _labels(p, c.get("dockerLabels"), f"{at}.dockerLabels")
+    _check_labels(p, labels, f"{at}.dockerLabels")
+    _check_hostname(p, hostname, f"{at}.hostname")
     env_files = _env_files(p, c.get("environmentFiles"), f"{at}.environmentFiles")
     secrets = _secrets(p, c.get("secrets"), f"{at}.secrets")
     depends_on = _depends_on(p, c.get("dependsOn"), f"{at}.dependsOn")
@@ -529,6 +568,7 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
             "(containerd's binary logging has no stdin), not kept open as Docker does; "
             "set pseudoTerminal too to keep a shell running"
         )
+    extras = _container_extras(p, c, at, network_mode, ports)
     if len(p.items) > before or name is None or image is None:
         return None
     if essential and (linux is None or not linux.init_process_enabled):
@@ -569,6 +609,7 @@ def _container(p: _Problems, c: Any, at: str, network_mode: str) -> ContainerDef
         repository_credentials=repo_creds,
         pseudo_terminal=pseudo_terminal,
         interactive=interactive,
+        **extras,
     )
 
 
@@ -1189,6 +1230,7 @@ def _linux_parameters(p: _Problems, v: Any, at: str) -> LinuxParameters | None:
         ),
         shared_memory_size=_int(p, v, "sharedMemorySize", at, lo=1, hi=_MAX_TMPFS_MIB),
         tmpfs=tuple(tmpfs),
+        **_linux_extras(p, v, at),
     )
 
 
@@ -1417,19 +1459,24 @@ def _volumes(p: _Problems, v: Any) -> tuple[Volume, ...]:
             note = fields.unused_warning(f"volumes.{other}")
             if note:
                 p.warnings.append(f"{here}.{other}: {note}")
-        dvc = item.get("dockerVolumeConfiguration")
-        if isinstance(dvc, dict) and dvc.get("scope", "task") != "task":
-            p.warnings.append(
-                f"{here}.dockerVolumeConfiguration.scope: only task scope is "
-                "supported; the volume is an empty task-scoped directory"
-            )
-        if name is None:
+        before = len(p.items)
+        tmpfs_options = _docker_volume(
+            p, item.get("dockerVolumeConfiguration"), f"{here}.dockerVolumeConfiguration"
+        )
+        if name is None or len(p.items) > before:
             continue
         if name in seen:
             p.add(f"{here}.name", f"duplicate volume name {name!r}")
             continue
         seen.add(name)
-        out.append(Volume(name, host_path))
+        if host_path is not None and tmpfs_options is not None:
+            p.add(here, "a volume has either host or dockerVolumeConfiguration, not both")
+            continue
+        out.append(
+            Volume(name, host_path)
+            if tmpfs_options is None
+            else Volume(name, host_path, tmpfs_options=tmpfs_options)
+        )
     return tuple(out)
 
 
@@ -1643,3 +1690,365 @@ def _repository_credentials(p: _Problems, v: Any, at: str) -> str | None:
         p.add(f"{at}.credentialsParameter", f"is not a valid secret name: {param!r}")
         return None
     return param
+
+
+# -- issue 12 B: container fields as Docker and ECS apply them ------------------------------
+# containerd refuses a label whose key and value together exceed 4096 bytes
+# (containerd's labels.Validate); checked here so the refusal is located and comes at submit.
+_MAX_LABEL_BYTES = 4096
+# What sethostname(2) takes (HOST_NAME_MAX); ECS allows 255 characters, which runc cannot set.
+_MAX_HOSTNAME = 64
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
+# ECS's pattern for a search domain; glibc >= 2.26 reads any number of them.
+_SEARCH_DOMAIN_RE = re.compile(r"[a-zA-Z0-9-.]{0,253}[a-zA-Z0-9]")
+_MAX_SEARCH_DOMAINS = 32  # not ECS's
+# Sysctls that belong to a namespace a container has of its own (Docker's allowed list): the
+# IPC namespace's (System V shared memory, message queues, semaphores; POSIX message queues)
+# and the network namespace's. Any other sysctl would change the host for everyone.
+IPC_SYSCTLS = (
+    "kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+    "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced",
+)  # fmt: skip
+_SYSCTL_NAME_RE = re.compile(r"[a-z0-9_]+(?:[./][A-Za-z0-9_-]+)+")
+
+
+def sysctl_namespace(name: str) -> str | None:
+    """ "ipc" or "network" for a namespaced sysctl, None for a host-wide one."""
+    if name in IPC_SYSCTLS or name.startswith("fs.mqueue."):
+        return "ipc"
+    if name.startswith("net."):
+        return "network"
+    return None
+
+
+def _check_labels(p: _Problems, labels: tuple[tuple[str, str], ...], at: str) -> None:
+    for key, value in labels:
+        if not key:
+            p.add(at, "a label key must not be empty")
+        elif len(key.encode()) + len(value.encode()) > _MAX_LABEL_BYTES:
+            p.add(
+                f"{at}.{key[:40]}",
+                f"key and value together must be at most {_MAX_LABEL_BYTES} bytes "
+                "(containerd's limit for a label)",
+            )
+        elif key.startswith("nstask."):
+            p.add(f"{at}.{key[:40]}", "labels starting with nstask. are nstask's own")
+
+
+def _check_hostname(p: _Problems, hostname: str | None, at: str) -> None:
+    if hostname is None:
+        return
+    if len(hostname) > _MAX_HOSTNAME:
+        p.add(at, f"must be at most {_MAX_HOSTNAME} characters (the kernel's limit)")
+    elif not _HOSTNAME_RE.fullmatch(hostname):
+        p.add(
+            at,
+            "must be letters, digits, hyphens, underscores and periods, starting and "
+            f"ending with a letter or digit, got {_short(hostname)}",
+        )
+
+
+def _container_extras(
+    p: _Problems, c: dict[str, Any], at: str, network_mode: str, ports: tuple[PortMapping, ...]
+) -> dict[str, Any]:
+    """dnsSearchDomains, disableNetworking and systemControls, as ContainerDefinition
+    keyword arguments (only those set, so a definition without them compares as before)."""
+    out: dict[str, Any] = {}
+    domains = _search_domains(p, c.get("dnsSearchDomains"), f"{at}.dnsSearchDomains")
+    if domains and network_mode == "host":
+        p.warnings.append(
+            f"{at}.dnsSearchDomains: in host network mode the container uses the host's "
+            "/etc/resolv.conf; ignored"
+        )
+    elif domains and network_mode == "awsvpc":
+        p.warnings.append(
+            f"{at}.dnsSearchDomains: ECS refuses this field in awsvpc network mode; "
+            "nstask applies it to the container's resolv.conf"
+        )
+    if domains:
+        out["dns_search_domains"] = domains
+    disabled = _bool(p, c, "disableNetworking", at, default=False)
+    if disabled:
+        if network_mode == "host":
+            p.add(
+                f"{at}.disableNetworking",
+                "cannot be true in host network mode (the container shares the host's network)",
+            )
+        elif ports:
+            p.add(
+                f"{at}.disableNetworking",
+                "cannot be true with portMappings: the container has no network to serve them",
+            )
+        out["disable_networking"] = True
+    controls = _system_controls(
+        p, c.get("systemControls"), f"{at}.systemControls", network_mode, disabled
+    )
+    if controls:
+        out["system_controls"] = controls
+    policy = _restart_policy(p, c.get("restartPolicy"), f"{at}.restartPolicy")
+    if policy is not None:
+        out["restart_policy"] = policy
+    return out
+
+
+def _restart_policy(p: _Problems, v: Any, at: str) -> RestartPolicy | None:
+    """restartPolicy {enabled, ignoredExitCodes (at most 50), restartAttemptPeriod
+    (60-1800 s, default 300)}, as ECS takes it; None when not enabled."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        p.add(at, f"must be an object, not {_kind(v)}")
+        return None
+    enabled = _bool(p, v, "enabled", at, default=False)
+    if "enabled" not in v:
+        p.add(f"{at}.enabled", "is required")
+    codes = v.get("ignoredExitCodes") or []
+    if not isinstance(codes, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in codes
+    ):
+        p.add(f"{at}.ignoredExitCodes", "must be a list of integers")
+        codes = []
+    elif len(codes) > 50:
+        p.add(f"{at}.ignoredExitCodes", f"at most 50 exit codes (as in ECS), got {len(codes)}")
+        codes = []
+    period = _int(p, v, "restartAttemptPeriod", at, lo=60, hi=1800)
+    if not enabled:
+        return None
+    return RestartPolicy(tuple(codes), 300 if period is None else period)
+
+
+def _search_domains(p: _Problems, v: Any, at: str) -> tuple[str, ...]:
+    if v is None or _too_many(p, at, v, _MAX_SEARCH_DOMAINS, "search domains"):
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        p.add(at, "must be a list of domain names")
+        return ()
+    for i, d in enumerate(v):
+        if not _SEARCH_DOMAIN_RE.fullmatch(d):
+            p.add(f"{at}[{i}]", f"is not a domain name: {_short(d)}")
+    return tuple(v)
+
+
+def _system_controls(
+    p: _Problems, v: Any, at: str, network_mode: str, own_netns: bool
+) -> tuple[tuple[str, str], ...]:
+    """[{namespace, value}]: only sysctls of a namespace the container has of its own."""
+    out: dict[str, str] = {}
+    for here, item in _list_of_objects(p, v, at, what="system controls"):
+        name = _str(p, item, "namespace", here)
+        value = _str(p, item, "value", here)
+        if name is None or value is None:
+            continue
+        if not _SYSCTL_NAME_RE.fullmatch(name):
+            p.add(f"{here}.namespace", f"is not a sysctl name: {_short(name)}")
+            continue
+        if "\n" in value or "\0" in value:
+            p.add(f"{here}.value", "must be one line")
+            continue
+        kind = sysctl_namespace(name)
+        if kind is None:
+            p.add(
+                f"{here}.namespace",
+                f"{name} is not namespaced: only net.* and the IPC sysctls "
+                f"({', '.join(IPC_SYSCTLS)}, fs.mqueue.*) can be set for a container",
+            )
+        elif kind == "network" and network_mode == "host" and not own_netns:
+            p.add(
+                f"{here}.namespace",
+                f"{name}: net.* sysctls cannot be set in host network mode "
+                "(they would change the host's network, as ECS refuses too)",
+            )
+        else:
+            out[name] = value
+    return tuple(out.items())
+
+
+# linuxParameters keys parsed by _linux_extras (issue 12 B).
+_LP_EXTRA = ("devices", "maxSwap", "swappiness")
+_DEVICE_PERMISSIONS = {"read": "r", "write": "w", "mknod": "m"}
+_MAX_DEVICES = 128  # not ECS's
+
+
+def _linux_extras(p: _Problems, v: dict[str, Any], at: str) -> dict[str, Any]:
+    """linuxParameters.devices, maxSwap and swappiness as LinuxParameters keyword arguments."""
+    out: dict[str, Any] = {}
+    devices = []
+    for here, item in _list_of_objects(
+        p, v.get("devices"), f"{at}.devices", limit=_MAX_DEVICES, what="devices"
+    ):
+        host = _str(p, item, "hostPath", here)
+        target = _str(p, item, "containerPath", here, required=False) or host
+        perms = item.get("permissions")
+        access = "rwm"
+        if perms is not None:
+            if (
+                not isinstance(perms, list)
+                or not perms
+                or not set(map(str, perms)) <= set(_DEVICE_PERMISSIONS)
+            ):
+                p.add(f"{here}.permissions", "must be a non-empty list of read, write, mknod")
+                continue
+            asked = {_DEVICE_PERMISSIONS[str(x)] for x in perms}
+            access = "".join(c for c in "rwm" if c in asked)
+        if host is None or target is None:
+            continue
+        if not host.startswith("/") or "\0" in host:
+            p.add(f"{here}.hostPath", "must be an absolute path")
+        elif _container_path_ok(p, target, f"{here}.containerPath"):
+            devices.append(Device(host, target, access))
+    if devices:
+        out["devices"] = tuple(devices)
+    max_swap = _int(p, v, "maxSwap", at, lo=0, hi=_MAX_INT32)
+    swappiness = _int(p, v, "swappiness", at, lo=0, hi=100)
+    if max_swap is not None:
+        out["max_swap"] = max_swap
+    if swappiness is not None and max_swap is None:
+        p.warnings.append(f"{at}.swappiness: ignored without maxSwap (as in ECS)")
+    elif swappiness is not None:
+        out["swappiness"] = swappiness
+    return out
+
+
+PID_MODES = ("task", "host")
+IPC_MODES = ("task", "host", "none")
+
+
+def _namespace_modes(
+    p: _Problems, data: dict[str, Any], containers: list[ContainerDefinition]
+) -> dict[str, Any]:
+    """pidMode and ipcMode (task level), as TaskDefinition keyword arguments."""
+    out: dict[str, Any] = {}
+    for key, field, allowed in (
+        ("pidMode", "pid_mode", PID_MODES),
+        ("ipcMode", "ipc_mode", IPC_MODES),
+    ):
+        mode = _str(p, data, key, "", required=False)
+        if not mode:
+            continue
+        if mode not in allowed:
+            p.add(key, f"must be one of {', '.join(allowed)}, got {_short(mode)}")
+            continue
+        out[field] = mode
+        if mode == "host":
+            what = (
+                "processes (it can see and signal them)"
+                if key == "pidMode"
+                else ("IPC objects (shared memory, semaphores, message queues)")
+            )
+            p.warnings.append(
+                f"{key}: host gives every container the host's {what}; accepted as in ECS"
+            )
+    if out.get("ipc_mode") in ("host", "none"):
+        for i, c in enumerate(containers):
+            for j, (name, _) in enumerate(c.system_controls):
+                if sysctl_namespace(name) == "ipc":
+                    p.add(
+                        f"containerDefinitions[{i}].systemControls[{j}].namespace",
+                        f"{name}: IPC sysctls cannot be set with ipcMode {out['ipc_mode']} "
+                        "(as ECS refuses them with ipcMode host)",
+                    )
+    return out
+
+
+CPU_ARCHITECTURES = ("X86_64", "ARM64")
+OS_FAMILIES = (
+    "LINUX", "WINDOWS_SERVER_2019_FULL", "WINDOWS_SERVER_2019_CORE", "WINDOWS_SERVER_2016_FULL",
+    "WINDOWS_SERVER_2004_CORE", "WINDOWS_SERVER_2022_CORE", "WINDOWS_SERVER_2022_FULL",
+    "WINDOWS_SERVER_2025_CORE", "WINDOWS_SERVER_2025_FULL", "WINDOWS_SERVER_20H2_CORE",
+)  # fmt: skip
+
+
+def _platform(p: _Problems, data: dict[str, Any]) -> dict[str, Any]:
+    """runtimePlatform (values as ECS takes them; the host check is agent.hostfields') and
+    ephemeralStorage (ECS's 21-200 GiB; not limited here: a warning says so)."""
+    out: dict[str, Any] = {}
+    rp = data.get("runtimePlatform")
+    if rp is not None and not isinstance(rp, dict):
+        p.add("runtimePlatform", f"must be an object, not {_kind(rp)}")
+    elif rp:
+        arch = _str(p, rp, "cpuArchitecture", "runtimePlatform", required=False)
+        family = _str(p, rp, "operatingSystemFamily", "runtimePlatform", required=False)
+        if arch is not None and arch not in CPU_ARCHITECTURES:
+            p.add(
+                "runtimePlatform.cpuArchitecture",
+                f"must be one of {', '.join(CPU_ARCHITECTURES)}, got {_short(arch)}",
+            )
+        elif arch is not None:
+            out["cpu_architecture"] = arch
+        if family is not None and family not in OS_FAMILIES:
+            p.add(
+                "runtimePlatform.operatingSystemFamily",
+                f"must be one of {', '.join(OS_FAMILIES)}, got {_short(family)}",
+            )
+        elif family is not None:
+            out["os_family"] = family
+    es = data.get("ephemeralStorage")
+    if es is not None and not isinstance(es, dict):
+        p.add("ephemeralStorage", f"must be an object, not {_kind(es)}")
+    elif es:
+        size = _int(p, es, "sizeInGiB", "ephemeralStorage", lo=21, hi=200)
+        if "sizeInGiB" not in es:
+            p.add("ephemeralStorage.sizeInGiB", "is required")
+        elif size is not None:
+            p.warnings.append(
+                f"ephemeralStorage: nstask does not limit a task's storage ({size} GiB asked); "
+                "its containers write to their snapshots on the host's disk"
+            )
+    return out
+
+
+# The tmpfs options a task may set for a docker volume (`o` of the local driver); nosuid and
+# nodev are always added: a task volume never holds set-uid programs or device nodes.
+_TMPFS_OPTIONS = ("size", "mode", "uid", "gid", "nr_inodes", "noexec", "exec", "nosuid", "nodev")
+_TMPFS_VALUE_RE = re.compile(r"[0-9]+[kmgKMG%]?")
+
+
+def _docker_volume(p: _Problems, v: Any, at: str) -> tuple[str, ...] | None:
+    """dockerVolumeConfiguration: scope task (shared: a warning, run as task), driver local;
+    driverOpts type=tmpfs device=tmpfs o=... makes it a tmpfs the task's containers share
+    (the tmpfs mount options are returned); without driverOpts: an empty task directory."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        p.add(at, f"must be an object, not {_kind(v)}")
+        return None
+    scope = v.get("scope", "task")
+    if scope not in ("task", "shared"):
+        p.add(f"{at}.scope", f"must be task or shared, got {_short(scope)}")
+    elif scope == "shared":
+        p.warnings.append(
+            f"{at}.scope: shared volumes outlive the task in ECS; nstask treats the volume "
+            "as task-scoped (created with the task, removed with it)"
+        )
+    driver = v.get("driver", "local")
+    if driver != "local":
+        p.add(f"{at}.driver", f"only the local driver is supported, got {_short(driver)}")
+        return None
+    opts = _string_map(p, v.get("driverOpts"), f"{at}.driverOpts")
+    _string_map(p, v.get("labels"), f"{at}.labels")
+    if not opts:
+        return None
+    d = dict(opts)
+    unknown = sorted(set(d) - {"type", "device", "o"})
+    if unknown:
+        p.add(f"{at}.driverOpts", f"unsupported option(s) {', '.join(unknown)}")
+        return None
+    if d.get("type") != "tmpfs" or d.get("device", "tmpfs") != "tmpfs":
+        p.add(
+            f"{at}.driverOpts",
+            "only type=tmpfs (device=tmpfs) is supported by nstask's local driver",
+        )
+        return None
+    out: list[str] = []
+    for item in filter(None, d.get("o", "").split(",")):
+        key, eq, value = item.partition("=")
+        if key not in _TMPFS_OPTIONS or (
+            bool(eq) != (key in ("size", "mode", "uid", "gid", "nr_inodes"))
+        ):
+            p.add(f"{at}.driverOpts.o", f"unsupported tmpfs option {_short(item)}")
+            return None
+        if eq and not (_TMPFS_VALUE_RE.fullmatch(value) or (key == "mode" and value.isdigit())):
+            p.add(f"{at}.driverOpts.o", f"{key}: not a number: {_short(value)}")
+            return None
+        out.append(item)
+    return (*out, "nosuid", "nodev")

@@ -16,8 +16,9 @@ from typing import Any
 
 import structlog
 
-from agent import containers, network, pull
+from agent import containers, hostfields, network, pull
 from agent.errors import AlreadyExists, ImageNotFound, InvalidInput
+from agent.lifecycle import restart
 from agent.lifecycle.runtime import PROVISIONING, RUNNING, UNKNOWN, Context, ms
 from agent.metadata.documents import task_role_arn
 from agent.secrets import SecretNotFound
@@ -75,6 +76,7 @@ async def accept(
             "environment": env or {},
             "stop": stop_plan_of(td),
             "health": health_plan_of(td),
+            "restart": restart.plan_of(td),  # restartPolicy (issue 12 B)
         },
         last_status=PROVISIONING,
         desired_status=RUNNING,
@@ -147,6 +149,7 @@ async def precheck(ctx: Context, td: TaskDefinition) -> dict[str, list[tuple[str
     check_host_volumes(ctx, td)
     check_host_limits(td)
     # A user name is resolved from the image at container create (agent.users, issue 12).
+    hostfields.check(td)  # devices, swap accounting, runtimePlatform (issue 12 B)
     if td.network_mode in ("bridge", "host"):
         ports_for(ctx, td, check_only=True)
     return env_files

@@ -156,6 +156,7 @@ async def start(
     cid = c.containerd_id
     lease = lease_of(task.id)
     client, store = ctx.client, ctx.store
+    holder_init = await namespace_holder(ctx, task.id, td)
     tctx = containers.TaskContext(
         task_id=task.id,
         task_dir=ctx.config.task_dir / task.id,
@@ -164,6 +165,7 @@ async def start(
         ip=task.ip,
         dns_servers=ctx.config.dns_servers,
         cgroup_parent=ctx.cgroups.task_path(task.id),
+        holder_init=holder_init,
     )
     with phase(task, f"container.{c.name}.create"):
         # The metadata endpoint's variables (agent.metadata), after the definition's: ECS's win.
@@ -195,7 +197,7 @@ async def start(
                 snapshotter=ctx.snapshotter,
                 snapshot_key=cid,
                 runtime=ctx.config.runtime,
-                labels={"nstask.task": task.id, "nstask.container": c.name},
+                labels=containers.container_labels(cdef, task.id),
                 lease=lease,
             )
         )
@@ -248,6 +250,8 @@ async def start(
         if uri is not None:
             _check_shim_started(c.name, ctx.shim_path, stats)
         running.watch(ctx, rt, c)  # the exit wait is registered before start
+        if cdef.restart_policy is not None:
+            register_restart(ctx, rt, c, mounts, uri, options_file, log_options)
 
         async def start_and_record() -> None:
             # One step, so that a stop arriving meanwhile finds the container RUNNING and
@@ -267,3 +271,58 @@ async def start(
 
 def _process(oci: dict[str, Any]) -> dict[str, Any]:
     return dict(oci["process"])
+
+
+async def namespace_holder(ctx: Context, task_id: str, td: TaskDefinition) -> int | None:
+    """pidMode/ipcMode task: the task's namespace holder (agent.nsholder), started with the
+    first container that needs it and recorded first; the pid of its PID 1."""
+    from agent import nsholder
+
+    if "task" not in (td.pid_mode, td.ipc_mode):
+        return None
+    for r in ctx.store.resources(task_id):
+        if r.kind == "nsholder" and r.state == "created" and "init" in r.data:
+            return int(r.data["init"])
+    key = nsholder.key_of(ctx.config.namespace, task_id)
+    ctx.store.intend("nsholder", key, task_id)
+    # A holder left by a start that crashed after spawning it, before recording it.
+    await uninterrupted(asyncio.to_thread(nsholder.remove, key))
+    init = await uninterrupted(
+        asyncio.to_thread(nsholder.spawn, key, pid=td.pid_mode == "task", ipc=td.ipc_mode == "task")
+    )
+    ctx.store.created("nsholder", key, init=init)
+    return init
+
+
+def register_restart(
+    ctx: Context,
+    rt: TaskRuntime,
+    c: ContainerRecord,
+    mounts: Any,
+    uri: str | None,
+    options_file: Path,
+    log_options: dict[str, str],
+) -> None:
+    """restartPolicy: how to start this container's task again in place (agent.lifecycle.
+    restart): delete the exited task, create a new one on the same snapshot with the same
+    logging, wait registered before start, start."""
+    from agent.lifecycle import restart
+
+    client, cid = ctx.client, c.containerd_id
+
+    async def again() -> None:
+        await uninterrupted(client.delete_task(cid))
+        if log_options:
+            containers.write_log_options(options_file, log_options)
+        try:
+            await uninterrupted(
+                client.create_task(cid, rootfs=mounts, stdout=uri or "", stderr=uri or "")
+            )
+        finally:
+            options_file.unlink(missing_ok=True)
+        running.watch(ctx, rt, c)
+        # Before the start: an exit at once is judged against this start (restart.wanted).
+        c.started_at = time.time()
+        c.pid = await uninterrupted(client.start_task(cid))
+
+    restart.register(cid, again)

@@ -150,6 +150,10 @@ async def container_exited(ctx: Context, task_id: str, name: str, code: int, at:
     rt = ctx.runtimes.get(task_id)
     for c in task.containers:
         if c.name == name and c.exit_code is None:
+            from agent.lifecycle import restart
+
+            if await restart.maybe_restart(ctx, rt, task, c, code):  # restartPolicy
+                return
             c.exit_code, c.finished_at, c.last_status = code, at or time.time(), STOPPED
             if rt is not None:
                 stop_health(rt, c)

@@ -37,7 +37,10 @@ from cni.errors import CNIError
 log = structlog.get_logger("nstask.engine")
 
 # Resource kinds, torn down in the reverse of the order they are created.
-TEARDOWN_ORDER = ("task", "container", "snapshot", "lease", "cgroup", "taskdir", "cni", "netns")
+# nsholder (pidMode/ipcMode task, agent.nsholder): once the containers' processes are gone.
+TEARDOWN_ORDER = (
+    "task", "nsholder", "container", "snapshot", "lease", "cgroup", "taskdir", "cni", "netns",
+)  # fmt: skip
 USER_STOP = "Task stopped by user"
 # Errors worth trying again: what is away now (containerd, a plugin) or busy now.
 RETRYABLE = (Unavailable, ContainerdError, NetworkError, CNIError, Busy)
@@ -94,6 +97,9 @@ async def _remove_cgroup(r: Removal, key: str, data: dict[str, Any]) -> None:
 
 
 async def _remove_taskdir(r: Removal, key: str, data: dict[str, Any]) -> None:
+    from agent import hostfields
+
+    await asyncio.to_thread(hostfields.unmount_under, Path(key))  # tmpfs volumes (issue 12 B)
     await asyncio.to_thread(remove_tree, Path(key))
 
 
@@ -107,8 +113,15 @@ async def _remove_netns(r: Removal, key: str, data: dict[str, Any]) -> None:
     await r.network.remove_netns(key)
 
 
+async def _remove_nsholder(r: Removal, key: str, data: dict[str, Any]) -> None:
+    from agent import nsholder
+
+    await asyncio.to_thread(nsholder.remove, key)
+
+
 REMOVERS: dict[str, Callable[[Removal, str, dict[str, Any]], Awaitable[None]]] = {
     "task": _remove_task,
+    "nsholder": _remove_nsholder,
     "container": _remove_container,
     "snapshot": _remove_snapshot,
     "lease": _remove_lease,

@@ -244,6 +244,15 @@ def leaks(a: Agent) -> list[str]:
     found += [
         f"containerd lease {lease}" for lease in ctr(a.namespace, "leases", "ls", "-q").split()
     ]
+    # pidMode/ipcMode task namespace holders (agent.nsholder) of tasks that are not running.
+    from agent import nsholder
+
+    prefix = nsholder.prefix_of(a.namespace)
+    found += [
+        f"namespace holder {key}"
+        for key in nsholder.keys(prefix)
+        if key.removeprefix(prefix) not in running
+    ]
     return found
 
 

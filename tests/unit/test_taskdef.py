@@ -64,9 +64,11 @@ def test_describe_task_definition_output_is_accepted_without_bookkeeping_warning
 
 
 def test_unsupported_fields_warn_once_each_naming_the_field() -> None:
-    td = parse_task_definition({**one(links=["db"]), "ipcMode": "none", "somethingNew": 1})
+    td = parse_task_definition(
+        {**one(links=["db"]), "proxyConfiguration": {"type": "APPMESH"}, "somethingNew": 1}
+    )
     assert any(w.startswith("containerDefinitions[0].links:") for w in td.warnings)
-    assert any(w.startswith("ipcMode:") for w in td.warnings)
+    assert any(w.startswith("proxyConfiguration:") for w in td.warnings)
     assert any(w.startswith("somethingNew:") and "unknown" in w for w in td.warnings)
     assert len(td.warnings) == 3
 
@@ -345,14 +347,22 @@ def test_local_log_drivers_are_accepted_silently(driver: str) -> None:
 
 
 def test_unsupported_linux_parameters_warn_once_each() -> None:
+    # devices, maxSwap and swappiness are supported since issue 12 B: no warning for them.
     devices = [{"hostPath": "/dev/fuse"}]
     td = parse_task_definition(
-        one(linuxParameters={"devices": devices, "maxSwap": 0, "swappiness": 10})
+        one(
+            linuxParameters={
+                "devices": devices,
+                "maxSwap": 0,
+                "swappiness": 10,
+                "futureKnob": 1,
+                "otherKnob": True,
+            }
+        )
     )
     assert [w.split(":")[0] for w in td.warnings] == [
-        "containerDefinitions[0].linuxParameters.devices",
-        "containerDefinitions[0].linuxParameters.maxSwap",
-        "containerDefinitions[0].linuxParameters.swappiness",
+        "containerDefinitions[0].linuxParameters.futureKnob",
+        "containerDefinitions[0].linuxParameters.otherKnob",
     ]
 
 
@@ -369,9 +379,8 @@ def test_unsupported_task_fields_and_volume_kinds_warn() -> None:
             ],
         }
     )
+    # pidMode task and ipcMode none are supported since issue 12 B: no warning for them.
     assert [w.split(":")[0] for w in td.warnings] == [
-        "pidMode",
-        "ipcMode",
         "volumes[0].efsVolumeConfiguration",
         "volumes[1].dockerVolumeConfiguration.scope",
     ]
@@ -402,13 +411,14 @@ def test_bridge_mode_allows_a_different_or_dynamic_host_port() -> None:
 def test_the_real_world_register_input_warns_about_what_nstask_ignores() -> None:
     path = Path(__file__).parents[1] / "taskdefs" / "valid" / "register-task-definition.json"
     td = parse_task_definition(json.loads(path.read_text()))
+    # runtimePlatform is checked against the host since issue 12 B: no warning for it.
     assert [w.split(":")[0] for w in td.warnings] == [
-        "runtimePlatform",
         "containerDefinitions[0].portMappings[0].name",
         "containerDefinitions[0].portMappings[0].appProtocol",
         "containerDefinitions[0].logConfiguration.logDriver",
     ]
     assert td.cpu == 1024 and td.memory == 2048
+    assert (td.cpu_architecture, td.os_family) == ("X86_64", "LINUX")
     assert start_order(td) == ["migrate", "api"]
 
 
@@ -649,7 +659,7 @@ def test_describe_output_and_full_definition_warn_only_about_what_is_ignored() -
     )
     assert describe.warnings == ()
     full = parse_task_definition(json.loads((valid / "every-supported-field.json").read_text()))
-    assert full.warnings == ("pidMode: accepted but not supported by nstask yet; ignored",)
+    assert full.warnings == ()  # its pidMode task is supported since issue 12 B
     assert start_order(full) == ["log_router", "migrate", "app"]
     app = full.container("app")
     assert [local_secret_name(s.value_from) for s in app.secrets] == [
