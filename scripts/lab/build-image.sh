@@ -70,7 +70,7 @@ cleanup() {
     local m
     # debootstrap mounts proc/sys in the target; never leave them, never rm through them.
     if [[ -d "$WORK" ]]; then
-        findmnt -rn -o TARGET | grep -F "$WORK/" | sort -r | while read -r m; do
+        { findmnt -rn -o TARGET | grep -F "$WORK/" || true; } | sort -r | while read -r m; do
             umount -l "$m" || true
         done
         rm -rf --one-file-system "$WORK"
