@@ -125,6 +125,15 @@ log "ssh ready after ${T_SSH}s"
 
 "${SSH[@]}" 'state=$(systemctl is-system-running --wait || true); echo "system: $state"; uname -a; sudo -n true && echo "sudo: ok"'
 
+# restrict=on: the guest must not reach the host. 10.0.2.2 is the host's loopback in qemu's
+# user-mode network, and our own forward listens there on $PORT: without the restriction this
+# connection would succeed.
+if "${SSH[@]}" "timeout 5 bash -c '</dev/tcp/10.0.2.2/$PORT'" 2>/dev/null; then
+    log "the guest reached the host at 10.0.2.2:$PORT: network not isolated"
+    exit 1
+fi
+echo "network: isolated (guest cannot open 10.0.2.2:$PORT)"
+
 T_OFF0="$(now)"
 "${SSH[@]}" 'sudo -n systemctl poweroff' 2>/dev/null || true
 deadline=$((SECONDS + OFF_TIMEOUT))
