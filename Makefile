@@ -78,3 +78,12 @@ bench-start: bootstrap
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
+
+# Lab VM (issue 13, in progress): a Debian 12 image built with debootstrap, cached under
+# NSTASK_LAB_CACHE (default /var/cache/nstask-lab), and a boot check under qemu (KVM, else TCG).
+.PHONY: lab-image lab-check
+lab-image:
+	scripts/lab/build-image.sh
+
+lab-check: lab-image
+	scripts/lab/boot-check.sh
