@@ -133,6 +133,22 @@ def processes(agent: Agent, task_id: str) -> str:
     return agent.cli("exec", task_id, "--", "ps", "-o", "pid,args", check=True).stdout
 
 
+def wait_process(agent: Agent, task_id: str, text: str, what: str) -> None:
+    """Until a process whose command line holds `text` runs in the task."""
+    deadline = time.monotonic() + 15
+    while text not in processes(agent, task_id):
+        assert time.monotonic() < deadline, f"{what} never started"
+        time.sleep(0.1)
+
+
+def wait_no_process(agent: Agent, task_id: str, text: str, what: str) -> None:
+    """Until no process whose command line holds `text` runs in the task."""
+    deadline = time.monotonic() + 15
+    while text in (ps := processes(agent, task_id)):
+        assert time.monotonic() < deadline, f"{what}:\n{ps}"
+        time.sleep(0.1)
+
+
 def test_a_shell_in_a_terminal(agent: Agent, tmp_path: Path, tmux: Tmux) -> None:
     task_id = start_task(agent, tmp_path)
     try:
@@ -241,15 +257,9 @@ def test_the_exec_is_killed_when_the_client_goes_away(
     try:
         tmux.start(session_command(agent, tmp_path, task_id, "sh", "-c", "sleep 1001 & sleep 1002"))
         client = int(wait_file(tmp_path / "client.pid"))
-        deadline = time.monotonic() + 15
-        while "sleep 1001" not in processes(agent, task_id):
-            assert time.monotonic() < deadline, "the exec's processes never started"
-            time.sleep(0.1)
+        wait_process(agent, task_id, "sleep 1001", "the exec's processes")
         os.kill(client, 9)
-        deadline = time.monotonic() + 15
-        while "sleep 100" in (ps := processes(agent, task_id)):
-            assert time.monotonic() < deadline, f"the exec outlived its client:\n{ps}"
-            time.sleep(0.1)
+        wait_no_process(agent, task_id, "sleep 100", "the exec outlived its client")
         # Without a terminal (no hangup for the children when it closes) too.
         piped = subprocess.Popen(
             [NSTASK, "exec", "-i", task_id, "--", "sh", "-c", "sleep 1003 & sleep 1004"],
@@ -257,19 +267,13 @@ def test_the_exec_is_killed_when_the_client_goes_away(
             stdin=subprocess.PIPE,
         )
         try:
-            deadline = time.monotonic() + 15
-            while "sleep 1003" not in processes(agent, task_id):
-                assert time.monotonic() < deadline, "the piped exec's processes never started"
-                time.sleep(0.1)
+            wait_process(agent, task_id, "sleep 1003", "the piped exec's processes")
         finally:
             piped.kill()
             piped.wait()
             assert piped.stdin is not None
             piped.stdin.close()
-        deadline = time.monotonic() + 15
-        while "sleep 100" in (ps := processes(agent, task_id)):
-            assert time.monotonic() < deadline, f"the piped exec outlived its client:\n{ps}"
-            time.sleep(0.1)
+        wait_no_process(agent, task_id, "sleep 100", "the piped exec outlived its client")
         deadline = time.monotonic() + 5
         while exec_fifos(agent, task_id):
             assert time.monotonic() < deadline, f"FIFOs left: {exec_fifos(agent, task_id)}"
@@ -344,10 +348,7 @@ def test_execs_left_by_a_killed_agent_are_removed_at_its_next_start(tmp_path: Pa
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 15
-            while "sleep 1007" not in processes(a, task_id):
-                assert time.monotonic() < deadline, "the exec's processes never started"
-                time.sleep(0.1)
+            wait_process(a, task_id, "sleep 1007", "the exec's processes")
             assert exec_fifos(a, task_id)
             proc.kill()  # the agent dies mid-session: nobody kills the exec
             proc.wait()
@@ -358,10 +359,7 @@ def test_execs_left_by_a_killed_agent_are_removed_at_its_next_start(tmp_path: Pa
             assert client.stdin is not None
             client.stdin.close()
         proc = launch_agent(a)
-        deadline = time.monotonic() + 15
-        while "sleep 100" in (ps := processes(a, task_id)):
-            assert time.monotonic() < deadline, f"the orphaned exec still runs:\n{ps}"
-            time.sleep(0.1)
+        wait_no_process(a, task_id, "sleep 100", "the orphaned exec still runs")
         assert exec_fifos(a, task_id) == []
         finish(a, task_id)
     finally:
@@ -383,10 +381,7 @@ def test_an_agent_stopping_ends_its_sessions_and_their_execs(tmp_path: Path) -> 
             text=True,
         )
         try:
-            deadline = time.monotonic() + 15
-            while "sleep 1009" not in processes(a, task_id):
-                assert time.monotonic() < deadline, "the exec's processes never started"
-                time.sleep(0.1)
+            wait_process(a, task_id, "sleep 1009", "the exec's processes")
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
