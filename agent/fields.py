@@ -22,7 +22,6 @@ __all__ = [
     "BOOKKEEPING",
     "FIELDS",
     "IMPLEMENTED",
-    "ISSUE_12_PENDING",
     "NOT_ECS",
     "WARNED",
     "unused_warning",
@@ -32,9 +31,6 @@ IMPLEMENTED = "implemented"
 WARNED = "warning"
 BOOKKEEPING = "bookkeeping"
 
-# Fields whose verdict below says implemented while the implementation has not landed yet:
-# they keep the old "not supported yet; ignored" warning until it does (none now).
-ISSUE_12_PENDING: frozenset[str] = frozenset()
 
 # Fields nstask reads that ECS does not have (Docker's or podman's).
 NOT_ECS = frozenset({"containerDefinitions.stopSignal", "containerDefinitions.gpu"})
@@ -323,8 +319,6 @@ FIELDS: dict[str, tuple[str, str]] = {
     ),
 }
 
-_OLD_WARNING = "accepted but not supported by nstask yet; ignored"
-
 
 def unused_warning(path: str) -> str | None:
     """What validation says about a field it does not act on: "" when nstask acts on it (or
@@ -333,7 +327,5 @@ def unused_warning(path: str) -> str | None:
     verdict = FIELDS.get(path)
     if verdict is None:
         return None
-    if path in ISSUE_12_PENDING:
-        return _OLD_WARNING
     kind, text = verdict
     return text if kind == WARNED else ""

@@ -11,7 +11,7 @@ from typing import Any
 import botocore.loaders
 import pytest
 
-from agent.fields import BOOKKEEPING, FIELDS, IMPLEMENTED, ISSUE_12_PENDING, NOT_ECS, WARNED
+from agent.fields import BOOKKEEPING, FIELDS, IMPLEMENTED, NOT_ECS, WARNED
 from agent.taskdef import parse_task_definition
 
 ROOT = Path(__file__).parents[2]
@@ -68,7 +68,6 @@ def test_every_verdict_names_a_field_of_the_ecs_api_or_says_it_is_not_one() -> N
     assert stale == []
     assert all(kind in (IMPLEMENTED, WARNED, BOOKKEEPING) for kind, _ in FIELDS.values())
     assert all(text for kind, text in FIELDS.values() if kind == WARNED)
-    assert set(FIELDS) >= ISSUE_12_PENDING
 
 
 def test_the_readme_table_is_the_one_the_script_prints() -> None:
@@ -93,10 +92,7 @@ def _warned(level: str) -> list[str]:
     return [
         p[len(prefix) :]
         for p, (kind, _) in FIELDS.items()
-        if kind == WARNED
-        and p.startswith(prefix)
-        and "." not in p[len(prefix) :]
-        and p not in ISSUE_12_PENDING
+        if kind == WARNED and p.startswith(prefix) and "." not in p[len(prefix) :]
     ]
 
 
