@@ -51,6 +51,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _host_busy() -> float:
+    """CPU seconds the whole host spent busy so far (all cores; /proc/stat minus idle, iowait)."""
+    cols = [int(c) for c in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(cols[:8]) - cols[3] - cols[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _many(
     n: int,
     concurrency: int,
@@ -131,6 +137,7 @@ def main() -> int:
         agent_pid = agent.pid
         cpu0 = _cpu_seconds(agent_pid)
         ours = theirs = 0.0
+        busy = {"nstask": 0.0, "ctr": 0.0}
         our_failures: list[str] = []
         their_failures: list[str] = []
         # Alternating rounds, so that a change in what else the machine does (other
@@ -143,6 +150,7 @@ def main() -> int:
                 if before + count == min(100, args.tasks):
                     rss["after 100"] = _rss_mb(agent_pid)
 
+            b0 = _host_busy()
             took, failed = _many(
                 batch,
                 args.concurrency,
@@ -150,10 +158,13 @@ def main() -> int:
                 env,
                 note_rss,
             )
+            busy["nstask"] += _host_busy() - b0
             ours += took
             our_failures += failed
             if not args.no_ctr:
+                b0 = _host_busy()
                 took, failed = _many(batch, args.concurrency, _ctr_cmd(ctr, f"{ns}-{done}-"), env)
+                busy["ctr"] += _host_busy() - b0
                 theirs += took
                 their_failures += failed
             done += batch
@@ -172,6 +183,10 @@ def main() -> int:
             print(f"  {f}")
         print("agent RSS: " + ", ".join(f"{k} {v:.1f} MB" for k, v in rss.items()))
         print(f"agent CPU: {agent_cpu * 1000 / args.tasks:.1f} ms per task (user + system)")
+        print(
+            "host CPU per task (all processes, kernel included): "
+            + ", ".join(f"{k} {v * 1000 / args.tasks:.0f} ms" for k, v in busy.items() if v)
+        )
         if args.no_ctr:
             return 1 if our_failures or our_left else 0
         their_left = _ctr_leftovers(ns, base / "ctr-ipam")

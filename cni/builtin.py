@@ -76,7 +76,11 @@ class Route(NamedTuple):
 class Links(Protocol):
     """The link operations the plugin needs (ip-link/ip-address/ip-route, netns-aware)."""
 
-    def ensure_bridge(self, name: str, *, address: str | None, mtu: int | None) -> int: ...
+    def ensure_bridge(
+        self, name: str, *, addresses: Sequence[str] = (), mtu: int | None = None
+    ) -> LinkInfo:
+        """The bridge `name`, created if absent, up, with `mtu` and `addresses` on it."""
+        ...
 
     def create_veth(
         self,
@@ -85,15 +89,16 @@ class Links(Protocol):
         *,
         netns_path: str,
         peer_final_name: str = "eth0",
-        master: str | None,
+        master_index: int | None,
         mtu: int | None,
-    ) -> VethPair: ...
+        addresses: Sequence[str] = (),
+        routes: Sequence[Route] = (),
+    ) -> VethPair:
+        """The pair, the peer renamed `peer_final_name` in the netns with `addresses` and
+        `routes`; on a failure, nothing of it is left."""
+        ...
 
     def delete_link(self, name: str) -> bool: ...
-
-    def set_addresses(self, netns_path: str | None, ifname: str, cidrs: Sequence[str]) -> None: ...
-
-    def add_routes(self, netns_path: str | None, routes: Sequence[Route]) -> None: ...
 
     def link_info(self, netns_path: str | None, name: str) -> LinkInfo | None: ...
 
@@ -153,53 +158,36 @@ class BridgePlugin:
     def _add(
         self, conf: _Conf, env: Mapping[str, str], config: Mapping[str, Any]
     ) -> dict[str, Any]:
+        """IPAM first, so that the links are made in one pass each: the bridge with its
+        gateway address, then the veth pair with the address and routes in the netns."""
         cid, netns, ifname = _require(env, "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
         host = host_veth_name(cid, ifname)
-        bridge_index = self.links.ensure_bridge(conf.bridge, address=None, mtu=conf.mtu)
-        pair = self.links.create_veth(
-            host,
-            _temp_peer_name(cid, ifname),
-            netns_path=netns,
-            peer_final_name=ifname,
-            master=conf.bridge,
-            mtu=conf.mtu,
-        )
+        ipam = self._ipam("ADD", conf.ipam_type, env, config)
         try:
-            ipam = self._ipam("ADD", conf.ipam_type, env, config)
-        except BaseException:
-            self.links.delete_link(host)
-            raise
-        try:
-            return self._configure(conf, netns, ifname, host, pair, bridge_index, ipam)
+            ips = ipam.get("ips") or []
+            if not ips:
+                raise CNIError(CODE_RUNTIME_FAILURE, f"IPAM {conf.ipam_type} returned no address")
+            gateways = []
+            for ip in ips:
+                iface = ipaddress.ip_interface(ip["address"])
+                gateway = ip.get("gateway")
+                if conf.is_gateway and gateway:
+                    gateways.append(f"{gateway}/{iface.network.prefixlen}")
+            bridge = self.links.ensure_bridge(conf.bridge, addresses=gateways, mtu=conf.mtu)
+            routes = _routes(conf, ips, ipam.get("routes") or [], ifname)
+            pair = self.links.create_veth(
+                host,
+                _temp_peer_name(cid, ifname),
+                netns_path=netns,
+                peer_final_name=ifname,
+                master_index=bridge.index,
+                mtu=conf.mtu,
+                addresses=[ip["address"] for ip in ips],
+                routes=routes,
+            )
         except BaseException as exc:
-            self._undo(conf.ipam_type, env, config, host, exc)
+            self._release(conf.ipam_type, env, config, exc)
             raise
-
-    def _configure(
-        self,
-        conf: _Conf,
-        netns: str,
-        ifname: str,
-        host: str,
-        pair: VethPair,
-        bridge_index: int,
-        ipam: dict[str, Any],
-    ) -> dict[str, Any]:
-        ips = ipam.get("ips") or []
-        if not ips:
-            raise CNIError(CODE_RUNTIME_FAILURE, f"IPAM {conf.ipam_type} returned no address")
-        gateways = []
-        for ip in ips:
-            iface = ipaddress.ip_interface(ip["address"])
-            gateway = ip.get("gateway")
-            if conf.is_gateway and gateway:
-                gateways.append(f"{gateway}/{iface.network.prefixlen}")
-        if gateways:
-            self.links.set_addresses(None, conf.bridge, gateways)
-        self.links.set_addresses(netns, ifname, [ip["address"] for ip in ips])
-        routes = _routes(conf, ips, ipam.get("routes") or [], ifname)
-        self.links.add_routes(netns, routes)
-        bridge = self.links.link_info(None, conf.bridge)
         result_ips = []
         for ip in ips:
             entry = {"address": ip["address"], "interface": 2}
@@ -209,7 +197,7 @@ class BridgePlugin:
         return {
             "cniVersion": conf.cni_version,
             "interfaces": [
-                {"name": conf.bridge, "mac": bridge.mac if bridge else ""},
+                {"name": conf.bridge, "mac": bridge.mac},
                 {"name": host, "mac": pair.host_mac},
                 {"name": ifname, "mac": pair.peer_mac, "sandbox": netns},
             ],
@@ -218,20 +206,19 @@ class BridgePlugin:
             "dns": ipam.get("dns") or {},
         }
 
-    def _undo(
+    def _release(
         self,
         ipam_type: str,
         env: Mapping[str, str],
         config: Mapping[str, Any],
-        host: str,
         cause: BaseException,
     ) -> None:
-        """After a failure past IPAM ADD: give the address back, remove the veth."""
+        """After a failure past IPAM ADD: give the address back (create_veth has already
+        removed whatever it made)."""
         try:
             self._ipam("DEL", ipam_type, env, config)
         except CNIError as err:
             cause.add_note(f"IPAM DEL during rollback failed: {err}")
-        self.links.delete_link(host)
 
     # -- DEL / CHECK ------------------------------------------------------------------
 

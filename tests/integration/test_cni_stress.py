@@ -144,7 +144,7 @@ def test_concurrent_first_ensure_bridge_all_succeed_with_one_bridge() -> None:
     def ensure() -> None:
         barrier.wait()
         try:
-            indexes.append(links.ensure_bridge(bridge))
+            indexes.append(links.ensure_bridge(bridge).index)
         except BaseException as exc:  # collected for the assertion
             errors.append(exc)
 

@@ -7,6 +7,7 @@ import random
 import subprocess
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -76,23 +77,22 @@ def test_bad_netns_name_is_refused() -> None:
 
 def test_bridge_and_veth_into_netns(ns_name: str, bridge: str, links: netns.NetlinkLinks) -> None:
     path = netns.create_netns(ns_name)
-    index = links.ensure_bridge(bridge, address="10.213.251.1/24", mtu=1400)
-    assert links.ensure_bridge(bridge, address="10.213.251.1/24", mtu=1400) == index
+    info = links.ensure_bridge(bridge, addresses=["10.213.251.1/24"], mtu=1400)
+    assert links.ensure_bridge(bridge, addresses=["10.213.251.1/24"], mtu=1400) == info
+    index = info.index
     host = netns.host_veth_name(ns_name, "eth0")
+    default = netns.Route("0.0.0.0/0", "10.213.251.1", "eth0")
+    args: dict[str, Any] = {
+        "netns_path": path,
+        "peer_final_name": "eth0",
+        "master_index": index,
+        "mtu": 1400,
+        "addresses": ["10.213.251.7/24"],
+        "routes": [default],
+    }
     try:
-        pair = links.create_veth(
-            host, "nstpeer0", netns_path=path, peer_final_name="eth0", master=bridge, mtu=1400
-        )
-        assert (
-            links.create_veth(  # a repeat of the same call is success
-                host, "nstpeer0", netns_path=path, peer_final_name="eth0", master=bridge, mtu=1400
-            )
-            == pair
-        )
-        links.set_addresses(path, "eth0", ["10.213.251.7/24"])
-        links.set_addresses(path, "eth0", ["10.213.251.7/24"])
-        links.add_routes(path, [netns.Route("0.0.0.0/0", "10.213.251.1", "eth0")])
-        links.add_routes(path, [netns.Route("0.0.0.0/0", "10.213.251.1", "eth0")])
+        pair = links.create_veth(host, "nstpeer0", **args)
+        assert links.create_veth(host, "nstpeer0", **args) == pair  # a repeat is success
 
         peer = links.link_info(path, "eth0")
         host_info = links.link_info(None, host)
@@ -124,16 +124,17 @@ def test_veth_name_taken_by_someone_else_is_refused(
     ns_name: str, bridge: str, links: netns.NetlinkLinks
 ) -> None:
     path = netns.create_netns(ns_name)
-    links.ensure_bridge(bridge, address=None, mtu=None)
+    links.ensure_bridge(bridge)
     with pytest.raises(NetworkError, match="not this container's veth"):
-        links.create_veth(bridge, "nstpeer0", netns_path=path, master=None, mtu=None)
+        links.create_veth(bridge, "nstpeer0", netns_path=path, master_index=None, mtu=None)
     assert links.link_info(path, "nstpeer0") is None
+    assert links.link_info(None, bridge) is not None  # the other link is left alone
 
 
 def test_errors_name_the_object_and_operation(ns_name: str, links: netns.NetlinkLinks) -> None:
     path = netns.create_netns(ns_name)
-    with pytest.raises(NetworkError, match="eth9"):
-        links.set_addresses(path, "eth9", ["10.213.251.9/24"])
-    with pytest.raises(NetworkError, match="not a network namespace"):
-        links.set_addresses("/run/netns/nstask-t-absent", "eth0", ["10.213.251.9/24"])
+    with pytest.raises(NetworkError, match="nstask-t-absent: not a network namespace"):
+        links.create_veth("nstaskzz9", "nstpeer9", netns_path="/run/netns/nstask-t-absent")
+    assert links.link_info(None, "nstaskzz9") is None
+    assert links.link_info(path, "eth9") is None
     assert links.link_info("/run/netns/nstask-t-absent", "eth0") is None

@@ -24,12 +24,12 @@ class FakeLinks:
         if self.fail_on == op:
             raise CNIError(999, f"{op} failed")
 
-    def ensure_bridge(self, name: str, *, address: str | None, mtu: int | None) -> int:
-        self.ops.append(("ensure_bridge", name, mtu))
-        self.links[(None, name)] = LinkInfo(
-            name, 3, "aa:aa:aa:aa:aa:aa", 1500, "bridge", None, True
-        )
-        return 3
+    def ensure_bridge(self, name: str, *, addresses: Any = (), mtu: int | None = None) -> LinkInfo:
+        self.ops.append(("ensure_bridge", name, list(addresses), mtu))
+        self._maybe_fail("ensure_bridge")
+        info = LinkInfo(name, 3, "aa:aa:aa:aa:aa:aa", 1500, "bridge", None, True)
+        self.links[(None, name)] = info
+        return info
 
     def create_veth(
         self,
@@ -38,10 +38,23 @@ class FakeLinks:
         *,
         netns_path: str,
         peer_final_name: str = "eth0",
-        master: str | None,
+        master_index: int | None,
         mtu: int | None,
+        addresses: Any = (),
+        routes: Any = (),
     ) -> VethPair:
-        self.ops.append(("create_veth", host_name, netns_path, peer_final_name, master))
+        self.ops.append(
+            (
+                "create_veth",
+                host_name,
+                netns_path,
+                peer_final_name,
+                master_index,
+                list(addresses),
+                list(routes),
+            )
+        )
+        self._maybe_fail("create_veth")  # as NetlinkLinks: a failure leaves nothing
         self.links[(None, host_name)] = LinkInfo(
             host_name, 9, "bb:bb:bb:bb:bb:bb", 1500, "veth", 3, True
         )
@@ -53,14 +66,6 @@ class FakeLinks:
     def delete_link(self, name: str) -> bool:
         self.ops.append(("delete_link", name))
         return self.links.pop((None, name), None) is not None
-
-    def set_addresses(self, netns_path: str | None, ifname: str, cidrs: Any) -> None:
-        self.ops.append(("set_addresses", netns_path, ifname, list(cidrs)))
-        self._maybe_fail("set_addresses")
-
-    def add_routes(self, netns_path: str | None, routes: Any) -> None:
-        self.ops.append(("add_routes", netns_path, list(routes)))
-        self._maybe_fail("add_routes")
 
     def link_info(self, netns_path: str | None, name: str) -> LinkInfo | None:
         return self.links.get((netns_path, name))
@@ -146,13 +151,13 @@ def test_add_wires_the_netns_and_returns_a_1_0_result(cni_path: str) -> None:
         {"dst": "169.254.170.2/32", "gw": "10.213.201.1"},
     ]
     assert result["dns"] == {"nameservers": ["10.213.201.1"]}
-    assert ("create_veth", host, "/run/netns/t", "eth0", "nstaskt1") in links.ops
-    assert ("set_addresses", None, "nstaskt1", ["10.213.201.1/24"]) in links.ops
-    assert ("set_addresses", "/run/netns/t", "eth0", ["10.213.201.5/24"]) in links.ops
+    # IPAM first, then the bridge with its gateway, then the pair with address and routes.
+    assert links.ops[0] == ("ensure_bridge", "nstaskt1", ["10.213.201.1/24"], 1400)
+    veth = links.ops[1]
+    assert veth[:6] == ("create_veth", host, "/run/netns/t", "eth0", 3, ["10.213.201.5/24"])
+    assert Route("0.0.0.0/0", "10.213.201.1", "eth0") in veth[6]
     assert ipam.calls[0][:2] == ("host-local", "ADD")
     assert ipam.calls[0][2]["ipam"]["subnet"] == "10.213.201.0/24"  # delegated full config
-    routes = next(op for op in links.ops if op[0] == "add_routes")[2]
-    assert Route("0.0.0.0/0", "10.213.201.1", "eth0") in routes
 
 
 def test_not_gateway_means_no_bridge_address_and_no_default_route(cni_path: str) -> None:
@@ -161,17 +166,20 @@ def test_not_gateway_means_no_bridge_address_and_no_default_route(cni_path: str)
         "ADD", env(cni_path), {**CONF, "isGateway": False}
     )
     assert result is not None
-    assert not any(op[0] == "set_addresses" and op[1] is None for op in links.ops)
+    assert links.ops[0] == ("ensure_bridge", "nstaskt1", [], 1400)
     assert {"dst": "0.0.0.0/0", "gw": "10.213.201.1"} not in result["routes"]
 
 
-def test_failure_after_ipam_add_releases_address_and_veth(cni_path: str) -> None:
+@pytest.mark.parametrize("step", ["ensure_bridge", "create_veth"])
+def test_failure_after_ipam_add_releases_address(cni_path: str, step: str) -> None:
     links, ipam = FakeLinks(), FakeIpam()
-    links.fail_on = "add_routes"
-    with pytest.raises(CNIError, match="add_routes failed"):
+    links.fail_on = step
+    with pytest.raises(CNIError, match=f"{step} failed"):
         BridgePlugin(links, exec=ipam).run("ADD", env(cni_path), CONF)
     assert [c[1] for c in ipam.calls] == ["ADD", "DEL"]
-    assert links.ops[-1] == ("delete_link", host_veth_name("task1", "eth0"))
+    # No delete of the host-side name: it may be another container's link that made the
+    # create fail, and create_veth removes what it made itself.
+    assert not any(op[0] == "delete_link" for op in links.ops)
     assert (None, host_veth_name("task1", "eth0")) not in links.links
 
 
