@@ -55,7 +55,7 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from agent import execute, gc, images, pull
+from agent import execute, gc, images, logwatch, pull
 from agent.engine import Engine, logging_stats
 from agent.errors import (
     MAX_REQUEST_BYTES,
@@ -644,7 +644,7 @@ async def _stream_logs(
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1024)
     stopped = threading.Event()  # the task has stopped: followers drain and return
     gone = threading.Event()  # the client went away: readers return at once
-    wakeup = threading.Event()  # set with either: a follower's poll ends at once
+    wakeup = logwatch.Wakeup()  # set with either: a follower's wait ends at once
 
     def put(item: dict[str, Any]) -> bool:
         fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
@@ -664,14 +664,29 @@ async def _stream_logs(
 
     def pump(c: Any) -> None:
         path = str(c.log_path)
+        watch = None
+        if follow:
+            try:
+                watch = logwatch.Watch(os.path.dirname(path), wakeup)
+            except OSError as exc:  # no inotify watch left, or no directory yet: poll
+                log.debug("log_follow_polls", task=task_id, error=str(exc))
+        try:
+            _pump(c, path, watch)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    def _pump(c: Any, path: str, watch: logwatch.Watch | None) -> None:
         entries = (
             jsonfile.follow(
                 path,
                 stop=lambda: stopped.is_set() or gone.is_set() or container_done(c),
                 tail=tail,
                 since=since,
-                poll=0.02,
-                wake=wakeup.wait,
+                # With inotify the wait ends on a change; the timeout only bounds how long a
+                # non-essential container's exit (container_done) goes unnoticed.
+                poll=0.02 if watch is None else 0.25,
+                wake=wakeup.wait if watch is None else watch.wait,
             )
             if follow
             else jsonfile.read_entries(path, tail=tail, since=since)
@@ -704,6 +719,7 @@ async def _stream_logs(
         await queue.put(None)
 
     done = asyncio.create_task(finish())
+    done.add_done_callback(lambda _: wakeup.close())  # every pump has returned
     try:
         while (item := await queue.get()) is not None:
             await resp.write((json.dumps(item) + "\n").encode())
