@@ -1,4 +1,4 @@
-"""Every field of an ECS task definition with nstask's verdict on it (issue 12).
+"""Every field of an ECS task definition with nstask's verdict on it.
 
 One table, `FIELDS`: a field's path (`containerDefinitions.linuxParameters.devices`, list
 items have no brackets) -> (kind, text). Kinds:
@@ -68,8 +68,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "tags": (_I, "served by the metadata endpoint's /taskWithTags"),
     "tags.key": (_I, "1-128 characters; at most 50 tags"),
     "tags.value": (_I, "up to 256 characters"),
-    "pidMode": (_I, "`task` and `host` (issue 12)"),
-    "ipcMode": (_I, "`task` and `host` (issue 12)"),
+    "pidMode": (_I, "`task` (one PID namespace for the task's containers) and `host`"),
+    "ipcMode": (_I, "`task` (one IPC namespace for the task's containers) and `host`"),
     "proxyConfiguration": (
         _W,
         "no App Mesh proxy redirect is set up; the containers' traffic goes out directly; ignored",
@@ -83,10 +83,10 @@ FIELDS: dict[str, tuple[str, str]] = {
     "ephemeralStorage.sizeInGiB": (_I, "21-200, as ECS; not enforced (see ephemeralStorage)"),
     "runtimePlatform": (
         _I,
-        "checked against the host: another CPU architecture or OS is refused (issue 12)",
+        "checked against the host: another CPU architecture or OS is refused",
     ),
-    "runtimePlatform.cpuArchitecture": (_I, "X86_64 or ARM64, the host's (issue 12)"),
-    "runtimePlatform.operatingSystemFamily": (_I, "LINUX (issue 12)"),
+    "runtimePlatform.cpuArchitecture": (_I, "X86_64 or ARM64; must be the host's"),
+    "runtimePlatform.operatingSystemFamily": (_I, "LINUX"),
     "enableFaultInjection": (_W, "ECS's fault injection endpoints are not served; ignored"),
     "trustedExecutionConfiguration": (
         _W,
@@ -108,12 +108,25 @@ FIELDS: dict[str, tuple[str, str]] = {
         _I,
         "must exist; `/`, /etc, /proc, /sys, /dev accepted with a warning",
     ),
-    "volumes.dockerVolumeConfiguration": (_I, "scope `task`, local driver (issue 12)"),
-    "volumes.dockerVolumeConfiguration.scope": (_I, "`task` (issue 12)"),
-    "volumes.dockerVolumeConfiguration.autoprovision": (_I, "(issue 12)"),
-    "volumes.dockerVolumeConfiguration.driver": (_I, "`local` (issue 12)"),
-    "volumes.dockerVolumeConfiguration.driverOpts": (_I, "tmpfs options (issue 12)"),
-    "volumes.dockerVolumeConfiguration.labels": (_I, "(issue 12)"),
+    "volumes.dockerVolumeConfiguration": (
+        _I,
+        "the local driver; a volume created with the task and removed with it",
+    ),
+    "volumes.dockerVolumeConfiguration.scope": (
+        _I,
+        "`task`; `shared` is run as `task` with a warning",
+    ),
+    "volumes.dockerVolumeConfiguration.autoprovision": (
+        _I,
+        "accepted: a task volume is always created",
+    ),
+    "volumes.dockerVolumeConfiguration.driver": (_I, "`local` only"),
+    "volumes.dockerVolumeConfiguration.driverOpts": (
+        _I,
+        "type=tmpfs device=tmpfs with tmpfs `o` options (size, mode, uid, gid, ...); "
+        "always nosuid,nodev",
+    ),
+    "volumes.dockerVolumeConfiguration.labels": (_I, "checked (string map), not stored"),
     "volumes.efsVolumeConfiguration": (_W, _EMPTY_VOLUME),
     "volumes.s3filesVolumeConfiguration": (_W, _EMPTY_VOLUME),
     "volumes.fsxWindowsFileServerVolumeConfiguration": (_W, _EMPTY_VOLUME),
@@ -126,11 +139,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     ),
     "containerDefinitions.repositoryCredentials": (
         _I,
-        "a secret holding username and password (issue 12)",
+        "a secret holding username and password",
     ),
     "containerDefinitions.repositoryCredentials.credentialsParameter": (
         _I,
-        "resolved like other secrets (issue 12)",
+        "resolved like other secrets",
     ),
     "containerDefinitions.cpu": (_I, "CPU shares of the container's cgroup"),
     "containerDefinitions.memory": (_I, "the container's memory limit (MiB)"),
@@ -168,11 +181,17 @@ FIELDS: dict[str, tuple[str, str]] = {
     ),
     "containerDefinitions.restartPolicy": (
         _I,
-        "the container is restarted in place, as ECS does (issue 12)",
+        "the container is restarted in place, as ECS does",
     ),
-    "containerDefinitions.restartPolicy.enabled": (_I, "(issue 12)"),
-    "containerDefinitions.restartPolicy.ignoredExitCodes": (_I, "(issue 12)"),
-    "containerDefinitions.restartPolicy.restartAttemptPeriod": (_I, "(issue 12)"),
+    "containerDefinitions.restartPolicy.enabled": (_I, "restart the container when it exits"),
+    "containerDefinitions.restartPolicy.ignoredExitCodes": (
+        _I,
+        "exit codes that do not restart (at most 50)",
+    ),
+    "containerDefinitions.restartPolicy.restartAttemptPeriod": (
+        _I,
+        "seconds a container must run before it is restarted (default 300)",
+    ),
     "containerDefinitions.entryPoint": (_I, "replaces the image's ENTRYPOINT"),
     "containerDefinitions.command": (_I, "replaces the image's CMD"),
     "containerDefinitions.environment": (_I, "after environmentFiles, before secrets"),
@@ -201,10 +220,16 @@ FIELDS: dict[str, tuple[str, str]] = {
         "`ALL`, SYS_ADMIN, SYS_MODULE, NET_ADMIN accepted with a warning",
     ),
     "containerDefinitions.linuxParameters.capabilities.drop": (_I, "`ALL` too"),
-    "containerDefinitions.linuxParameters.devices": (_I, "host devices (issue 12)"),
-    "containerDefinitions.linuxParameters.devices.hostPath": (_I, "(issue 12)"),
-    "containerDefinitions.linuxParameters.devices.containerPath": (_I, "(issue 12)"),
-    "containerDefinitions.linuxParameters.devices.permissions": (_I, "(issue 12)"),
+    "containerDefinitions.linuxParameters.devices": (
+        _I,
+        "host devices in the container, allowed in its device cgroup",
+    ),
+    "containerDefinitions.linuxParameters.devices.hostPath": (
+        _I,
+        "must be a device node on the host",
+    ),
+    "containerDefinitions.linuxParameters.devices.containerPath": (_I, "default: the host path"),
+    "containerDefinitions.linuxParameters.devices.permissions": (_I, "read, write, mknod"),
     "containerDefinitions.linuxParameters.initProcessEnabled": (
         _I,
         "the host's tini-static as PID 1",
@@ -214,8 +239,11 @@ FIELDS: dict[str, tuple[str, str]] = {
     "containerDefinitions.linuxParameters.tmpfs.containerPath": (_I, "absolute, no `..`"),
     "containerDefinitions.linuxParameters.tmpfs.size": (_I, "MiB"),
     "containerDefinitions.linuxParameters.tmpfs.mountOptions": (_I, ""),
-    "containerDefinitions.linuxParameters.maxSwap": (_I, "(issue 12)"),
-    "containerDefinitions.linuxParameters.swappiness": (_I, "(issue 12)"),
+    "containerDefinitions.linuxParameters.maxSwap": (
+        _I,
+        "memory+swap limit as Docker sets it (needs `memory` and swap accounting; else a warning)",
+    ),
+    "containerDefinitions.linuxParameters.swappiness": (_I, "0-100, the cgroup's swappiness"),
     "containerDefinitions.secrets": (
         _I,
         "the local secret store, then Secrets Manager / SSM; never logged",
@@ -244,11 +272,11 @@ FIELDS: dict[str, tuple[str, str]] = {
         "with supplementary groups and HOME",
     ),
     "containerDefinitions.workingDirectory": (_I, "absolute"),
-    "containerDefinitions.disableNetworking": (_I, "loopback only (issue 12)"),
+    "containerDefinitions.disableNetworking": (_I, "loopback only"),
     "containerDefinitions.privileged": (_I, "every capability and the host's devices; warned"),
     "containerDefinitions.readonlyRootFilesystem": (_I, ""),
     "containerDefinitions.dnsServers": (_I, "the container's resolv.conf"),
-    "containerDefinitions.dnsSearchDomains": (_I, "the container's resolv.conf (issue 12)"),
+    "containerDefinitions.dnsSearchDomains": (_I, "`search` in the container's resolv.conf"),
     "containerDefinitions.extraHosts": (_I, "the container's /etc/hosts"),
     "containerDefinitions.extraHosts.hostname": (_I, ""),
     "containerDefinitions.extraHosts.ipAddress": (_I, "an IP address"),
@@ -266,7 +294,7 @@ FIELDS: dict[str, tuple[str, str]] = {
         _I,
         "the main process runs in a pty; its output is logged as one stream, stdout",
     ),
-    "containerDefinitions.dockerLabels": (_I, "container labels (issue 12)"),
+    "containerDefinitions.dockerLabels": (_I, "containerd container labels"),
     "containerDefinitions.ulimits": (
         _I,
         "rlimits; one above the host's hard limit is a clear error",
@@ -294,9 +322,12 @@ FIELDS: dict[str, tuple[str, str]] = {
     "containerDefinitions.healthCheck.timeout": (_I, "2-60 s (5)"),
     "containerDefinitions.healthCheck.retries": (_I, "1-10 (3)"),
     "containerDefinitions.healthCheck.startPeriod": (_I, "0-300 s (0)"),
-    "containerDefinitions.systemControls": (_I, "namespaced sysctls only (issue 12)"),
-    "containerDefinitions.systemControls.namespace": (_I, "(issue 12)"),
-    "containerDefinitions.systemControls.value": (_I, "(issue 12)"),
+    "containerDefinitions.systemControls": (
+        _I,
+        "namespaced sysctls only: net.* (not in host network mode) and the IPC ones",
+    ),
+    "containerDefinitions.systemControls.namespace": (_I, "a sysctl name"),
+    "containerDefinitions.systemControls.value": (_I, "its value"),
     "containerDefinitions.resourceRequirements": (
         _W,
         "no GPUs or inference accelerators are assigned; the container runs without them; ignored",
