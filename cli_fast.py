@@ -14,7 +14,10 @@ The client speaks HTTP/1.1 to the agent's unix socket over `_socket` (http.clien
 chunked or until-close bodies, line-by-line reading for the NDJSON streams (logs -f, exec,
 image pull progress), and a timeout per request.
 
-Imports: os and sys at start; json, and agent modules only for the command at hand.
+Imports: os and sys at start; agent modules only for the command at hand. JSON goes through
+the json package's own C scanner and encoder (`_json`, `loads`/`dumps` below): importing the
+package costs ~8 ms of CPU at every start, nearly all of it `re` for json.decoder's patterns,
+as much as the rest of a `nstask ps`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,81 @@ PROG = "nstask"
 FAST_COMMANDS = ("ps", "validate", "run")
 CACHE_VERSION = 2
 _READ = 65536
+
+
+# -- JSON ------------------------------------------------------------------------------------
+class _ScanContext:
+    """What `_json.make_scanner` reads off a json.JSONDecoder: json.loads' defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}[name]
+
+
+_scanner: Any = None
+_WS = " \t\n\r"
+
+
+def loads(data: str | bytes) -> Any:
+    """json.loads(data), same result and same errors: the document is scanned by `_json`;
+    whatever that path does not take as it is (a BOM, UTF-16/32, an error to report, no
+    `_json`) is handed to json.loads itself."""
+    global _scanner
+    try:
+        if _scanner is None:
+            import _json
+
+            _scanner = _json.make_scanner(_ScanContext)  # type: ignore[arg-type]
+        text = data if isinstance(data, str) else data.decode("utf-8")
+        if text[:1] == "\ufeff" or "\x00" in text[:4]:
+            raise ValueError("not plain UTF-8")
+        start = len(text) - len(text.lstrip(_WS))
+        obj, end = _scanner(text, start)
+        if text[end:].strip(_WS):
+            raise ValueError("extra data")
+        return obj
+    except RecursionError:
+        raise
+    except (ImportError, ValueError, StopIteration, UnicodeDecodeError, AttributeError):
+        import json
+
+        return json.loads(data)
+
+
+def _unserializable(obj: object) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def dumps(obj: Any) -> str:
+    """json.dumps(obj) (its default separators, ensure_ascii), by `_json`'s encoder: a new
+    one per call, as json.dumps makes, so a failed call leaves no circular-reference marks."""
+    try:
+        import _json
+
+        if isinstance(obj, str):
+            return str(_json.encode_basestring_ascii(obj))
+        encode = _json.make_encoder(
+            {},
+            _unserializable,
+            _json.encode_basestring_ascii,
+            None,
+            ": ",
+            ", ",
+            False,
+            False,
+            True,
+        )
+    except (ImportError, TypeError, AttributeError):  # no _json, or another signature
+        import json
+
+        return json.dumps(obj)
+    return "".join(encode(obj, 0))
 
 
 # -- the API client --------------------------------------------------------------------------
@@ -198,10 +276,8 @@ class Client:
     ) -> Response:
         """As open(), with the body as JSON and every failure a message (exit 1 or 2);
         a 4xx/5xx answer raises ApiError."""
-        import json
-
         try:
-            data = json.dumps(body).encode() if body is not None else None
+            data = dumps(body).encode() if body is not None else None
         except RecursionError:
             fail("the request is nested too deeply to send", 2)
         if data is not None:
@@ -226,7 +302,7 @@ class Client:
         if resp.status >= 400:
             raw = resp.read()
             try:
-                err = json.loads(raw)
+                err = loads(raw)
             except ValueError:
                 err = None
             if not isinstance(err, dict):
@@ -235,14 +311,12 @@ class Client:
         return resp
 
     def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = 60) -> Any:
-        import json
-
         resp = self.request(method, path, body, timeout=timeout)
         try:
             raw = resp.read()
         except TimeoutError:
             fail(f"the agent did not answer on {self.socket_path} within {timeout:g} s")
-        return json.loads(raw) if raw else None
+        return loads(raw) if raw else None
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -368,11 +442,9 @@ def validate(file: str) -> None:
 def read_definition(path: str) -> Any:
     """Read the file; JSON errors are the agent's to report (one validator), unless the file
     is not even readable."""
-    import json
-
     text = read_file(path)
     try:
-        return json.loads(text)
+        return loads(text)
     except RecursionError:
         fail(f"{path}: is nested too deeply to be a task definition", 2)
     except (ValueError, UnicodeDecodeError) as e:
@@ -438,8 +510,6 @@ def print_logs(
     since: float | None = None,
 ) -> None:
     """Print a task's log lines (NDJSON from the agent) to stdout/stderr as they came."""
-    import json
-
     query = {"follow": "1" if follow else "0"}
     if since is not None:
         query["since"] = repr(since)
@@ -450,7 +520,7 @@ def print_logs(
     resp = client.request("GET", f"/v1/tasks/{task_id}/logs?{_query(query)}", timeout=None)
     out, err = sys.stdout.buffer, sys.stderr.buffer
     while line := resp.readline():
-        entry = json.loads(line)
+        entry = loads(line)
         text = entry["log"]
         if timestamps:
             text = f"{entry['time']} {text}"
@@ -539,11 +609,9 @@ def _help_width() -> int:
 
 
 def _load_cache() -> dict[str, Any] | None:
-    import json
-
     try:
         with open(_cache_path(), "rb") as f:
-            cache = json.loads(f.read())
+            cache = loads(f.read())
         key = _cache_key()
     except (OSError, ValueError):
         return None

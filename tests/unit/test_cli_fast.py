@@ -299,7 +299,7 @@ def test_ps_imports_no_click_no_http_client(
     modules, out = _modules_after(f"cli_fast.main(['--socket', {path!r}, 'ps'])")
     assert out.startswith("TASK ID")
     assert not _heavy(modules), _heavy(modules)
-    assert not {"socket", "typing", "agent"} & modules
+    assert not {"socket", "typing", "agent", "json", "re"} & modules
 
 
 def test_run_imports_no_click_and_speaks_the_attach_sequence(
@@ -328,13 +328,80 @@ def test_run_imports_no_click_and_speaks_the_attach_sequence(
     modules, out = _modules_after(call)
     assert out == "hi\n"
     assert not _heavy(modules), _heavy(modules)
-    assert not {"urllib", "typing"} & modules
+    assert not {"urllib", "typing", "json", "re"} & modules
     assert seen == [
         "POST /v1/tasks",
         "GET /v1/tasks/t1/logs?follow=1",
         "GET /v1/tasks/t1/wait",
         "DELETE /v1/tasks/t1",
     ]
+
+
+JSON_DOCS = [
+    '{"a": [1, 2.5, -3e10, 1E-7, true, false, null, "x\\u00e9\\ud83d\\ude00\\n\\t\\"\\\\"]}',
+    "  [ ]  ",
+    "\n{}\r\n",
+    '"only a string"',
+    "12",
+    "-0",
+    "123456789012345678901234567890",
+    "[NaN, Infinity, -Infinity]",
+    '{"a": {"b": {"c": [{}, [], ""]}}, "a": 2}',
+    '{"é": "ü", "k": "\u2028"}',
+]
+JSON_BAD = ["", " ", "{", "[1,]", '{"a":1} x', "nul", "\ufeff{}", '{"a" 1}', "[1] [2]", "'a'"]
+
+
+@pytest.mark.parametrize("doc", JSON_DOCS)
+def test_loads_is_json_loads(doc: str) -> None:
+    """cli_fast.loads (the json package's C scanner without the package) = json.loads,
+    from str and from UTF-8 bytes."""
+    want = repr(json.loads(doc))  # repr: NaN != NaN
+    assert repr(cli_fast.loads(doc)) == want
+    assert repr(cli_fast.loads(doc.encode())) == want
+
+
+@pytest.mark.parametrize("doc", JSON_BAD)
+def test_loads_fails_as_json_loads_does(doc: str) -> None:
+    with pytest.raises(ValueError) as want:
+        json.loads(doc)
+    with pytest.raises(ValueError) as got:
+        cli_fast.loads(doc)
+    assert str(got.value) == str(want.value)
+
+
+def test_loads_takes_what_json_takes_from_bytes() -> None:
+    for encoding in ("utf-8-sig", "utf-16", "utf-16-le", "utf-32"):
+        raw = '{"a": ["\u00e9", 1]}'.encode(encoding)
+        assert cli_fast.loads(raw) == json.loads(raw) == {"a": ["\u00e9", 1]}
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(RecursionError):
+        cli_fast.loads(deep)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"a": [1, 2.5, None, True, False, '\u00e9\U0001f600\n"\\'], "b": {}, "c": -0.0},
+        [],
+        "x\u00e9",
+        3,
+        1e100,
+        {"inf": float("inf"), "nan": float("nan")},
+        {"definition": json.loads(Path(EXAMPLE).read_text()), "environment": {"A": "1"}},
+    ],
+)
+def test_dumps_is_json_dumps(obj: object) -> None:
+    assert cli_fast.dumps(obj) == json.dumps(obj)
+
+
+def test_dumps_refuses_what_json_refuses() -> None:
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        cli_fast.dumps({"a": object()})
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular reference"):
+        cli_fast.dumps(loop)
 
 
 def test_query_strings_are_encoded_as_urlencode_does() -> None:
