@@ -668,7 +668,7 @@ async def _stream_logs(
         if follow:
             try:
                 watch = logwatch.Watch(os.path.dirname(path), wakeup)
-            except OSError as exc:  # no inotify watch left, or no directory yet: poll
+            except OSError as exc:  # no inotify watch left, no log directory: poll
                 log.debug("log_follow_polls", task=task_id, error=str(exc))
         try:
             _pump(c, path, watch)

@@ -68,19 +68,44 @@ class Wakeup:
 
 class Watch:
     """inotify on one directory; `wait(timeout)` returns when something in it changed, when
-    `wakeup` is set, or after `timeout` seconds. Raises OSError when inotify is refused."""
+    `wakeup` is set, or after `timeout` seconds. A directory not there yet (a follower asks
+    before its container has started) is waited for through its parent, then watched.
+    Raises OSError when inotify is refused or neither the directory nor its parent exists."""
 
     def __init__(self, directory: str, wakeup: Wakeup) -> None:
         fd = _libc.inotify_init1(_IN_CLOEXEC | _IN_NONBLOCK)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        if _libc.inotify_add_watch(fd, os.fsencode(directory), _MASK) < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")
         self._fd = fd
         self._wakeup = wakeup
+        self._directory = directory
+        self._parent: int | None = None  # the parent's watch, while ours is missing
+        try:
+            if self._add(directory, missing_ok=True) is None:
+                self._parent = self._add(
+                    os.path.dirname(directory.rstrip("/")) or "/", missing_ok=False
+                )
+                self._watch_directory()  # made between the two adds: its event went to nobody
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _add(self, directory: str, *, missing_ok: bool) -> int | None:
+        wd = int(_libc.inotify_add_watch(self._fd, os.fsencode(directory), _MASK))
+        if wd >= 0:
+            return wd
+        err = ctypes.get_errno()
+        if missing_ok and err == errno.ENOENT:
+            return None
+        raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")
+
+    def _watch_directory(self) -> None:
+        """Once the directory exists: watch it, and no longer the parent (other tasks' comings
+        and goings would wake us for nothing)."""
+        if self._parent is not None and self._add(self._directory, missing_ok=True) is not None:
+            _libc.inotify_rm_watch(self._fd, self._parent)
+            self._parent = None
 
     def wait(self, timeout: float) -> None:
         if self._wakeup.is_set():
@@ -88,6 +113,7 @@ class Watch:
         ready, _, _ = select.select([self._fd, self._wakeup], [], [], timeout)
         if self._fd in ready:
             self._drain()
+            self._watch_directory()  # when something appeared in the parent
 
     def _drain(self) -> None:
         while True:

@@ -21,6 +21,16 @@ def _waits(watch: logwatch.Watch) -> float:
     return time.monotonic() - t0
 
 
+def _settle(watch: logwatch.Watch) -> None:
+    """Wait until a wait of 0.1 s passes with no event."""
+    for _ in range(50):
+        t0 = time.monotonic()
+        watch.wait(0.1)
+        if time.monotonic() - t0 >= 0.1:
+            return
+    raise AssertionError("events kept coming")
+
+
 @pytest.fixture
 def wakeup() -> Iterator[logwatch.Wakeup]:
     w = logwatch.Wakeup()
@@ -93,6 +103,32 @@ def test_wakeup_ends_every_wait_at_once_and_stays_set(
             w.close()
 
 
-def test_a_missing_directory_is_an_oserror(tmp_path: Path, wakeup: logwatch.Wakeup) -> None:
+def test_a_directory_made_later_is_watched_once_it_exists(
+    tmp_path: Path, wakeup: logwatch.Wakeup
+) -> None:
+    """A follower that starts before its container: its log directory does not exist yet."""
+    later = tmp_path / "task1"
+    watch = logwatch.Watch(str(later), wakeup)
+    try:
+        timer = threading.Timer(0.05, later.mkdir)
+        timer.start()
+        assert _waits(watch) < LONG / 2  # the directory's creation
+        timer.join()
+        timer = threading.Timer(0.05, lambda: (later / "0-c.log").write_bytes(b"x\n"))
+        timer.start()
+        assert _waits(watch) < LONG / 2  # then what happens in it
+        timer.join()
+        _settle(watch)  # the write's later events (modify, close)
+        (tmp_path / "task2").mkdir()  # another task's: the parent is no longer watched
+        t0 = time.monotonic()
+        watch.wait(0.3)
+        assert time.monotonic() - t0 >= 0.3
+    finally:
+        watch.close()
+
+
+def test_neither_directory_nor_parent_is_an_oserror(
+    tmp_path: Path, wakeup: logwatch.Wakeup
+) -> None:
     with pytest.raises(OSError, match="absent"):
-        logwatch.Watch(str(tmp_path / "absent"), wakeup)
+        logwatch.Watch(str(tmp_path / "absent" / "task1"), wakeup)
