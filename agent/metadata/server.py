@@ -421,13 +421,17 @@ class MetadataServers:
             self.remove_stale(chain)
 
     def stale_chains(self) -> list[str]:
-        """Metadata chains of a recorded bridge (or ours) whose bridge is gone."""
+        """Metadata chains of a bridge an earlier run recorded whose bridge is gone. Never
+        ours while we serve: the first ADD makes our bridge (again, after a removal), and
+        the rules match it by name; at exit, remove_stale_of_ours takes them if it is gone.
+        (Counting ours removed the chains just installed whenever the agent started before
+        its bridge existed: tasks then could not reach 169.254.170.2.)"""
         from agent.netns import NetlinkLinks
 
         links = NetlinkLinks()
         out: list[str] = []
         ours = {self.config.bridge} if enabled(self.config) else set()
-        for bridge in sorted(self._recorded() | ours):
+        for bridge in sorted(self._recorded() - ours):
             if links.link_info(None, bridge) is None:
                 out += netfilter.present(bridge)
         return out
@@ -446,7 +450,9 @@ class MetadataServers:
         from agent.netns import NetlinkLinks
 
         bridge = netfilter.bridge_of(chain)
-        if bridge is None or NetlinkLinks().link_info(None, bridge) is not None:
+        if bridge is None or (enabled(self.config) and bridge == self.config.bridge):
+            return False
+        if NetlinkLinks().link_info(None, bridge) is not None:
             return False
         return self.remove_rules(bridge)
 

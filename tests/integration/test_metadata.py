@@ -329,6 +329,25 @@ def test_gc_removes_the_rules_of_a_recorded_bridge_that_is_gone(md_agent: Agent)
     assert not leaks(a)
 
 
+def test_an_agent_that_starts_before_its_bridge_keeps_its_rules(tmp_path: Path) -> None:
+    """No warm pool: the bridge is made by the first task's ADD, after the agent installed
+    its metadata chains. They are not stale (they were removed as such at start, and the
+    first task could not reach 169.254.170.2)."""
+    a, proc, base = start_agent(
+        extra_env={"NSTASK_WARM_POOL_SIZE": "0", "NSTASK_METADATA_PORT": str(_free_port())}
+    )
+    try:
+        assert subprocess.run(["ip", "link", "show", a.bridge], capture_output=True).returncode
+        assert len(netfilter.present(a.bridge)) == 2
+        t = run(a, tmp_path, task_def("md-late-bridge"), "late.json")
+        assert (
+            get_json(a, t["id"], "http://169.254.170.2/v2/metadata")["Family"] == "md-late-bridge"
+        )
+        finish(a, t["id"])
+    finally:
+        stop_agent(a, proc, base)
+
+
 def test_credentials_put_refuses_bad_input_with_exit_2_and_stores_nothing(
     md_agent: Agent, tmp_path: Path
 ) -> None:
