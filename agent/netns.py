@@ -321,6 +321,15 @@ def _lookup(ipr: Any, name: str, where: str | None) -> int:
     return int(found[0])
 
 
+def _mac_pinned(name: str) -> bool:
+    """Whether the host link's MAC was set (NET_ADDR_SET), not chosen by the kernel."""
+    try:
+        with open(f"/sys/class/net/{name}/addr_assign_type") as f:
+            return f.read().strip() == "3"
+    except OSError:
+        return False
+
+
 def _add_addresses(ipr: Any, index: int, cidrs: Sequence[str]) -> None:
     for cidr in cidrs:
         ip, prefixlen = _split_cidr(cidr)
@@ -432,6 +441,12 @@ class NetlinkLinks:
                 )
             if mtu and info.mtu != mtu:
                 ipr.link("set", index=info.index, mtu=mtu)
+            if not _mac_pinned(name):
+                # Left to the kernel, a bridge takes the lowest MAC of its ports, so a task
+                # joining or leaving can change the gateway's MAC under the others: their
+                # ARP entries go stale and their traffic to the gateway (the metadata
+                # endpoint) hangs for seconds. Setting it, even to itself, pins it.
+                ipr.link("set", index=info.index, address=info.mac)
             if not info.up:
                 ipr.link("set", index=info.index, state="up")
             _add_addresses(ipr, info.index, addresses)

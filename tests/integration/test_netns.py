@@ -120,6 +120,30 @@ def test_bridge_and_veth_into_netns(ns_name: str, bridge: str, links: netns.Netl
     assert links.link_info(path, "eth0") is None  # deleting one end removes the pair
 
 
+def test_the_bridge_keeps_its_mac_when_ports_come_and_go(
+    bridge: str, links: netns.NetlinkLinks
+) -> None:
+    """Left to the kernel, a bridge takes its lowest port MAC: a task starting would change
+    the gateway's MAC under every other task (stale ARP entries, traffic to the gateway and
+    the metadata endpoint hanging). ensure_bridge pins it, also on a bridge made by others."""
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    port = f"{bridge[:11]}p"
+    try:
+        mac = links.ensure_bridge(bridge).mac
+        subprocess.run(
+            ["ip", "link", "add", port, "address", "02:00:00:00:00:01", "type", "veth"],
+            check=True,
+        )
+        subprocess.run(["ip", "link", "set", port, "master", bridge, "up"], check=True)
+        info = links.link_info(None, bridge)
+        assert info is not None and info.mac == mac != "02:00:00:00:00:01"
+        subprocess.run(["ip", "link", "del", port], check=True)
+        info = links.link_info(None, bridge)
+        assert info is not None and info.mac == mac
+    finally:
+        subprocess.run(["ip", "link", "del", port], capture_output=True, check=False)
+
+
 def test_veth_name_taken_by_someone_else_is_refused(
     ns_name: str, bridge: str, links: netns.NetlinkLinks
 ) -> None:
