@@ -36,6 +36,12 @@ v = json.load(sys.stdin).get(sys.argv[1])
 print("" if v is None else v)' "$2" || true
 }
 
+# fetch URL: the body on stdout (python3: the VM's busybox-static wget crashes outside a task).
+fetch() {
+    python3 -c 'import sys, urllib.request
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "$1" 2>/dev/null
+}
+
 wait_active() { # seconds
     local deadline=$((SECONDS + $1))
     until [[ "$(systemctl is-active nstask-agent)" == active ]] && nstask ps >/dev/null 2>&1; do
@@ -58,7 +64,7 @@ start_web() { # prints the task id once it runs and answers on :8080, else fails
     wait_status "$id" RUNNING 300 || { echo "task $id not RUNNING: $(field "$id" lastStatus)" >&2; return 1; }
     ip="$(field "$id" ip)"
     deadline=$((SECONDS + 60))
-    until busybox wget -q -T 5 -O /dev/null "http://$ip:8080/" 2>/dev/null; do
+    until fetch "http://$ip:8080/" >/dev/null; do
         ((SECONDS < deadline)) || { echo "task $id ($ip): :8080 does not answer" >&2; return 1; }
         sleep 1
     done
@@ -74,6 +80,17 @@ before() {
         ok "nstask on the PATH: /usr/local/bin/nstask"
     else
         bad "nstask on the PATH is '$(command -v nstask)'"
+    fi
+
+    # Network safety: the lab network (libvirt's nstask-lab, no forwarding) gives the VM a route
+    # to the host's subnet only; checked without sending anything anywhere.
+    local routes
+    routes="$(ip -4 route show | grep -v ' dev nstask' || true)"
+    if ! grep -q '^default' <<<"$routes" && [[ "$(wc -l <<<"$routes")" == 1 ]] \
+        && grep -q '^192\.168\.231\.0/24 ' <<<"$routes"; then
+        ok "VM routes: only the lab network 192.168.231.0/24 (no default route)"
+    else
+        bad "VM routes beyond the lab network: $(tr '\n' ';' <<<"$routes")"
     fi
 
     if web="$(start_web)"; then
@@ -113,7 +130,7 @@ before() {
     else
         bad "web task after restart: $(field "$web" lastStatus)"
     fi
-    if busybox wget -q -T 10 -O - "http://$ip:8080/" | grep -qF "hello from the web task"; then
+    if fetch "http://$ip:8080/" | grep -qF "hello from the web task"; then
         ok "web task still answers after the agent restart"
     else
         bad "web task does not answer after the agent restart"

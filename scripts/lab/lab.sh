@@ -7,6 +7,7 @@
 #   lab.sh ssh       vagrant ssh into it
 #   lab.sh test      up (or reuse), check it end to end over `vagrant ssh`, destroy, check the
 #                    host is clean
+#                    (NSTASK_LAB_KEEP=1: a failed test leaves the VM up to look at)
 #   lab.sh destroy   vagrant destroy, then remove the lab's libvirt domain, volumes, pool and
 #                    network; the box stays cached
 #
@@ -131,7 +132,7 @@ with open(sys.argv[1], "rb") as f:
 print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"]))' "$REPO/pyproject.toml")
     log "downloading wheels for the VM into $wh: ${reqs[*]}"
     mkdir -p "$wh"
-    "$pipenv/bin/pip" wheel -q --disable-pip-version-check --find-links "$wh" -w "$wh" "${reqs[@]}" >&2
+    "$pipenv/bin/pip" wheel -qq --disable-pip-version-check --find-links "$wh" -w "$wh" "${reqs[@]}" >&2
     echo "$want" >"$stamp"
 }
 
@@ -261,6 +262,10 @@ cmd_test() {
     local t_up
     t_up="$(since "$t0")"
     run_checks || fails=1
+    if ((fails)) && [[ -n "${NSTASK_LAB_KEEP:-}" ]]; then
+        log "NSTASK_LAB_KEEP is set: the failed lab stays up (make lab-ssh; make lab-destroy)"
+        return 1
+    fi
     cmd_destroy
     check_clean || fails=1
     echo "lab-test: $( ((fails)) && echo FAILED || echo passed) in $(since "$t0") s (up $t_up s, accelerator $ACCEL)"
