@@ -185,6 +185,12 @@ remove_pool() {
 }
 
 # -- commands ------------------------------------------------------------------------------------
+# Each line of vagrant's output prefixed with the seconds since it started.
+stamped() {
+    local t0=$SECONDS line
+    while IFS= read -r line; do printf '[%4d s] %s\n' $((SECONDS - t0)) "$line"; done
+}
+
 vagrant_state() { vagrant status --machine-readable 2>/dev/null | awk -F, '$3=="state" {print $4}'; }
 
 cmd_up() {
@@ -205,7 +211,7 @@ cmd_up() {
     log "vagrant up (libvirt driver $DRIVER, accelerator $ACCEL; machine was: ${state:-unknown})"
     local t1
     t1="$(now)"
-    vagrant up --provider=libvirt >&2
+    vagrant up --provider=libvirt 2>&1 | stamped >&2
     t_up="$(since "$t1")"
     echo "lab: up in $(since "$t0") s (host side $t_build s, vagrant up $t_up s, accelerator $ACCEL)"
     cat <<EOF
