@@ -87,6 +87,30 @@ record_daemon() { # name pidfile
     echo "$1 $(cat "$2" 2>/dev/null || echo '?') $(date -u +%FT%TZ)" >>"$CACHE/nstask-lab-daemons"
 }
 
+# libvirt checks /dev/kvm as the user it runs qemu as (libvirt-qemu). Where udev does not run,
+# /dev/kvm can stay root-only: libvirt then finds its cached qemu capabilities (probed with
+# KVM) outdated at every domain definition and probes qemu again, ~47 s each time. Debian's
+# udev rule gives /dev/kvm the group kvm, mode 0660 (libvirt-qemu is in kvm); the lab does the
+# same, records what it found, and `lab.sh destroy` puts that back.
+KVM_PERMS="$CACHE/nstask-lab-kvm-perms"
+ensure_kvm_perms() {
+    [[ -c /dev/kvm ]] && getent group kvm >/dev/null || return 0
+    runuser -u libvirt-qemu -- test -r /dev/kvm -a -w /dev/kvm 2>/dev/null && return 0
+    [[ -s "$KVM_PERMS" ]] || stat -c '%a %U %G' /dev/kvm >"$KVM_PERMS"
+    log "/dev/kvm: group kvm, mode 0660 as Debian's udev rule sets it (was $(cat "$KVM_PERMS"))"
+    chgrp kvm /dev/kvm
+    chmod 0660 /dev/kvm
+}
+restore_kvm_perms() {
+    local mode user group
+    [[ -s "$KVM_PERMS" && -c /dev/kvm ]] || return 0
+    read -r mode user group <"$KVM_PERMS"
+    chown "$user:$group" /dev/kvm
+    chmod "$mode" /dev/kvm
+    rm -f "$KVM_PERMS"
+    log "/dev/kvm: back to $mode $user:$group"
+}
+
 # -- accelerator ---------------------------------------------------------------------------------
 # kvm when a Linux guest really boots under KVM here (scripts/lab/boot-check.sh's probe: kernel
 # output on the console within NSTASK_LAB_KVM_TIMEOUT s), else qemu (TCG). The answer is
@@ -200,6 +224,7 @@ cmd_up() {
     chmod 0711 "$CACHE"
     ensure_packages
     ensure_libvirt
+    ensure_kvm_perms
     ensure_box
     ensure_wheelhouse
     choose_driver
@@ -211,7 +236,9 @@ cmd_up() {
     log "vagrant up (libvirt driver $DRIVER, accelerator $ACCEL; machine was: ${state:-unknown})"
     local t1
     t1="$(now)"
-    vagrant up --provider=libvirt 2>&1 | stamped >&2
+    # (without the box upload's progress meter, a line per percent)
+    vagrant up --provider=libvirt 2>&1 | tr '\r' '\n' | grep --line-buffered -av 'Progress: ' \
+        | stamped >&2
     t_up="$(since "$t1")"
     echo "lab: up in $(since "$t0") s (host side $t_build s, vagrant up $t_up s, accelerator $ACCEL)"
     cat <<EOF
@@ -245,6 +272,7 @@ cmd_destroy() {
         done
     fi
     rm -rf "$REPO/vagrant/.vagrant" "$CACHE/run"
+    restore_kvm_perms
     echo "lab: destroyed (the box stays cached in $CACHE)"
 }
 
