@@ -210,9 +210,13 @@ remove_pool() {
 
 # -- commands ------------------------------------------------------------------------------------
 # Each line of vagrant's output prefixed with the seconds since it started.
+# A progress meter (lines rewritten with \r) shows only its last state.
 stamped() {
     local t0=$SECONDS line
-    while IFS= read -r line; do printf '[%4d s] %s\n' $((SECONDS - t0)) "$line"; done
+    while IFS= read -r line; do
+        line="${line##*$'\r'}"
+        printf '[%4d s] %s\n' $((SECONDS - t0)) "$line"
+    done
 }
 
 vagrant_state() { vagrant status --machine-readable 2>/dev/null | awk -F, '$3=="state" {print $4}'; }
@@ -236,9 +240,7 @@ cmd_up() {
     log "vagrant up (libvirt driver $DRIVER, accelerator $ACCEL; machine was: ${state:-unknown})"
     local t1
     t1="$(now)"
-    # (without the box upload's progress meter, a line per percent)
-    vagrant up --provider=libvirt 2>&1 | tr '\r' '\n' | grep --line-buffered -av 'Progress: ' \
-        | stamped >&2
+    vagrant up --provider=libvirt 2>&1 | stamped >&2
     t_up="$(since "$t1")"
     echo "lab: up in $(since "$t0") s (host side $t_build s, vagrant up $t_up s, accelerator $ACCEL)"
     cat <<EOF
@@ -292,7 +294,12 @@ check_clean() {
 cmd_test() {
     local t0 fails=0
     t0="$(now)"
-    cmd_up
+    if ! cmd_up; then
+        log "the lab did not come up"
+        [[ -n "${NSTASK_LAB_KEEP:-}" ]] || { cmd_destroy; check_clean || true; }
+        echo "lab-test: FAILED in $(since "$t0") s (up failed)"
+        return 1
+    fi
     local t_up
     t_up="$(since "$t0")"
     run_checks || fails=1
