@@ -294,7 +294,8 @@ check_clean() {
 cmd_test() {
     local t0 fails=0
     t0="$(now)"
-    if ! cmd_up; then
+    # A process of its own, so that `set -e` holds inside (it does not in an `if` here).
+    if ! "$HERE/lab.sh" up; then
         log "the lab did not come up"
         [[ -n "${NSTASK_LAB_KEEP:-}" ]] || { cmd_destroy; check_clean || true; }
         echo "lab-test: FAILED in $(since "$t0") s (up failed)"
@@ -302,6 +303,7 @@ cmd_test() {
     fi
     local t_up
     t_up="$(since "$t0")"
+    choose_driver  # as the up chose it (cached): the Vagrantfile reads it
     run_checks || fails=1
     if ((fails)) && [[ -n "${NSTASK_LAB_KEEP:-}" ]]; then
         log "NSTASK_LAB_KEEP is set: the failed lab stays up (make lab-ssh; make lab-destroy)"
