@@ -2,8 +2,8 @@
 # The nstask lab VM under Vagrant + vagrant-libvirt (issue 13).
 #
 #   lab.sh up        install what is missing, start libvirt, build (or reuse) the local box,
-#                    choose KVM or TCG, `vagrant up` (provisioning: make install +
-#                    scripts/bootstrap.sh), print how to enter
+#                    choose KVM or TCG, `vagrant up` (provisioning: scripts/bootstrap.sh,
+#                    then make install), print how to enter
 #   lab.sh ssh       vagrant ssh into it
 #   lab.sh test      up (or reuse), check it end to end over `vagrant ssh`, destroy, check the
 #                    host is clean
