@@ -87,3 +87,18 @@ lab-image:
 
 lab-check: lab-image
 	scripts/lab/boot-check.sh
+
+# The lab VM (scripts/lab/lab.sh): Vagrant + vagrant-libvirt with a local box built from
+# Debian's packages (no download), KVM when it really runs a guest, else TCG.
+.PHONY: lab lab-test lab-destroy lab-ssh
+lab:
+	scripts/lab/lab.sh up
+
+lab-test:
+	scripts/lab/lab.sh test
+
+lab-destroy:
+	scripts/lab/lab.sh destroy
+
+lab-ssh:
+	scripts/lab/lab.sh ssh

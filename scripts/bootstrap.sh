@@ -8,6 +8,8 @@
 #   scripts/bootstrap.sh --install  packages and the venv only (`make install`: containerd is
 #                                   the host's service, no test image)
 #   NSTASK_VENV=/opt/nstask/venv    where the virtual environment goes (default: ./.venv)
+#   NSTASK_WHEELHOUSE=DIR           install Python packages only from the wheels in DIR (pip
+#                                   --no-index; the lab VM has no network beyond its host)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -66,6 +68,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing nstask into $venv ($mode install)"
     rm -f "$stamp"
     pip=("$venv/bin/pip" install -q --disable-pip-version-check)
+    [ -n "${NSTASK_WHEELHOUSE:-}" ] && pip+=(--no-index --find-links "$NSTASK_WHEELHOUSE")
     if [ "$mode" = test ]; then
         "${pip[@]}" --config-settings editable_mode=compat -e "$repo$extras"
     else

@@ -7,7 +7,13 @@
 # boot, virtio disk (a throwaway snapshot: the cached image is never written), user-mode
 # networking restricted to one host forward (127.0.0.1:<free port> -> guest:22), serial
 # console to a log file. Waits for multi-user, ssh's in with our key, powers off.
+#
+#   boot-check.sh --probe   only the KVM probe: prints `kvm` when the guest reaches multi-user
+#                           under KVM, else `tcg` (scripts/lab/lab.sh picks libvirt's driver
+#                           with it)
 set -euo pipefail
+PROBE=0
+[[ "${1:-}" == --probe ]] && PROBE=1
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${NSTASK_LAB_CACHE:-/var/cache/nstask-lab}"
@@ -82,6 +88,10 @@ ACCEL=""
 T0=""
 try_order=(kvm tcg)
 [[ -n "${NSTASK_LAB_ACCEL:-}" ]] && try_order=("$NSTASK_LAB_ACCEL")
+if ((PROBE)); then
+    try_order=(kvm)
+    BOOT_TIMEOUT="${NSTASK_LAB_KVM_BOOT_TIMEOUT:-90}"
+fi
 for accel in "${try_order[@]}"; do
     if [[ "$accel" == kvm ]] && ! [[ -r /dev/kvm && -w /dev/kvm ]]; then
         log "no usable /dev/kvm; skipping KVM"
@@ -100,6 +110,16 @@ for accel in "${try_order[@]}"; do
     ACCEL="$accel"
     break
 done
+if ((PROBE)); then
+    if [[ -n "$ACCEL" ]] && wait_console 'Reached target.*Multi-User|nstask-lab login:' "$BOOT_TIMEOUT"; then
+        log "KVM runs the guest: multi-user after $(since "$T0")s"
+        echo kvm
+    else
+        [[ -n "$ACCEL" ]] && log "KVM: the kernel started but no multi-user within ${BOOT_TIMEOUT}s; using TCG"
+        echo tcg
+    fi
+    exit 0
+fi
 [[ -n "$ACCEL" ]] || { log "no accelerator booted the guest"; exit 1; }
 
 if ! wait_console 'Reached target.*Multi-User|nstask-lab login:' "$BOOT_TIMEOUT"; then

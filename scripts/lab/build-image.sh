@@ -16,6 +16,13 @@ INITRD="$CACHE/nstask-lab-bookworm-initrd.img"
 KEY="$CACHE/nstask-lab-key"
 IMAGE_SIZE="${NSTASK_LAB_IMAGE_SIZE:-3G}"
 PACKAGES=linux-image-amd64,systemd-sysv,openssh-server,sudo,rsync,ca-certificates,iproute2,udev,dbus
+# What scripts/bootstrap.sh installs (its `packages` list, python3-venv) and make: the lab VM
+# has no network beyond the host, so its apt cannot fetch them.
+PACKAGES+=,containerd,runc,containernetworking-plugins,iptables,busybox-static,tini
+PACKAGES+=,golang-github-containers-common,python3,python3-venv,make
+STAMP="$CACHE/nstask-lab-bookworm.stamp"
+# A change of the package list (or of this recipe's version) rebuilds the cached image.
+RECIPE="2 $SUITE $IMAGE_SIZE $PACKAGES"
 
 log() { printf 'build-image: %s\n' "$*" >&2; }
 
@@ -24,7 +31,8 @@ if [[ $EUID -ne 0 ]]; then
     exit 2
 fi
 
-if [[ -s "$IMAGE" && -s "$KERNEL" && -s "$INITRD" && -s "$KEY" && -s "$KEY.pub" ]]; then
+if [[ -s "$IMAGE" && -s "$KERNEL" && -s "$INITRD" && -s "$KEY" && -s "$KEY.pub" ]] \
+    && [[ "$(cat "$STAMP" 2>/dev/null)" == "$RECIPE" ]]; then
     echo "cached: $IMAGE"
     exit 0
 fi
@@ -64,7 +72,9 @@ if [[ -z "$MIRROR" ]]; then
 fi
 
 mkdir -p "$CACHE"
-chmod 0700 "$CACHE"
+# Traversable but not listable: libvirt's qemu (user libvirt-qemu) opens the lab's kernel,
+# initrd and storage pool below it; the private key stays 0600.
+chmod 0711 "$CACHE"
 WORK="$(mktemp -d "$CACHE/nstask-lab-build.XXXXXX")"
 cleanup() {
     local m
@@ -99,7 +109,13 @@ chroot "$ROOT" systemctl enable systemd-networkd.service ssh.service >/dev/null 
 chroot "$ROOT" useradd -m -s /bin/bash -G sudo vagrant
 printf 'vagrant ALL=(ALL) NOPASSWD: ALL\n' >"$ROOT/etc/sudoers.d/vagrant"
 chmod 0440 "$ROOT/etc/sudoers.d/vagrant"
-ssh-keygen -q -t ed25519 -N '' -C nstask-lab -f "$WORK/key"
+# A rebuild keeps the key pair it finds, so a running lab stays reachable.
+if [[ -s "$KEY" && -s "$KEY.pub" ]]; then
+    cp "$KEY" "$WORK/key"
+    cp "$KEY.pub" "$WORK/key.pub"
+else
+    ssh-keygen -q -t ed25519 -N '' -C nstask-lab -f "$WORK/key"
+fi
 install -d -m 0700 -o 1000 -g 1000 "$ROOT/home/vagrant/.ssh"
 install -m 0600 -o 1000 -g 1000 "$WORK/key.pub" "$ROOT/home/vagrant/.ssh/authorized_keys"
 [[ "$(chroot "$ROOT" id -u vagrant)" == 1000 ]] || { log "vagrant is not uid 1000"; exit 1; }
@@ -121,5 +137,7 @@ install -m 0600 "$WORK/key" "$KEY"
 install -m 0644 "$WORK/key.pub" "$KEY.pub"
 mv "$WORK/vmlinuz" "$KERNEL"
 mv "$WORK/initrd.img" "$INITRD"
+rm -f "$STAMP"
 mv "$WORK/disk.img" "$IMAGE"
+echo "$RECIPE" >"$STAMP"
 echo "built: $IMAGE in $(($(date +%s) - start)) s"
