@@ -216,6 +216,11 @@ class _HostNetlink:
     namespace alive after its removal.)"""
 
     def __init__(self) -> None:
+        self._reset()
+        # A forked child has no such thread: it starts its own on its first request.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._start = threading.Lock()
         self._requests: queue.SimpleQueue[Any] | None = None
         self._ipr: Any = None
