@@ -83,6 +83,12 @@ def loads(data: str | bytes) -> Any:
         import json
 
         return json.loads(data)
+    except SystemError:
+        # On a malformed document the scanner raises json.decoder.JSONDecodeError, which it
+        # looks up in sys.modules only: before `json` is imported it fails with this instead.
+        import json
+
+        return json.loads(data)
 
 
 def _unserializable(obj: object) -> Any:

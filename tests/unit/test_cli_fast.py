@@ -370,6 +370,26 @@ def test_loads_fails_as_json_loads_does(doc: str) -> None:
     assert str(got.value) == str(want.value)
 
 
+def test_loads_reports_a_bad_document_before_json_is_imported() -> None:
+    """As the CLI runs it (python -IS, json not imported): the C scanner cannot raise its
+    JSONDecodeError then; the message must still be json's."""
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{CODE_DIR!r}]\n"
+        "import cli_fast\n"
+        "assert 'json' not in sys.modules\n"
+        "try:\n"
+        "    cli_fast.loads('{ this is not json')\n"
+        "except ValueError as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    )
+    want = "Expecting property name enclosed in double quotes: line 1 column 3 (char 2)"
+    assert out.stdout.strip() == f"JSONDecodeError {want}"
+
+
 def test_loads_takes_what_json_takes_from_bytes() -> None:
     for encoding in ("utf-8-sig", "utf-16", "utf-16-le", "utf-32"):
         raw = '{"a": ["\u00e9", 1]}'.encode(encoding)
