@@ -79,13 +79,9 @@ def loads(data: str | bytes) -> Any:
         return obj
     except RecursionError:
         raise
-    except (ImportError, ValueError, StopIteration, UnicodeDecodeError, AttributeError):
-        import json
-
-        return json.loads(data)
-    except SystemError:
-        # On a malformed document the scanner raises json.decoder.JSONDecodeError, which it
-        # looks up in sys.modules only: before `json` is imported it fails with this instead.
+    except (ImportError, ValueError, StopIteration, AttributeError, SystemError):
+        # SystemError: on some malformed documents the scanner looks JSONDecodeError up in
+        # sys.modules only, and before `json` is imported it fails with this instead.
         import json
 
         return json.loads(data)
@@ -101,8 +97,6 @@ def dumps(obj: Any) -> str:
     try:
         import _json
 
-        if isinstance(obj, str):
-            return str(_json.encode_basestring_ascii(obj))
         encode = _json.make_encoder(
             {},
             _unserializable,
