@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,16 @@ def _waits(watch: logwatch.Watch) -> float:
     t0 = time.monotonic()
     watch.wait(LONG)
     return time.monotonic() - t0
+
+
+def _ended_by(watch: logwatch.Watch, action: Callable[[], object]) -> bool:
+    """Whether `action`, done 50 ms into a long wait, ends it."""
+    timer = threading.Timer(0.05, action)
+    timer.start()
+    try:
+        return _waits(watch) < LONG / 2
+    finally:
+        timer.join()
 
 
 def _settle(watch: logwatch.Watch) -> None:
@@ -48,10 +58,7 @@ def test_a_write_ends_the_wait(tmp_path: Path, wakeup: logwatch.Wakeup) -> None:
             with log.open("ab") as f:
                 f.write(b"x\n")
 
-        timer = threading.Timer(0.05, append)
-        timer.start()
-        assert _waits(watch) < LONG / 2
-        timer.join()
+        assert _ended_by(watch, append)
     finally:
         watch.close()
 
@@ -74,10 +81,7 @@ def test_rotation_ends_the_wait(tmp_path: Path, wakeup: logwatch.Wakeup) -> None
     log.write_bytes(b"a\n")
     watch = logwatch.Watch(str(tmp_path), wakeup)
     try:
-        timer = threading.Timer(0.05, lambda: log.rename(tmp_path / "c-json.log.1"))
-        timer.start()
-        assert _waits(watch) < LONG / 2
-        timer.join()
+        assert _ended_by(watch, lambda: log.rename(tmp_path / "c-json.log.1"))
     finally:
         watch.close()
 
@@ -110,14 +114,8 @@ def test_a_directory_made_later_is_watched_once_it_exists(
     later = tmp_path / "task1"
     watch = logwatch.Watch(str(later), wakeup)
     try:
-        timer = threading.Timer(0.05, later.mkdir)
-        timer.start()
-        assert _waits(watch) < LONG / 2  # the directory's creation
-        timer.join()
-        timer = threading.Timer(0.05, lambda: (later / "0-c.log").write_bytes(b"x\n"))
-        timer.start()
-        assert _waits(watch) < LONG / 2  # then what happens in it
-        timer.join()
+        assert _ended_by(watch, later.mkdir)  # the directory's creation
+        assert _ended_by(watch, lambda: (later / "0-c.log").write_bytes(b"x\n"))  # then in it
         _settle(watch)  # the write's later events (modify, close)
         (tmp_path / "task2").mkdir()  # another task's: the parent is no longer watched
         t0 = time.monotonic()
